@@ -1,0 +1,171 @@
+"""The ``consulgw`` command line: argument grammar only.
+
+Each subcommand's work lives in ``consulgw.commands.<module>.main(args) -> int``, imported only when that
+subcommand runs. Errors of type ConfigError are printed as one line naming the key and value, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from consulgw import __version__
+from consulgw.errors import ConfigError
+
+_CONSUL_HELP = "Consul HTTP address (env CONSUL_HTTP_ADDR, default http://127.0.0.1:8500)"
+
+
+def _add_consul_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--consul", metavar="URL", help=_CONSUL_HELP)
+    parser.add_argument("--token", metavar="TOKEN", help="Consul ACL token (env CONSUL_HTTP_TOKEN)")
+    parser.add_argument("--datacenter", metavar="DC", help="Consul datacenter (default: the agent's)")
+
+
+def _add_log_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=("json", "console"), help="log format (env CONSULGW_LOG_FORMAT)")
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="log level (env CONSULGW_LOG_LEVEL)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="consulgw",
+        description="A Consul-native API gateway: routes from the Consul catalog, policy from Consul KV.",
+    )
+    parser.add_argument("--version", action="version", version=f"consulgw {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    agent = sub.add_parser(
+        "dev-agent",
+        help="run the embedded in-memory Consul dev agent",
+        description="An in-memory agent speaking Consul's HTTP API like `consul agent -dev`, for demos and tests.",
+    )
+    agent.add_argument("--listen", default="127.0.0.1:8500", metavar="HOST:PORT", help="default 127.0.0.1:8500")
+    agent.add_argument("--node", metavar="NAME", help="node name (default: this host's name)")
+    agent.add_argument("--datacenter", default="dc1", metavar="DC", help="datacenter name (default dc1)")
+    _add_log_flags(agent)
+    agent.set_defaults(handler="devagent")
+
+    run = sub.add_parser(
+        "run",
+        help="run the gateway",
+        description="Watch Consul and route clients to healthy instances. Flags win over environment variables.",
+    )
+    _add_consul_flags(run)
+    run.add_argument(
+        "--listen", metavar="HOST:PORT", help="public listener (env CONSULGW_LISTEN, default 0.0.0.0:8080)"
+    )
+    run.add_argument(
+        "--admin-listen",
+        metavar="HOST:PORT",
+        help="admin listener: /-/healthy, /-/ready, /-/routes, /metrics, dashboard "
+        "(env CONSULGW_ADMIN_LISTEN, default 127.0.0.1:8081)",
+    )
+    run.add_argument(
+        "--kv-prefix", metavar="PREFIX", help="KV prefix for policies (env CONSULGW_KV_PREFIX, default consulgw/)"
+    )
+    run.add_argument("--tag-prefix", metavar="PREFIX", help="route tag prefix (env CONSULGW_TAG_PREFIX, default gw)")
+    run.add_argument(
+        "--tag-compat", metavar="fabio", help="also read Fabio's urlprefix- tags (env CONSULGW_TAG_COMPAT)"
+    )
+    run.add_argument(
+        "--trusted-proxies",
+        metavar="CIDRS",
+        help="comma-separated CIDRs whose X-Forwarded-For is believed (env CONSULGW_TRUSTED_PROXIES)",
+    )
+    run.add_argument(
+        "--workers", metavar="N", help="processes sharing the port via SO_REUSEPORT (env CONSULGW_WORKERS)"
+    )
+    run.add_argument("--redis", metavar="URL", help="Redis URL for shared rate limits (env CONSULGW_REDIS_URL)")
+    run.add_argument(
+        "--tls-cert", metavar="FILE", help="PEM certificate for the public listener (env CONSULGW_TLS_CERT)"
+    )
+    run.add_argument("--tls-key", metavar="FILE", help="PEM private key for the public listener (env CONSULGW_TLS_KEY)")
+    run.add_argument("--upstream-ca", metavar="FILE", help="CA bundle for HTTPS upstreams (env CONSULGW_UPSTREAM_CA)")
+    run.add_argument(
+        "--max-staleness",
+        metavar="DURATION",
+        help="/-/ready fails when the Consul view is older than this (env CONSULGW_MAX_STALENESS, default 60s)",
+    )
+    run.add_argument(
+        "--drain-timeout",
+        metavar="DURATION",
+        help="on SIGTERM, wait this long for in-flight requests (env CONSULGW_DRAIN_TIMEOUT, default 30s)",
+    )
+    run.add_argument(
+        "--coalesce",
+        metavar="DURATION",
+        help="window that coalesces bursts of Consul changes into one update (env CONSULGW_COALESCE, default 50ms)",
+    )
+    _add_log_flags(run)
+    run.set_defaults(handler="run")
+
+    routes = sub.add_parser(
+        "routes",
+        help="print the route table the gateway would build, read straight from Consul",
+        description="Read Consul directly (no gateway needed) and print routes, instances and rejected tags.",
+    )
+    _add_consul_flags(routes)
+    routes.add_argument("--tag-prefix", metavar="PREFIX", help="route tag prefix (default gw)")
+    routes.add_argument("--tag-compat", metavar="fabio", help="also read Fabio's urlprefix- tags")
+    routes.add_argument("--json", action="store_true", help="machine-readable output")
+    routes.set_defaults(handler="routes")
+
+    policy = sub.add_parser("policy", help="validate, read and write per-service KV policies")
+    policy_sub = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    validate = policy_sub.add_parser("validate", help="check a policy document without writing it")
+    validate.add_argument("file", metavar="FILE", help="JSON policy file ('-' for standard input)")
+    get = policy_sub.add_parser("get", help="print a service's policy from Consul KV")
+    get.add_argument("service", metavar="SERVICE")
+    put = policy_sub.add_parser("put", help="validate, then write a service's policy (check-and-set)")
+    put.add_argument("service", metavar="SERVICE")
+    put.add_argument("file", metavar="FILE", help="JSON policy file ('-' for standard input)")
+    for action in (validate, get, put):
+        _add_consul_flags(action)
+        action.add_argument("--kv-prefix", metavar="PREFIX", help="KV prefix (default consulgw/)")
+    policy.set_defaults(handler="policy")
+
+    consumer = sub.add_parser("consumer", help="manage consumers (API keys, passwords, rate-limit overrides)")
+    consumer_sub = consumer.add_subparsers(dest="consumer_command", metavar="ACTION", required=True)
+    add = consumer_sub.add_parser("add", help="create or update a consumer; secrets are stored as hashes only")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--api-key", action="append", metavar="KEY", help="an API key (repeatable); stored as SHA-256")
+    add.add_argument("--password", metavar="PASSWORD", help="a password for basic auth; stored as a salted hash")
+    _add_consul_flags(add)
+    add.add_argument("--kv-prefix", metavar="PREFIX", help="KV prefix (default consulgw/)")
+    consumer.set_defaults(handler="consumer")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the whole picture locally: dev agent, demo services, gateway",
+        description="Start the dev agent, demo services and the gateway, print curl lines; Ctrl-C stops all.",
+    )
+    demo.add_argument("--gateway-port", type=int, default=8080, help="public port (default 8080)")
+    demo.add_argument("--admin-port", type=int, default=8081, help="admin port (default 8081)")
+    demo.add_argument("--consul-port", type=int, default=8500, help="dev agent port (default 8500)")
+    demo.add_argument(
+        "--exit-after", type=float, metavar="SECONDS", help="stop by itself after this long (used by tests)"
+    )
+    demo.set_defaults(handler="demo")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(f"consulgw.commands.{args.handler}")
+    try:
+        result: int = module.main(args)
+    except ConfigError as exc:
+        print(f"consulgw {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

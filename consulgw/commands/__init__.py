@@ -1,0 +1,1 @@
+"""One module per ``consulgw`` subcommand; each exposes ``main(args: argparse.Namespace) -> int``."""

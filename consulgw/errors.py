@@ -1,0 +1,117 @@
+"""The one exception tree of consulgw.
+
+::
+
+    ConsulgwError
+    ├── ConfigError              bad flag, env var, tag or KV document (names the key and the value)
+    │   └── PolicyError          a KV policy/consumer document that does not validate
+    ├── DiscoveryError           Consul could not be read (network, status, undecodable body)
+    └── GatewayError             an answer to a client; carries HTTP status, stable code and extra headers
+        ├── NoRoute                       404 no_route
+        ├── MethodNotAllowed              405 method_not_allowed (+ Allow)
+        ├── PayloadTooLarge               413 payload_too_large
+        ├── Unauthorized                  401 unauthorized (+ WWW-Authenticate)
+        ├── Forbidden                     403 forbidden
+        ├── RateLimited                   429 rate_limited (+ RateLimit-*, Retry-After)
+        ├── RateLimitBackendUnavailable   503 rate_limit_unavailable
+        ├── NoHealthyUpstream             503 no_healthy_upstream
+        ├── CircuitOpen                   503 circuit_open
+        └── UpstreamError
+            ├── UpstreamUnreachable       502 upstream_unreachable (connect failed, reset before response)
+            └── UpstreamTimeout           504 upstream_timeout
+
+Foreign exceptions (aiohttp, redis, jwt) are translated where they are caught, once, with ``raise ... from exc``.
+Messages of GatewayError are shown to clients: they never contain secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class ConsulgwError(Exception):
+    """Base of every error consulgw raises on purpose."""
+
+
+class ConfigError(ConsulgwError):
+    """Invalid configuration input; the message names the key and the offending value."""
+
+
+class PolicyError(ConfigError):
+    """A KV policy or consumer document that was rejected; the previous good one stays in force."""
+
+
+class DiscoveryError(ConsulgwError):
+    """Consul could not be read."""
+
+
+class GatewayError(ConsulgwError):
+    """An error answered to the client as JSON ``{"error", "message", "request_id"}``."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers: dict[str, str] = dict(headers or {})
+
+
+class NoRoute(GatewayError):
+    status = 404
+    code = "no_route"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    code = "forbidden"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    code = "rate_limited"
+
+
+class RateLimitBackendUnavailable(GatewayError):
+    status = 503
+    code = "rate_limit_unavailable"
+
+
+class NoHealthyUpstream(GatewayError):
+    status = 503
+    code = "no_healthy_upstream"
+
+
+class CircuitOpen(GatewayError):
+    status = 503
+    code = "circuit_open"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamUnreachable(UpstreamError):
+    status = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"

@@ -1,0 +1,100 @@
+"""What the gateway knows about Consul at one moment: immutable values built by the watcher.
+
+Data flows one way: Consul watch -> CatalogSnapshot -> route table and pools -> request pipeline -> upstream.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+class Health(enum.StrEnum):
+    """Aggregated health of one instance (Consul's precedence: maintenance > critical > warning > passing)."""
+
+    PASSING = "passing"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    MAINTENANCE = "maintenance"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Weights:
+    """Consul's ``Service.Weights``: weight while passing, and while warning (0 excludes a warning instance)."""
+
+    passing: int = 1
+    warning: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Instance:
+    """One registered instance of a service, with its aggregated health."""
+
+    id: str  # "<node>/<service id>": unique across the datacenter, stable across re-registrations
+    service: str
+    service_id: str
+    node: str
+    address: str  # Service.Address, else Node.Address
+    port: int
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, str] = field(default=_EMPTY)
+    health: Health = Health.PASSING
+    weights: Weights = field(default_factory=Weights)
+
+    @property
+    def weight(self) -> int:
+        """Effective load-balancing weight: 0 means the instance takes no new requests."""
+        if self.health is Health.PASSING:
+            return self.weights.passing
+        if self.health is Health.WARNING:
+            return self.weights.warning
+        return 0
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when the service asks for it in Meta ``gw-scheme``, else ``http``."""
+        return "https" if self.meta.get("gw-scheme", "").lower() == "https" else "http"
+
+    @property
+    def endpoint(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceSnapshot:
+    """All registered instances of one service (healthy or not), from one blocking health query."""
+
+    name: str
+    index: int
+    instances: tuple[Instance, ...] = ()
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """Union of the instances' tags, in first-seen order (route tags are read from here)."""
+        seen: dict[str, None] = {}
+        for inst in self.instances:
+            for tag in inst.tags:
+                seen.setdefault(tag, None)
+        return tuple(seen)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CatalogSnapshot:
+    """The whole view: routed services and the KV documents under the gateway's prefix.
+
+    ``changed`` names the services whose ServiceSnapshot differs from the previous CatalogSnapshot, and
+    ``kv_changed`` is true when the KV documents differ, so consumers rebuild only what changed.
+    """
+
+    services: Mapping[str, ServiceSnapshot] = field(default=MappingProxyType({}))
+    kv: Mapping[str, bytes] = field(default=MappingProxyType({}))  # key relative to the prefix -> raw value
+    services_index: int = 0
+    kv_index: int = 0
+    complete: bool = False  # every routed service and the KV prefix have been read at least once
+    changed: frozenset[str] = frozenset()
+    kv_changed: bool = False

@@ -1,0 +1,188 @@
+"""Process settings: parsed once from flags and environment (flag wins), validated at the edge.
+
+Every error names the flag, the environment variable and the offending value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from consulgw.duration import parse_duration
+from consulgw.errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Secret:
+    """A credential that never shows itself in repr, str or logs."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('**')" if self.value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsulSettings:
+    """How to reach Consul."""
+
+    address: str = "http://127.0.0.1:8500"
+    token: Secret = field(default_factory=lambda: Secret(value=""))
+    datacenter: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewaySettings:
+    """Everything ``consulgw run`` needs, validated."""
+
+    consul: ConsulSettings = field(default_factory=ConsulSettings)
+    listen: HostPort = HostPort("0.0.0.0", 8080)
+    admin_listen: HostPort = HostPort("127.0.0.1", 8081)
+    kv_prefix: str = "consulgw/"
+    tag_prefix: str = "gw"
+    tag_compat: tuple[str, ...] = ()
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    workers: int = 1
+    log_format: Literal["json", "console"] = "console"
+    log_level: str = "info"
+    redis_url: Secret = field(default_factory=lambda: Secret(value=""))
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    upstream_ca: str | None = None
+    max_staleness: float = 60.0
+    drain_timeout: float = 30.0
+    coalesce_window: float = 0.05
+
+
+def parse_hostport(key: str, value: str) -> HostPort:
+    text = value.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ConfigError(f"{key}: {value!r} is not HOST:PORT (for example 127.0.0.1:8080)")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{key}: port {port} in {value!r} is outside 0-65535")
+    host = host.strip("[]") or "0.0.0.0"
+    return HostPort(host, port)
+
+
+def parse_cidrs(key: str, value: str) -> tuple[IPNetwork, ...]:
+    networks: list[IPNetwork] = []
+    for item in value.replace(" ", ",").split(","):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {item!r} is not an IP address or CIDR ({exc})") from exc
+    return tuple(networks)
+
+
+def normalize_consul_address(key: str, value: str, *, ssl: bool = False) -> str:
+    """Consul accepts ``host:port`` without a scheme in CONSUL_HTTP_ADDR; so do we."""
+    text = value.strip().rstrip("/")
+    if not text:
+        raise ConfigError(f"{key}: empty Consul address")
+    if "://" not in text:
+        text = ("https://" if ssl else "http://") + text
+    scheme = text.split("://", 1)[0]
+    if scheme not in ("http", "https"):
+        raise ConfigError(f"{key}: {value!r} must use http:// or https://")
+    return text
+
+
+def _pick(args: argparse.Namespace, attr: str, environ: Mapping[str, str], env: str) -> str | None:
+    value = getattr(args, attr, None)
+    if value is not None:
+        return str(value)
+    return environ.get(env) or None
+
+
+def consul_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> ConsulSettings:
+    ssl = environ.get("CONSUL_HTTP_SSL", "").lower() in ("1", "true", "yes")
+    address = _pick(args, "consul", environ, "CONSUL_HTTP_ADDR") or "http://127.0.0.1:8500"
+    token = _pick(args, "token", environ, "CONSUL_HTTP_TOKEN") or ""
+    datacenter = _pick(args, "datacenter", environ, "CONSUL_DATACENTER")
+    return ConsulSettings(
+        address=normalize_consul_address("--consul / CONSUL_HTTP_ADDR", address, ssl=ssl),
+        token=Secret(value=token),
+        datacenter=datacenter,
+    )
+
+
+def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> GatewaySettings:
+    """Build GatewaySettings from parsed ``consulgw run`` arguments and the environment."""
+    defaults = GatewaySettings()
+
+    def text(attr: str, env: str, default: str) -> str:
+        return _pick(args, attr, environ, env) or default
+
+    listen = text("listen", "CONSULGW_LISTEN", str(defaults.listen))
+    admin = text("admin_listen", "CONSULGW_ADMIN_LISTEN", str(defaults.admin_listen))
+    workers_text = text("workers", "CONSULGW_WORKERS", "1")
+    if not workers_text.isdigit() or int(workers_text) < 1:
+        raise ConfigError(f"--workers / CONSULGW_WORKERS: {workers_text!r} must be a whole number >= 1")
+    log_format = text("log_format", "CONSULGW_LOG_FORMAT", defaults.log_format)
+    if log_format not in ("json", "console"):
+        raise ConfigError(f"--log-format / CONSULGW_LOG_FORMAT: {log_format!r} must be 'json' or 'console'")
+    log_level = text("log_level", "CONSULGW_LOG_LEVEL", defaults.log_level).lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"--log-level / CONSULGW_LOG_LEVEL: {log_level!r} must be debug, info, warning or error")
+    kv_prefix = text("kv_prefix", "CONSULGW_KV_PREFIX", defaults.kv_prefix).lstrip("/")
+    if not kv_prefix.endswith("/"):
+        kv_prefix += "/"
+    tag_prefix = text("tag_prefix", "CONSULGW_TAG_PREFIX", defaults.tag_prefix)
+    if not tag_prefix or any(c.isspace() for c in tag_prefix):
+        raise ConfigError(f"--tag-prefix / CONSULGW_TAG_PREFIX: {tag_prefix!r} must be a non-empty word")
+    compat = tuple(c for c in text("tag_compat", "CONSULGW_TAG_COMPAT", "").split(",") if c)
+    for item in compat:
+        if item != "fabio":
+            raise ConfigError(f"--tag-compat / CONSULGW_TAG_COMPAT: {item!r} is not supported (only 'fabio')")
+    tls_cert = _pick(args, "tls_cert", environ, "CONSULGW_TLS_CERT")
+    tls_key = _pick(args, "tls_key", environ, "CONSULGW_TLS_KEY")
+    if bool(tls_cert) != bool(tls_key):
+        raise ConfigError("--tls-cert and --tls-key (CONSULGW_TLS_CERT / CONSULGW_TLS_KEY) must be given together")
+    return GatewaySettings(
+        consul=consul_settings(args, environ),
+        listen=parse_hostport("--listen / CONSULGW_LISTEN", listen),
+        admin_listen=parse_hostport("--admin-listen / CONSULGW_ADMIN_LISTEN", admin),
+        kv_prefix=kv_prefix,
+        tag_prefix=tag_prefix,
+        tag_compat=compat,
+        trusted_proxies=parse_cidrs(
+            "--trusted-proxies / CONSULGW_TRUSTED_PROXIES", text("trusted_proxies", "CONSULGW_TRUSTED_PROXIES", "")
+        ),
+        workers=int(workers_text),
+        log_format="json" if log_format == "json" else "console",
+        log_level=log_level,
+        redis_url=Secret(value=text("redis", "CONSULGW_REDIS_URL", "")),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        upstream_ca=_pick(args, "upstream_ca", environ, "CONSULGW_UPSTREAM_CA"),
+        max_staleness=parse_duration(
+            "--max-staleness / CONSULGW_MAX_STALENESS", text("max_staleness", "CONSULGW_MAX_STALENESS", "60s")
+        ),
+        drain_timeout=parse_duration(
+            "--drain-timeout / CONSULGW_DRAIN_TIMEOUT", text("drain_timeout", "CONSULGW_DRAIN_TIMEOUT", "30s")
+        ),
+        coalesce_window=parse_duration("--coalesce / CONSULGW_COALESCE", text("coalesce", "CONSULGW_COALESCE", "50ms")),
+    )

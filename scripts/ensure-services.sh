@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Make sure what the test suite needs is on this machine and running:
+#  - a Redis server answering on 127.0.0.1:6379 (installed from Debian's packages if missing);
+#  - the redis-server binary itself (tests start private servers to stop them mid-test);
+#  - Debian's chromium for the dashboard test.
+set -euo pipefail
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+apt_install() {
+  if ! have apt-get; then
+    echo "ensure-services: $* missing and apt-get is not available; install it by hand" >&2
+    return 1
+  fi
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ -z "${APT_UPDATED:-}" ]; then
+    $sudo apt-get update -qq
+    export APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+redis_answers() {
+  # PING over bash's /dev/tcp, so no redis-cli is needed to check.
+  local reply
+  reply=$(timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/6379 && printf "PING\r\n" >&3 && head -c 7 <&3' 2>/dev/null || true)
+  [[ "$reply" == +PONG* ]]
+}
+
+have redis-server || apt_install redis-server
+if ! redis_answers; then
+  echo "ensure-services: starting redis-server on 127.0.0.1:6379"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /tmp --logfile /tmp/consulgw-redis.log
+  for _ in $(seq 1 50); do redis_answers && break; sleep 0.1; done
+  redis_answers || { echo "ensure-services: redis did not come up" >&2; exit 1; }
+fi
+
+if ! have chromium; then
+  apt_install chromium || echo "ensure-services: chromium unavailable; the dashboard browser test will skip" >&2
+fi
+echo "ensure-services: redis on 127.0.0.1:6379 answers; redis-server at $(command -v redis-server); chromium: $(command -v chromium || echo none)"
