@@ -1,0 +1,124 @@
+"""Prometheus metrics of one gateway process, on its own registry (no global state).
+
+Label values are bounded: services and route labels come from the route table (never raw paths), instance labels
+from Consul, status as a class ("2xx"), reasons and kinds from fixed vocabularies. Label sets of services that
+leave the table are removed by ``forget_service``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
+
+
+class GatewayMetrics:
+    """Typed facade over the collectors; the only object that touches prometheus_client."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "consulgw_requests_total",
+            "Requests answered, by service, route and status class.",
+            ("service", "route", "status_class"),
+            registry=r,
+        )
+        self.latency = Histogram(
+            "consulgw_request_duration_seconds",
+            "Time from request arrival to the end of the response, by service and route.",
+            ("service", "route"),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "consulgw_upstream_errors_total",
+            "Failed upstream attempts, by service and kind (connect, timeout, reset, status).",
+            ("service", "kind"),
+            registry=r,
+        )
+        self.retries = Counter(
+            "consulgw_retries_total", "Upstream attempts retried on another instance.", ("service",), registry=r
+        )
+        self.pool_size = Gauge(
+            "consulgw_pool_instances",
+            "Instances of a service by state: in the pool (weight > 0) or excluded.",
+            ("service", "state"),
+            registry=r,
+        )
+        self.inflight = Gauge("consulgw_inflight_requests", "Requests being proxied right now.", registry=r)
+        self.consul_index = Gauge(
+            "consulgw_consul_index", "Last X-Consul-Index seen, by watch (services, kv).", ("watch",), registry=r
+        )
+        self.sync_age = Gauge(
+            "consulgw_consul_sync_age_seconds", "Seconds since the last successful Consul response.", registry=r
+        )
+        self.consul_errors = Counter("consulgw_consul_errors_total", "Failed Consul watch requests.", registry=r)
+        self.route_errors = Gauge("consulgw_route_errors", "Route tags rejected, by service.", ("service",), registry=r)
+        self.route_conflicts = Gauge("consulgw_route_conflicts", "Routes claimed by more than one service.", registry=r)
+        self.routes = Gauge("consulgw_routes", "Routes in the active table.", registry=r)
+        self.table_swaps = Counter("consulgw_route_table_swaps_total", "Route tables built and swapped in.", registry=r)
+        self.policy_rejected = Gauge(
+            "consulgw_policy_rejected",
+            "1 while the KV document at this key is rejected (the previous good one is in force).",
+            ("key",),
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "consulgw_rate_limited_total", "Requests rejected by a rate limit.", ("service",), registry=r
+        )
+        self.rate_limit_backend_errors = Counter(
+            "consulgw_rate_limit_backend_errors_total",
+            "Rate-limit decisions the backend (Redis) could not make, by outcome (allowed, denied).",
+            ("service", "outcome"),
+            registry=r,
+        )
+        self.auth_rejected = Counter(
+            "consulgw_auth_rejected_total",
+            "Requests rejected by authentication or authorization, by reason.",
+            ("service", "reason"),
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "consulgw_circuit_breaker_state",
+            "Circuit breaker state per instance: 0 closed, 1 half-open, 2 open.",
+            ("service", "instance"),
+            registry=r,
+        )
+        self.breaker_opened = Counter(
+            "consulgw_circuit_breaker_opened_total", "Times an instance's breaker opened.", ("service",), registry=r
+        )
+
+    def observe_request(self, service: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(service, route, status_class(status)).inc()
+        self.latency.labels(service, route).observe(seconds)
+
+    def forget_service(self, service: str) -> None:
+        """Drop every label set of a service that left the route table."""
+        for collector in (
+            self.requests,
+            self.latency,
+            self.upstream_errors,
+            self.retries,
+            self.pool_size,
+            self.route_errors,
+            self.rate_limited,
+            self.rate_limit_backend_errors,
+            self.auth_rejected,
+            self.breaker_state,
+            self.breaker_opened,
+        ):
+            for labels in list(collector._metrics):
+                if labels and labels[0] == service:
+                    collector.remove(*labels)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,162 @@
+"""Typed, validated policy values. Parsed once from KV JSON (consulgw.policy.parse); read on the request path.
+
+Names mirror the KV document keys, which are part of the public contract (docs/policies.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+LbAlgorithm = Literal["round_robin", "least_conn", "ip_hash"]
+LB_ALGORITHMS: tuple[LbAlgorithm, ...] = ("round_robin", "least_conn", "ip_hash")
+
+# What a retry may be triggered by: a failed connect, a read timeout (only before any byte was sent back),
+# or one of these upstream statuses. Retries only ever apply to idempotent methods.
+RETRY_CONDITIONS: frozenset[str] = frozenset({"connect_failure", "timeout", "500", "502", "503", "504"})
+IDEMPOTENT_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    connect: float = 2.0  # seconds to establish the upstream connection
+    read: float = 30.0  # seconds of silence allowed while waiting for/reading the upstream response
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retries:
+    attempts: int = 1  # extra attempts after the first, each on another instance
+    on: frozenset[str] = frozenset({"connect_failure"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JwtAuth:
+    algorithms: tuple[str, ...]
+    secret: str | None = field(default=None, repr=False)  # HS*: shared secret
+    public_key: str | None = None  # RS*/ES*/PS*/EdDSA: PEM
+    jwks_url: str | None = None  # RS*/ES*/PS*/EdDSA: key set fetched, cached, refreshed on unknown kid
+    issuer: str | None = None
+    audience: tuple[str, ...] = ()
+    required_scopes: frozenset[str] = frozenset()
+    leeway: float = 0.0
+    header: str = "Authorization"  # "Bearer <token>"
+    type: Literal["jwt"] = "jwt"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiKeyAuth:
+    header: str = "X-API-Key"
+    type: Literal["api_key"] = "api_key"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BasicAuth:
+    realm: str = "consulgw"
+    type: Literal["basic"] = "basic"
+
+
+AuthPolicy = JwtAuth | ApiKeyAuth | BasicAuth
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitPolicy:
+    requests: int  # admitted per window
+    per: float  # window length, seconds
+    key: str = "ip"  # "ip" | "consumer" | "header:<name>"
+    backend: Literal["local", "redis"] = "local"
+    on_backend_error: Literal["allow", "deny"] = "allow"
+    burst: int = 0  # extra requests admitted at once on top of the steady rate (GCRA burst)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fallback:
+    """A canned response served when every instance's breaker is open."""
+
+    status: int = 503
+    body: str = ""
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerPolicy:
+    failure_threshold: int = 5  # consecutive failures that open one instance's breaker
+    recovery_timeout: float = 30.0  # seconds open before one half-open probe is let through
+    failure_statuses: frozenset[int] = frozenset({502, 503, 504})
+    fallback: Fallback | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CorsPolicy:
+    origins: tuple[str, ...]  # exact origins, or "*"
+    methods: tuple[str, ...] = ("GET", "HEAD", "POST")
+    headers: tuple[str, ...] = ()  # allowed request headers
+    expose_headers: tuple[str, ...] = ()
+    credentials: bool = False
+    max_age: int | None = None  # seconds
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderRules:
+    add: tuple[tuple[str, str], ...] = ()
+    set: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderPolicy:
+    request: HeaderRules = field(default_factory=HeaderRules)
+    response: HeaderRules = field(default_factory=HeaderRules)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServicePolicy:
+    """The effective policy of one service: ``consulgw/defaults`` merged under ``consulgw/services/<name>``."""
+
+    lb: LbAlgorithm | None = None  # overrides the gw.lb tag when set
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    retries: Retries = field(default_factory=Retries)
+    auth: AuthPolicy | None = None
+    rate_limit: RateLimitPolicy | None = None
+    circuit_breaker: BreakerPolicy | None = None
+    cors: CorsPolicy | None = None
+    headers: HeaderPolicy = field(default_factory=HeaderPolicy)
+    max_body_bytes: int | None = None
+
+
+DEFAULT_POLICY = ServicePolicy()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsumerRateLimit:
+    """A consumer's own limit, replacing the service's requests/per when the limit is keyed by consumer."""
+
+    requests: int
+    per: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Consumer:
+    """An API client, from ``consulgw/consumers/<name>``. Secrets are stored only as hashes."""
+
+    name: str
+    api_key_sha256: frozenset[str] = frozenset()  # lower-case hex digests
+    password_hash: str | None = field(default=None, repr=False)  # see consulgw.policy.consumers for the format
+    scopes: frozenset[str] = frozenset()
+    rate_limit: ConsumerRateLimit | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyBook:
+    """Everything KV says, validated. Built whole and swapped; a rejected document keeps its previous good value."""
+
+    defaults: ServicePolicy = DEFAULT_POLICY
+    services: Mapping[str, ServicePolicy] = field(default_factory=lambda: MappingProxyType({}))
+    consumers: Mapping[str, Consumer] = field(default_factory=lambda: MappingProxyType({}))
+    consumers_by_key: Mapping[str, Consumer] = field(default_factory=lambda: MappingProxyType({}))  # sha256 -> consumer
+    errors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # KV key -> why it was rejected
+
+    def for_service(self, name: str) -> ServicePolicy:
+        return self.services.get(name, self.defaults)
