@@ -48,6 +48,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _docker_unavailable() -> str | None:
     """None when a Docker engine answers, else a short reason."""
+    host = os.environ.get("DOCKER_HOST", "")
+    if not host and not os.path.exists("/var/run/docker.sock"):
+        return "no Docker engine"
+    client = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -55,9 +59,11 @@ def _docker_unavailable() -> str | None:
 
             client = docker.from_env()
             client.ping()
-            client.close()
     except Exception:  # any failure means "no usable engine"
         return "no Docker engine"
+    finally:
+        if client is not None:
+            client.close()
     return None
 
 

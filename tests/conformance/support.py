@@ -121,13 +121,15 @@ class Client:
     async def register_service(self, definition: dict[str, Any], params: Sequence[Param] = ()) -> None:
         reply = await self.put("/v1/agent/service/register", params, json_body=definition)
         assert reply.status == 200, reply
-        service_id = definition.get("ID") or definition.get("id") or definition.get("Name") or definition.get("name")
+        lowered = {k.lower(): v for k, v in definition.items()}
+        service_id = lowered.get("id") or lowered.get("name")
         self.cleanups.append(lambda: self.put(f"/v1/agent/service/deregister/{service_id}"))
 
     async def register_check(self, definition: dict[str, Any]) -> None:
         reply = await self.put("/v1/agent/check/register", json_body=definition)
         assert reply.status == 200, reply
-        check_id = definition.get("ID") or definition.get("CheckID") or definition.get("Name")
+        lowered = {k.lower(): v for k, v in definition.items()}
+        check_id = lowered.get("id") or lowered.get("checkid") or lowered.get("name")
         self.cleanups.append(lambda: self.put(f"/v1/agent/check/deregister/{check_id}"))
 
     async def kv_put(self, key: str, value: bytes | str = b"", params: Sequence[Param] = ()) -> Reply:
