@@ -1,0 +1,319 @@
+"""Watch Consul with blocking queries and publish immutable CatalogSnapshots.
+
+One blocking watch of ``/v1/catalog/services`` decides which services are routed; each routed service gets its own
+blocking watch of ``/v1/health/service/<name>`` (its own index: a change to one of 1,000 services re-reads only that
+one); one blocking watch of ``/v1/kv/<prefix>?recurse`` reads the KV documents. Watches only update the watcher's
+state and mark what changed; one publisher task turns bursts of changes into ONE new CatalogSnapshot per
+``coalesce_window`` and publishes nothing when nothing differs. Errors never remove anything: the last good state
+stays until Consul answers again. See docs/architecture-discovery.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TypeVar
+
+import structlog
+
+from consulgw.clock import Clock
+from consulgw.discovery.blocking import Backoff, BlockingIndex, IndexStep, TokenBucket
+from consulgw.discovery.consul_api import ConsulClient, Result
+from consulgw.errors import DiscoveryError
+from consulgw.model.snapshot import CatalogSnapshot, Instance, ServiceSnapshot
+
+T = TypeVar("T")
+
+IsRouted = Callable[[str, tuple[str, ...]], bool]
+Publish = Callable[[CatalogSnapshot], None]
+
+_EMPTY_KV: Mapping[str, bytes] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatcherStatus:
+    """What the admin API shows and /-/ready judges staleness by."""
+
+    last_success: float | None = None  # clock.monotonic() of the last successful Consul response
+    services_index: int = 0  # last X-Consul-Index of /v1/catalog/services
+    kv_index: int = 0  # last X-Consul-Index of the KV prefix
+    watches: int = 0  # running blocking watches (catalog + KV + one per routed service)
+    errors_total: int = 0  # failed Consul requests since run() started
+    consul_reachable: bool = False  # the most recent Consul request (of any watch) succeeded
+    complete: bool = False  # a complete snapshot has been published
+
+
+class _Watch:
+    """Identity of one per-service watch task, so a superseded task can never write state."""
+
+    __slots__ = ("name", "task")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.task: asyncio.Task[None] | None = None
+
+
+class CatalogWatcher:
+    """Blocking watches of the catalog, each routed service's health and the KV prefix -> CatalogSnapshots."""
+
+    def __init__(
+        self,
+        client: ConsulClient,
+        *,
+        kv_prefix: str,
+        is_routed: IsRouted,
+        coalesce_window: float,
+        clock: Clock,
+        rng: random.Random,
+        wait: float = 300.0,
+        logger: structlog.typing.FilteringBoundLogger | None = None,
+        rate: float = 1.0,
+        burst: int = 2,
+        min_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+    ) -> None:
+        if coalesce_window < 0:
+            raise ValueError(f"coalesce_window must be >= 0, got {coalesce_window!r}")
+        if wait <= 0:
+            raise ValueError(f"wait must be > 0, got {wait!r}")
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"rate must be > 0 and burst >= 1, got rate={rate!r} burst={burst!r}")
+        if not 0 < min_backoff <= max_backoff:
+            raise ValueError(f"need 0 < min_backoff <= max_backoff, got {min_backoff!r} and {max_backoff!r}")
+        self._client = client
+        self._prefix = kv_prefix.lstrip("/")
+        self._is_routed = is_routed
+        self._coalesce = coalesce_window
+        self._clock = clock
+        self._rng = rng
+        self._wait = wait
+        self._log: structlog.typing.FilteringBoundLogger = logger or structlog.get_logger("consulgw.discovery")
+        self._rate = rate
+        self._burst = burst
+        self._min_backoff = min_backoff
+        self._max_backoff = max_backoff
+        self._running = False
+        self._tg: asyncio.TaskGroup | None = None
+        self._changed: asyncio.Event | None = None
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._watches: dict[str, _Watch] = {}
+        self._services: dict[str, ServiceSnapshot] = {}  # keys are always a subset of _watches
+        self._dirty: set[str] = set()
+        self._kv: Mapping[str, bytes] | None = None
+        self._kv_dirty = False
+        self._catalog_read = False
+        self._published: CatalogSnapshot | None = None
+        self._services_index = 0
+        self._kv_index = 0
+        self._errors = 0
+        self._reachable = False
+        self._last_success: float | None = None
+
+    @property
+    def status(self) -> WatcherStatus:
+        return WatcherStatus(
+            last_success=self._last_success,
+            services_index=self._services_index,
+            kv_index=self._kv_index,
+            watches=(2 + len(self._watches)) if self._running else 0,
+            errors_total=self._errors,
+            consul_reachable=self._reachable,
+            complete=self._published is not None,
+        )
+
+    @property
+    def snapshot(self) -> CatalogSnapshot | None:
+        """The last published snapshot (None before the first complete one)."""
+        return self._published
+
+    async def run(self, publish: Publish) -> None:
+        """Watch until cancelled, calling ``publish`` with each new CatalogSnapshot (the first one is complete)."""
+        if self._running:
+            raise RuntimeError("CatalogWatcher.run() is already running")
+        self._reset_state()
+        self._changed = asyncio.Event()
+        self._running = True
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self._catalog_watch(), name="consul-watch:catalog")
+                tg.create_task(self._kv_watch(), name="consul-watch:kv")
+                tg.create_task(self._publisher(publish), name="consul-watch:publisher")
+        finally:
+            self._tg = None
+            self._running = False
+            self._watches.clear()
+
+    # -- one blocking loop, shared by every watch -----------------------------------------------------------------
+
+    async def _blocking_loop(
+        self,
+        endpoint: str,
+        fetch: Callable[[int], Awaitable[Result[T]]],
+        apply: Callable[[Result[T], IndexStep], None],
+    ) -> None:
+        index = BlockingIndex()
+        backoff = Backoff(self._rng, base=self._min_backoff, cap=self._max_backoff)
+        bucket = TokenBucket(self._clock, rate=self._rate, burst=self._burst)
+        while True:
+            delay = bucket.reserve()
+            if delay > 0:
+                await self._clock.sleep(delay)
+            try:
+                result = await fetch(index.index)
+            except DiscoveryError as exc:
+                index.fail()
+                retry_in = backoff.failure()
+                self._errors += 1
+                self._reachable = False
+                self._log.warning(
+                    "consul_watch_failed",
+                    endpoint=endpoint,
+                    error=str(exc),
+                    retry_in=round(retry_in, 3),
+                    failures=backoff.failures,
+                )
+                await self._clock.sleep(retry_in)
+                continue
+            self._last_success = self._clock.monotonic()
+            self._reachable = True
+            if backoff.failures:
+                self._log.info("consul_watch_recovered", endpoint=endpoint, failures=backoff.failures)
+            backoff.success()
+            step = index.advance(result.index)
+            if step.reset:
+                self._log.info("consul_index_reset", endpoint=endpoint, previous=step.previous, returned=step.returned)
+            apply(result, step)
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    # -- catalog --------------------------------------------------------------------------------------------------
+
+    async def _catalog_watch(self) -> None:
+        await self._blocking_loop(
+            "/v1/catalog/services",
+            lambda index: self._client.catalog_services(index, self._wait),
+            self._apply_catalog,
+        )
+
+    def _apply_catalog(self, result: Result[Mapping[str, tuple[str, ...]]], step: IndexStep) -> None:
+        self._services_index = max(result.index, 1)
+        routed = {name for name, tags in result.value.items() if self._is_routed(name, tags)}
+        for name in [n for n in self._watches if n not in routed]:
+            self._stop_service(name)
+        for name in sorted(routed):
+            if name not in self._watches:
+                self._start_service(name)
+        if not self._catalog_read:
+            self._catalog_read = True
+        self._wake()
+
+    def _start_service(self, name: str) -> None:
+        if self._tg is None:  # run() is shutting down
+            return
+        watch = _Watch(name)
+        self._watches[name] = watch
+        watch.task = self._tg.create_task(self._health_watch(watch), name=f"consul-watch:health:{name}")
+
+    def _stop_service(self, name: str) -> None:
+        watch = self._watches.pop(name)
+        if watch.task is not None:
+            watch.task.cancel()
+        if self._services.pop(name, None) is not None:
+            self._dirty.add(name)
+
+    # -- health, one watch per routed service ---------------------------------------------------------------------
+
+    async def _health_watch(self, watch: _Watch) -> None:
+        await self._blocking_loop(
+            f"/v1/health/service/{watch.name}",
+            lambda index: self._client.health_service(watch.name, index, self._wait),
+            lambda result, step: self._apply_health(watch, result),
+        )
+
+    def _apply_health(self, watch: _Watch, result: Result[tuple[Instance, ...]]) -> None:
+        if self._watches.get(watch.name) is not watch:  # superseded: the service left and maybe came back
+            return
+        instances = tuple(sorted(result.value, key=lambda inst: inst.id))
+        old = self._services.get(watch.name)
+        if old is not None and old.instances == instances:
+            return  # a return is no guarantee of change (output-only check updates bump the index too)
+        self._services[watch.name] = ServiceSnapshot(name=watch.name, index=max(result.index, 1), instances=instances)
+        self._dirty.add(watch.name)
+        self._wake()
+
+    # -- KV -------------------------------------------------------------------------------------------------------
+
+    async def _kv_watch(self) -> None:
+        await self._blocking_loop(
+            f"/v1/kv/{self._prefix}",
+            lambda index: self._client.kv_list(self._prefix, index, self._wait),
+            self._apply_kv,
+        )
+
+    def _apply_kv(self, result: Result[Mapping[str, bytes]], step: IndexStep) -> None:
+        self._kv_index = max(result.index, 1)
+        size = len(self._prefix)
+        kv = {key[size:]: value for key, value in result.value.items() if key.startswith(self._prefix) and key[size:]}
+        if self._kv is not None and dict(self._kv) == kv:
+            return
+        self._kv = MappingProxyType(kv)
+        self._kv_dirty = True
+        self._wake()
+
+    # -- publishing -----------------------------------------------------------------------------------------------
+
+    async def _publisher(self, publish: Publish) -> None:
+        changed = self._changed
+        if changed is None:  # pragma: no cover - run() always sets it first
+            raise RuntimeError("publisher started outside run()")
+        while True:
+            await changed.wait()
+            if self._published is not None and self._coalesce > 0:
+                await self._clock.sleep(self._coalesce)  # let the rest of the burst arrive
+            changed.clear()
+            snapshot = self._next_snapshot()
+            if snapshot is None:
+                continue
+            self._published = snapshot
+            self._log.info(
+                "catalog_snapshot_published",
+                services=len(snapshot.services),
+                changed=len(snapshot.changed),
+                kv_changed=snapshot.kv_changed,
+                services_index=snapshot.services_index,
+                kv_index=snapshot.kv_index,
+            )
+            publish(snapshot)
+
+    def _next_snapshot(self) -> CatalogSnapshot | None:
+        previous = self._published
+        if previous is None:
+            complete = self._catalog_read and self._kv is not None and len(self._services) == len(self._watches)
+            if not complete:
+                return None
+            changed = frozenset(self._services)
+            kv_changed = True
+        else:
+            changed = frozenset(n for n in self._dirty if previous.services.get(n) != self._services.get(n))
+            kv_changed = self._kv_dirty and dict(previous.kv) != dict(self._kv or _EMPTY_KV)
+        self._dirty.clear()
+        self._kv_dirty = False
+        if previous is not None and not changed and not kv_changed:
+            return None
+        return CatalogSnapshot(
+            services=MappingProxyType(dict(self._services)),
+            kv=self._kv if self._kv is not None else _EMPTY_KV,
+            services_index=self._services_index,
+            kv_index=self._kv_index,
+            complete=True,
+            changed=changed,
+            kv_changed=kv_changed,
+        )
