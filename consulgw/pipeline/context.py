@@ -73,17 +73,18 @@ Next = Callable[[RequestContext], Awaitable[web.StreamResponse]]
 
 
 class Stage(Protocol):
-    """One concern of the pipeline (auth, rate limit, CORS, ...).
+    """One concern of the pipeline (auth, rate limit, CORS, ...). The request is an aiohttp ``web.BaseRequest``
+    (the public listener is a low-level ``web.Server``: no router, no app).
 
     A stage either answers by itself (returns a response or raises a GatewayError subclass, which the server
     renders as JSON with ``ctx.response_edits`` applied) or calls ``call_next`` with a possibly replaced context.
     Per-request state lives in locals and ``ctx``, never on ``self``.
     """
 
-    async def __call__(self, ctx: RequestContext, request: web.Request, call_next: Next) -> web.StreamResponse: ...
+    async def __call__(self, ctx: RequestContext, request: web.BaseRequest, call_next: Next) -> web.StreamResponse: ...
 
 
-def build_chain(stages: tuple[Stage, ...], terminal: Next, request: web.Request) -> Next:
+def build_chain(stages: tuple[Stage, ...], terminal: Next, request: web.BaseRequest) -> Next:
     """Fold stages around the terminal handler for one request (cheap closures; stages themselves are shared)."""
     handler = terminal
     for stage in reversed(stages):
@@ -91,7 +92,7 @@ def build_chain(stages: tuple[Stage, ...], terminal: Next, request: web.Request)
     return handler
 
 
-def _bind(stage: Stage, request: web.Request, call_next: Next) -> Next:
+def _bind(stage: Stage, request: web.BaseRequest, call_next: Next) -> Next:
     async def run(ctx: RequestContext) -> web.StreamResponse:
         return await stage(ctx, request, call_next)
 
