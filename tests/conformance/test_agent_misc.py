@@ -260,7 +260,9 @@ async def test_agent_self_shape(api: Client, consul: Any) -> None:
     assert me["DebugConfig"]["DevMode"] is True
     assert me["Stats"]["consul"]["leader"] == "true"
     assert me["Stats"]["consul"]["server"] == "true"
-    assert me["Meta"]["consul-version"] == config["Version"].split("+")[0].split("-")[0] or me["Meta"]["consul-version"]
+    assert me["Meta"]["consul-network-segment"] == ""
+    assert isinstance(me["Meta"]["consul-version"], str)
+    assert me["Meta"]["consul-version"]
 
 
 async def test_agent_self_consistent_with_status_and_members(api: Client) -> None:
