@@ -103,8 +103,23 @@ class CircuitOpen(GatewayError):
 
 
 class UpstreamError(GatewayError):
+    """A failed upstream attempt. ``kind`` is a fixed vocabulary (metric label); ``connect_failed`` means no byte
+    of the request reached the instance, so any method may be retried elsewhere."""
+
     status = 502
     code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str = "error",
+        connect_failed: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, headers=headers)
+        self.kind = kind
+        self.connect_failed = connect_failed
 
 
 class UpstreamUnreachable(UpstreamError):

@@ -1,0 +1,59 @@
+"""The upstream HTTP client: one long-lived ClientSession, and the one place aiohttp errors become ours."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Iterator
+
+import aiohttp
+
+from consulgw.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+
+
+def upstream_ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verify HTTPS upstreams against the system CAs, or against ``--upstream-ca`` when given."""
+    context = ssl.create_default_context(cafile=ca_file)
+    return context
+
+
+def create_upstream_session(*, ca_file: str | None = None) -> aiohttp.ClientSession:
+    """The proxy's client session: keep-alive pool, no cookie jar, bytes passed untouched."""
+    connector = aiohttp.TCPConnector(
+        limit=0,  # no global cap: a gateway must not queue requests behind an arbitrary pool size
+        limit_per_host=0,
+        keepalive_timeout=30.0,
+        enable_cleanup_closed=False,
+        ssl=upstream_ssl_context(ca_file),
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,  # Content-Encoding and Content-Length pass through as the upstream sent them
+        cookie_jar=aiohttp.DummyCookieJar(),  # never share cookies between clients
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        timeout=aiohttp.ClientTimeout(total=None),
+        raise_for_status=False,
+    )
+
+
+def translate(exc: BaseException, endpoint: str) -> UpstreamError:
+    """Map an aiohttp/OS error to the gateway's UpstreamError tree (messages carry no request data)."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamTimeout(f"connecting to {endpoint} timed out", kind="connect_timeout", connect_failed=True)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamUnreachable(f"could not connect to {endpoint}", kind="connect", connect_failed=True)
+    if isinstance(exc, aiohttp.SocketTimeoutError | asyncio.TimeoutError):
+        return UpstreamTimeout(f"{endpoint} did not answer in time", kind="timeout")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.ClientPayloadError):
+        return UpstreamUnreachable(f"{endpoint} closed the connection", kind="reset")
+    return UpstreamUnreachable(f"request to {endpoint} failed", kind="error")
+
+
+@contextlib.contextmanager
+def upstream_errors(endpoint: str) -> Iterator[None]:
+    """Translate failures of one upstream exchange, once, with the original as the cause."""
+    try:
+        yield
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise translate(exc, endpoint) from exc
