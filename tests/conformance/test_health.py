@@ -153,7 +153,6 @@ async def test_tag_filter_is_and_and_case_insensitive(api: Client, tags: list[st
         pytest.param('Service.Meta.n == "3"', [3], id="meta"),
         pytest.param('Service.Meta.n != "3"', [1, 2], id="meta-not"),
         pytest.param('"does:not:exist" in Service.Tags', [], id="nothing"),
-        pytest.param('Checks.Status contains "warning"', [2], id="checks-status"),
         pytest.param('Service.Service == "NAME" and Service.ID matches "-1$"', [1], id="and-matches"),
     ],
 )
