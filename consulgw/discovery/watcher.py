@@ -81,8 +81,8 @@ class CatalogWatcher:
             raise ValueError(f"wait must be > 0, got {wait!r}")
         if rate <= 0 or burst < 1:
             raise ValueError(f"rate must be > 0 and burst >= 1, got rate={rate!r} burst={burst!r}")
-        if not 0 < min_backoff <= max_backoff:
-            raise ValueError(f"need 0 < min_backoff <= max_backoff, got {min_backoff!r} and {max_backoff!r}")
+        if min_backoff <= 0 or max_backoff <= 0:
+            raise ValueError(f"backoff bounds must be > 0, got {min_backoff!r} and {max_backoff!r}")
         self._client = client
         self._prefix = kv_prefix.lstrip("/")
         self._is_routed = is_routed
@@ -93,7 +93,7 @@ class CatalogWatcher:
         self._log: structlog.typing.FilteringBoundLogger = logger or structlog.get_logger("consulgw.discovery")
         self._rate = rate
         self._burst = burst
-        self._min_backoff = min_backoff
+        self._min_backoff = min(min_backoff, max_backoff)
         self._max_backoff = max_backoff
         self._running = False
         self._tg: asyncio.TaskGroup | None = None
@@ -206,14 +206,15 @@ class CatalogWatcher:
     def _apply_catalog(self, result: Result[Mapping[str, tuple[str, ...]]], step: IndexStep) -> None:
         self._services_index = max(result.index, 1)
         routed = {name for name, tags in result.value.items() if self._is_routed(name, tags)}
-        for name in [n for n in self._watches if n not in routed]:
+        gone = [name for name in self._watches if name not in routed]
+        new = sorted(name for name in routed if name not in self._watches)
+        for name in gone:
             self._stop_service(name)
-        for name in sorted(routed):
-            if name not in self._watches:
-                self._start_service(name)
-        if not self._catalog_read:
+        for name in new:
+            self._start_service(name)
+        if gone or not self._catalog_read:  # new services wake the publisher with their first health read
             self._catalog_read = True
-        self._wake()
+            self._wake()
 
     def _start_service(self, name: str) -> None:
         if self._tg is None:  # run() is shutting down
