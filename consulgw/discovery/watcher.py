@@ -42,8 +42,9 @@ class WatcherStatus:
     kv_index: int = 0  # last X-Consul-Index of the KV prefix
     watches: int = 0  # running blocking watches (catalog + KV + one per routed service)
     errors_total: int = 0  # failed Consul requests since run() started
-    consul_reachable: bool = False  # the most recent Consul request (of any watch) succeeded
+    consul_reachable: bool = False  # Consul has answered and no watch's latest request failed
     complete: bool = False  # a complete snapshot has been published
+    failing_watches: int = 0  # watches whose latest request failed (backing off, will retry)
 
 
 class _Watch:
@@ -111,7 +112,7 @@ class CatalogWatcher:
         self._services_index = 0
         self._kv_index = 0
         self._errors = 0
-        self._reachable = False
+        self._failing: set[object] = set()  # one token per watch whose latest request failed
         self._last_success: float | None = None
 
     @property
@@ -122,8 +123,9 @@ class CatalogWatcher:
             kv_index=self._kv_index,
             watches=(2 + len(self._watches)) if self._running else 0,
             errors_total=self._errors,
-            consul_reachable=self._reachable,
+            consul_reachable=self._running and self._last_success is not None and not self._failing,
             complete=self._published is not None,
+            failing_watches=len(self._failing),
         )
 
     @property
@@ -160,35 +162,41 @@ class CatalogWatcher:
         index = BlockingIndex()
         backoff = Backoff(self._rng, base=self._min_backoff, cap=self._max_backoff)
         bucket = TokenBucket(self._clock, rate=self._rate, burst=self._burst)
-        while True:
-            delay = bucket.reserve()
-            if delay > 0:
-                await self._clock.sleep(delay)
-            try:
-                result = await fetch(index.index)
-            except DiscoveryError as exc:
-                index.fail()
-                retry_in = backoff.failure()
-                self._errors += 1
-                self._reachable = False
-                self._log.warning(
-                    "consul_watch_failed",
-                    endpoint=endpoint,
-                    error=str(exc),
-                    retry_in=round(retry_in, 3),
-                    failures=backoff.failures,
-                )
-                await self._clock.sleep(retry_in)
-                continue
-            self._last_success = self._clock.monotonic()
-            self._reachable = True
-            if backoff.failures:
-                self._log.info("consul_watch_recovered", endpoint=endpoint, failures=backoff.failures)
-            backoff.success()
-            step = index.advance(result.index)
-            if step.reset:
-                self._log.info("consul_index_reset", endpoint=endpoint, previous=step.previous, returned=step.returned)
-            apply(result, step)
+        token = object()  # this watch, in the set of failing watches
+        try:
+            while True:
+                delay = bucket.reserve()
+                if delay > 0:
+                    await self._clock.sleep(delay)
+                try:
+                    result = await fetch(index.index)
+                except DiscoveryError as exc:
+                    index.fail()
+                    retry_in = backoff.failure()
+                    self._errors += 1
+                    self._failing.add(token)
+                    self._log.warning(
+                        "consul_watch_failed",
+                        endpoint=endpoint,
+                        error=str(exc),
+                        retry_in=round(retry_in, 3),
+                        failures=backoff.failures,
+                    )
+                    await self._clock.sleep(retry_in)
+                    continue
+                self._last_success = self._clock.monotonic()
+                self._failing.discard(token)
+                if backoff.failures:
+                    self._log.info("consul_watch_recovered", endpoint=endpoint, failures=backoff.failures)
+                backoff.success()
+                step = index.advance(result.index)
+                if step.reset:
+                    self._log.info(
+                        "consul_index_reset", endpoint=endpoint, previous=step.previous, returned=step.returned
+                    )
+                apply(result, step)
+        finally:
+            self._failing.discard(token)  # a stopped watch no longer counts against reachability
 
     def _wake(self) -> None:
         if self._changed is not None:
