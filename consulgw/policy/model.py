@@ -157,6 +157,10 @@ class PolicyBook:
     consumers: Mapping[str, Consumer] = field(default_factory=lambda: MappingProxyType({}))
     consumers_by_key: Mapping[str, Consumer] = field(default_factory=lambda: MappingProxyType({}))  # sha256 -> consumer
     errors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # KV key -> why it was rejected
+    # The last good ``defaults`` JSON object: what every service document is merged onto (consulgw.policy.book).
+    defaults_document: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    # The raw KV values this book was built from (relative key -> bytes), so the next build re-parses only changes.
+    sources: Mapping[str, bytes | None] = field(default_factory=lambda: MappingProxyType({}), repr=False, compare=False)
 
     def for_service(self, name: str) -> ServicePolicy:
         return self.services.get(name, self.defaults)

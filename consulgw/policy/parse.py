@@ -1,0 +1,766 @@
+"""KV JSON -> typed policy values. The only way a ServicePolicy or a Consumer is made from user input.
+
+Two steps: the document is checked against the shipped JSON Schema (``schema.json``, draft 2020-12,
+``additionalProperties: false`` everywhere, so a typo is an error rather than a silently ignored key), then converted
+to the frozen model with the checks a schema cannot express: durations, JWT algorithms against the key material (the
+HS/RS confusion attack is refused here, at configuration time), PEM keys that must load, header names, origins.
+
+Every failure is a ``PolicyError`` whose message names the KV key, the JSON path and the offending value::
+
+    consulgw/services/users: rate_limit.per: '10 s' is not a duration (time: unknown unit " s" in duration "10 s")
+
+Values at secret paths (``secret``, ``password_hash``, ``api_key_sha256``, ``public_key``, credential-bearing
+header values) are shown as ``'***'``; objects and lists are described, never dumped; long values are truncated.
+Whatever the input -- any JSON, any bytes, absurd nesting -- the result is a model or a PolicyError.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cache
+from importlib import resources
+from typing import Any, cast
+
+import jsonschema
+import jsonschema.exceptions
+import jwt.algorithms
+import jwt.exceptions
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+from consulgw.duration import parse_go_duration
+from consulgw.errors import PolicyError
+from consulgw.policy.consumers import is_api_key_digest, parse_password_hash
+from consulgw.policy.model import (
+    ApiKeyAuth,
+    AuthPolicy,
+    BasicAuth,
+    BreakerPolicy,
+    Consumer,
+    ConsumerRateLimit,
+    CorsPolicy,
+    Fallback,
+    HeaderPolicy,
+    HeaderRules,
+    JwtAuth,
+    LbAlgorithm,
+    RateLimitPolicy,
+    Retries,
+    ServicePolicy,
+    Timeouts,
+)
+
+Path = tuple[str | int, ...]
+
+MAX_DURATION = 7 * 24 * 3600.0  # a week: anything longer is a mistake (or an infinity smuggled in as 1e400)
+MAX_CORS_MAX_AGE = 24 * 3600  # browsers cap preflight caching at 2h (Chromium) to 24h (Firefox)
+_SHOWN_CHARS = 60
+
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONSUMER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+# Headers a policy may not add, set or remove: connection management (hop-by-hop, RFC 9110 section 7.6.1) and
+# framing, which the proxy owns.
+FORBIDDEN_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+_SECRET_NAMES = frozenset(
+    {
+        "secret",
+        "password",
+        "password_hash",
+        "api_key_sha256",
+        "public_key",
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "api-key",
+        "api_key",
+        "apikey",
+    }
+)
+_SECRET_WORDS = ("secret", "password", "passwd", "token", "private", "session")
+
+_ASYMMETRIC_KEY_SOURCES = ("public_key", "jwks_url")
+_PRIVATE_KEY_TYPES = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+)
+
+
+class _Invalid(Exception):
+    """A semantic check failed at ``path``; turned into a PolicyError naming the KV key."""
+
+    def __init__(self, path: Path, reason: str, *, value: object = None, show_value: bool = True) -> None:
+        super().__init__(reason)
+        self.path = path
+        self.reason = reason
+        self.value = value
+        self.show_value = show_value
+
+
+# --------------------------------------------------------------------------------------------------- public API
+
+
+def parse_policy(raw: bytes | str | object, *, key: str) -> ServicePolicy:
+    """Validate and convert one policy document (a service's, already merged with defaults, or the defaults).
+
+    ``raw`` is the KV value (bytes or str of JSON) or an already decoded JSON value. ``key`` names the document in
+    error messages (the full KV key, or a file name).
+    """
+    doc = decode_document(raw, key=key)
+    _check_schema(doc, "policy", key)
+    try:
+        return _policy(cast(Mapping[str, Any], doc))
+    except _Invalid as exc:
+        raise PolicyError(_message(key, exc.path, exc.reason, exc.value, exc.show_value)) from None
+    except RecursionError:
+        raise PolicyError(f"{key}: the document is nested too deeply") from None
+
+
+def parse_consumer(raw: bytes | str | object, *, key: str, name: str) -> Consumer:
+    """Validate and convert one consumer document (``consulgw/consumers/<name>``)."""
+    if not isinstance(name, str) or _CONSUMER_NAME.fullmatch(name) is None:
+        raise PolicyError(
+            f"{key}: consumer name {_show(name)} is not valid (letters, digits, '.', '_', '@', '-'; at most 128)"
+        )
+    doc = decode_document(raw, key=key)
+    _check_schema(doc, "consumer", key)
+    try:
+        return _consumer(cast(Mapping[str, Any], doc), name)
+    except _Invalid as exc:
+        raise PolicyError(_message(key, exc.path, exc.reason, exc.value, exc.show_value)) from None
+
+
+def decode_document(raw: bytes | str | object, *, key: str) -> object:
+    """Decode KV bytes/str into a JSON value (objects as dicts); other values are returned as they are.
+
+    Rejects non-UTF-8 bytes, invalid JSON, NaN/Infinity, duplicate object keys and absurd nesting.
+    """
+    if isinstance(raw, bytes | bytearray | memoryview):
+        try:
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PolicyError(f"{key}: the value is not UTF-8 text (bad byte at offset {exc.start})") from None
+    elif isinstance(raw, str):
+        text = raw
+    else:
+        return raw
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not text.strip():
+        raise PolicyError(f"{key}: the value is empty (expected a JSON object)")
+    try:
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise PolicyError(f"{key}: {exc.name!r} appears twice in one object (the second would silently win)") from None
+    except json.JSONDecodeError as exc:
+        raise PolicyError(f"{key}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise PolicyError(f"{key}: the document is nested too deeply") from None
+    except ValueError as exc:  # NaN/Infinity, or an integer with more digits than Python converts
+        raise PolicyError(f"{key}: not valid JSON: {_truncate(str(exc), 120)}") from None
+
+
+def merge_documents(base: object, override: object) -> object:
+    """Deep merge of JSON values: objects merge key by key (``override`` wins); lists, scalars and null replace."""
+    if isinstance(base, Mapping) and isinstance(override, Mapping):
+        merged: dict[object, object] = dict(base)
+        for name, value in override.items():
+            merged[name] = merge_documents(base[name], value) if name in base else value
+        return merged
+    return override
+
+
+def valid_header_name(name: str) -> bool:
+    return HEADER_NAME.fullmatch(name) is not None
+
+
+def valid_consumer_name(name: str) -> bool:
+    return _CONSUMER_NAME.fullmatch(name) is not None
+
+
+def jwt_algorithms() -> frozenset[str]:
+    """Algorithms a policy may name: PyJWT's supported set, without ``none``."""
+    return frozenset(jwt.algorithms.get_default_algorithms()) - {"none"}
+
+
+# ---------------------------------------------------------------------------------------------- decoding, schema
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in result:
+            raise _DuplicateKey(name)
+        result[name] = value
+    return result
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+@cache
+def _schema() -> dict[str, Any]:
+    text = resources.files("consulgw.policy").joinpath("schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@cache
+def _validator(kind: str) -> jsonschema.protocols.Validator:
+    schema = dict(_schema())
+    schema.pop("anyOf", None)
+    schema["$ref"] = f"#/$defs/{kind}"
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _check_schema(doc: object, kind: str, key: str) -> None:
+    try:
+        errors = list(_validator(kind).iter_errors(cast(Any, doc)))
+    except RecursionError:
+        raise PolicyError(f"{key}: the document is nested too deeply") from None
+    if not errors:
+        return
+    errors.sort(key=lambda e: (_path_text(tuple(e.absolute_path)), str(e.validator)))
+    first = _describe(errors[0])
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    raise PolicyError(_message(key, *first) + more)
+
+
+_TYPE_WORDS = {
+    "string": "a string",
+    "integer": "a whole number",
+    "number": "a number",
+    "object": "an object",
+    "array": "a list",
+    "boolean": "true or false",
+    "null": "null",
+}
+
+
+def _describe(error: jsonschema.exceptions.ValidationError) -> tuple[Path, str, object, bool]:
+    """(path, reason, value, show_value) for one schema error, in our words (jsonschema's would echo secrets)."""
+    path: Path = tuple(error.absolute_path)
+    validator, instance = str(error.validator), error.instance
+    expected: Any = error.validator_value
+    if "propertyNames" in error.relative_schema_path:
+        return (*path, str(instance)), "is not a valid header name", None, False
+    if validator == "additionalProperties" and isinstance(instance, Mapping):
+        properties = error.schema.get("properties", {}) if isinstance(error.schema, Mapping) else {}
+        allowed = sorted(str(p) for p in properties)
+        extras = sorted(str(k) for k in instance if k not in properties)
+        name = extras[0] if extras else "?"
+        close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return (*path, name), f"unknown key ({hint}allowed: {', '.join(allowed)})", None, False
+    if validator == "required" and isinstance(instance, Mapping) and isinstance(expected, list):
+        missing = [str(r) for r in expected if r not in instance]
+        return path, f"missing required key {missing[0]!r}" if missing else "missing a required key", None, False
+    if validator == "type":
+        types = [expected] if isinstance(expected, str) else list(expected)
+        if {"string", "number"} <= set(types):
+            return (
+                path,
+                "is not a duration (use a string such as '2s' or '1m30s', or a number of seconds)",
+                instance,
+                True,
+            )
+        words = " or ".join(_TYPE_WORDS.get(str(t), str(t)) for t in types)
+        return path, f"is not {words}", instance, True
+    if validator == "enum":
+        choices = ", ".join("null" if c is None else str(c) for c in expected)
+        return path, f"is not one of: {choices}", instance, True
+    if validator == "const":
+        return path, f"must be {expected!r}", instance, True
+    if validator == "minimum":
+        return path, f"must be at least {expected}", instance, True
+    if validator == "maximum":
+        return path, f"must be at most {expected}", instance, True
+    if validator == "minLength":
+        return path, "must not be empty", instance, True
+    if validator == "maxLength":
+        return path, f"is too long (at most {expected} characters)", instance, True
+    if validator == "minItems":
+        return path, "must not be empty", instance, True
+    if validator == "pattern":
+        return path, "is not a SHA-256 hex digest (64 hex characters)", instance, True
+    return path, f"is not valid ({validator})", instance, True
+
+
+# ------------------------------------------------------------------------------------------------------ messages
+
+
+def _message(key: str, path: Path, reason: str, value: object, show_value: bool) -> str:
+    where = _path_text(path) or "(document)"
+    if not show_value:
+        return f"{key}: {where}: {reason}"
+    shown = "'***'" if _is_secret_path(path) and not isinstance(value, Mapping | list) else _show(value)
+    return f"{key}: {where}: {shown} {reason}"
+
+
+def _path_text(path: Iterable[object]) -> str:
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + _truncate(str(part), 64)
+    return text
+
+
+def _is_secret_path(path: Path) -> bool:
+    for part in path:
+        if isinstance(part, str):
+            lowered = part.lower()
+            if lowered in _SECRET_NAMES or any(word in lowered for word in _SECRET_WORDS):
+                return True
+    return False
+
+
+def _show(value: object) -> str:
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(_truncate(value, _SHOWN_CHARS))
+    return _truncate(repr(value), _SHOWN_CHARS)
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}…({len(text)} chars)"
+
+
+# ------------------------------------------------------------------------------------------ semantic conversion
+
+
+def _duration(path: Path, value: object, *, positive: bool = True, maximum: float = MAX_DURATION) -> float:
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) > 64:
+            raise _Invalid(path, "is not a duration (too long)", value=value)
+        try:
+            seconds = parse_go_duration(text) / 1e9
+        except ValueError as exc:
+            raise _Invalid(path, f"is not a duration ({exc})", value=value) from None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise _Invalid(path, "is not a duration (use a string such as '2s' or '1m30s')", value=value)
+    if math.isnan(seconds) or seconds < 0 or (positive and seconds == 0):
+        raise _Invalid(path, "must be greater than zero" if positive else "must not be negative", value=value)
+    if seconds > maximum:
+        raise _Invalid(path, f"is too long (at most {maximum:g}s)", value=value)
+    return seconds
+
+
+def _header_name(path: Path, name: str, *, policy_owned: bool = True) -> str:
+    if not valid_header_name(name):
+        raise _Invalid(path, "is not a valid header name", value=name)
+    if policy_owned and name.lower() in FORBIDDEN_HEADERS:
+        raise _Invalid(
+            path,
+            "cannot be changed by a policy (hop-by-hop, Host and framing headers belong to the proxy)",
+            value=name,
+        )
+    return name
+
+
+def _header_value(path: Path, value: str) -> str:
+    if _BAD_HEADER_VALUE.search(value):
+        raise _Invalid(path, "contains control characters (CR, LF, NUL ...)", value=value)
+    return value
+
+
+def _unique(items: Iterable[str], *, fold: Callable[[str], str] = str.lower) -> tuple[str, ...]:
+    seen: set[str] = set()
+    out: list[str] = []
+    for item in items:
+        if fold(item) not in seen:
+            seen.add(fold(item))
+            out.append(item)
+    return tuple(out)
+
+
+def _policy(doc: Mapping[str, Any]) -> ServicePolicy:
+    lb = cast("LbAlgorithm | None", doc.get("lb"))
+    timeouts = Timeouts()
+    if "timeouts" in doc:
+        t = doc["timeouts"]
+        timeouts = Timeouts(
+            connect=_duration(("timeouts", "connect"), t["connect"], maximum=3600) if "connect" in t else 2.0,
+            read=_duration(("timeouts", "read"), t["read"], maximum=24 * 3600) if "read" in t else 30.0,
+        )
+    retries = Retries()
+    if "retries" in doc:
+        r = doc["retries"]
+        retries = Retries(
+            attempts=int(r.get("attempts", 1)),
+            on=frozenset(r["on"]) if "on" in r else Retries().on,
+        )
+    return ServicePolicy(
+        lb=lb,
+        timeouts=timeouts,
+        retries=retries,
+        auth=_auth(doc["auth"]) if doc.get("auth") is not None else None,
+        rate_limit=_rate_limit(doc["rate_limit"]) if doc.get("rate_limit") is not None else None,
+        circuit_breaker=_breaker(doc["circuit_breaker"]) if doc.get("circuit_breaker") is not None else None,
+        cors=_cors(doc["cors"]) if doc.get("cors") is not None else None,
+        headers=_headers(doc.get("headers") or {}),
+        max_body_bytes=int(doc["max_body_bytes"]) if doc.get("max_body_bytes") is not None else None,
+    )
+
+
+def _auth(doc: Mapping[str, Any]) -> AuthPolicy:
+    kind = doc["type"]
+    if kind == "api_key":
+        return ApiKeyAuth(header=_header_name(("auth", "header"), doc.get("header", "X-API-Key")))
+    if kind == "basic":
+        realm = doc.get("realm", "consulgw")
+        if '"' in realm or "\\" in realm or _BAD_HEADER_VALUE.search(realm):
+            raise _Invalid(("auth", "realm"), "must not contain quotes, backslashes or control characters", value=realm)
+        return BasicAuth(realm=realm)
+    return _jwt(doc)
+
+
+def _jwt(doc: Mapping[str, Any]) -> JwtAuth:
+    supported = jwt_algorithms()
+    algorithms = _unique(doc["algorithms"], fold=str)
+    for index, name in enumerate(algorithms):
+        if name.lower() == "none":
+            raise _Invalid(("auth", "algorithms", index), "is never accepted (it means unsigned tokens)", value=name)
+        if name not in supported:
+            raise _Invalid(
+                ("auth", "algorithms", index),
+                f"is not a JWT algorithm (supported: {', '.join(sorted(supported))})",
+                value=name,
+            )
+    hmac_algs = [a for a in algorithms if a.startswith("HS")]
+    public_algs = [a for a in algorithms if not a.startswith("HS")]
+    if hmac_algs and public_algs:
+        raise _Invalid(
+            ("auth", "algorithms"),
+            f"mixes HMAC ({', '.join(hmac_algs)}) with public-key algorithms ({', '.join(public_algs)}); "
+            "one service accepts one family, which is what stops HS/RS key-confusion attacks",
+            show_value=False,
+        )
+    secret = doc.get("secret")
+    public_key = doc.get("public_key")
+    jwks_url = doc.get("jwks_url")
+    if hmac_algs:
+        for source in _ASYMMETRIC_KEY_SOURCES:
+            if doc.get(source) is not None:
+                raise _Invalid(
+                    ("auth", source),
+                    f"is not allowed with {', '.join(hmac_algs)}: HMAC algorithms verify with 'secret' only",
+                    show_value=False,
+                )
+        if secret is None:
+            raise _Invalid(("auth",), f"{', '.join(hmac_algs)} needs 'secret' (the shared HMAC key)", show_value=False)
+        _check_secret(secret, hmac_algs)
+    else:
+        if secret is not None:
+            raise _Invalid(
+                ("auth", "secret"),
+                f"is not allowed with {', '.join(public_algs)}: give 'public_key' (PEM) or 'jwks_url'",
+                show_value=False,
+            )
+        if public_key is not None and jwks_url is not None:
+            raise _Invalid(("auth",), "give either 'public_key' or 'jwks_url', not both", show_value=False)
+        if public_key is None and jwks_url is None:
+            raise _Invalid(
+                ("auth",), f"{', '.join(public_algs)} needs 'public_key' (PEM) or 'jwks_url'", show_value=False
+            )
+        if public_key is not None:
+            _check_public_key(public_key, public_algs)
+        if jwks_url is not None:
+            _check_url(("auth", "jwks_url"), jwks_url)
+    audience = doc.get("audience")
+    audiences: tuple[str, ...] = (
+        () if audience is None else (audience,) if isinstance(audience, str) else tuple(audience)
+    )
+    return JwtAuth(
+        algorithms=algorithms,
+        secret=secret,
+        public_key=public_key,
+        jwks_url=jwks_url,
+        issuer=doc.get("issuer"),
+        audience=_unique(audiences, fold=str),
+        required_scopes=frozenset(doc.get("required_scopes", ())),
+        leeway=_duration(("auth", "leeway"), doc["leeway"], positive=False, maximum=3600) if "leeway" in doc else 0.0,
+        header=_header_name(("auth", "header"), doc.get("header", "Authorization")),
+    )
+
+
+def _check_secret(secret: str, algorithms: Sequence[str]) -> None:
+    available = jwt.algorithms.get_default_algorithms()
+    for name in algorithms:
+        algorithm = available[name]
+        try:
+            prepared = algorithm.prepare_key(secret)
+        except (jwt.exceptions.PyJWTError, ValueError, TypeError):
+            raise _Invalid(
+                ("auth", "secret"), "looks like a PEM key or certificate, not an HMAC secret", value=secret
+            ) from None
+        weakness = algorithm.check_key_length(prepared)
+        if weakness is not None:
+            raise _Invalid(
+                ("auth", "secret"),
+                f"is too short for {name}: {len(prepared)} bytes, at least "
+                f"{_hmac_min_bytes(name)} needed (RFC 7518 section 3.2)",
+                value=secret,
+            )
+
+
+def _hmac_min_bytes(name: str) -> int:
+    return {"HS256": 32, "HS384": 48, "HS512": 64}.get(name, 32)
+
+
+def _check_public_key(pem: str, algorithms: Sequence[str]) -> None:
+    path: Path = ("auth", "public_key")
+    if "PRIVATE KEY" in pem:
+        raise _Invalid(
+            path,
+            "holds a PRIVATE key: configure the public key only (and rotate this one, it has been stored in KV)",
+            value=pem,
+        )
+    available = jwt.algorithms.get_default_algorithms()
+    for name in algorithms:
+        algorithm = available[name]
+        try:
+            key = algorithm.prepare_key(pem)
+        except (jwt.exceptions.PyJWTError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise _Invalid(
+                path, f"is not a PEM public key usable with {name} ({_truncate(str(exc), 100)})", value=pem
+            ) from None
+        if isinstance(key, _PRIVATE_KEY_TYPES):
+            raise _Invalid(path, "holds a PRIVATE key: configure the public key only", value=pem)
+        weakness = algorithm.check_key_length(key)
+        if weakness is not None:
+            raise _Invalid(path, f"is too weak for {name}: {weakness}", value=pem)
+
+
+def _check_url(path: Path, url: str) -> None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        _ = parts.port
+    except ValueError:
+        raise _Invalid(path, "is not a URL", value=url) from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise _Invalid(path, "must be an http:// or https:// URL with a host", value=url)
+
+
+def _rate_limit(doc: Mapping[str, Any]) -> RateLimitPolicy:
+    key = str(doc.get("key", "ip"))
+    if key.startswith("header:"):
+        name = key[len("header:") :]
+        if not valid_header_name(name):
+            raise _Invalid(("rate_limit", "key"), f"names {name!r}, which is not a valid header name", value=key)
+        key = "header:" + name.lower()
+    elif key not in ("ip", "consumer"):
+        raise _Invalid(("rate_limit", "key"), "is not one of: ip, consumer, header:<name>", value=key)
+    return RateLimitPolicy(
+        requests=int(doc["requests"]),
+        per=_duration(("rate_limit", "per"), doc["per"]),
+        key=key,
+        backend=doc.get("backend", "local"),
+        on_backend_error=doc.get("on_backend_error", "allow"),
+        burst=int(doc.get("burst", 0)),
+    )
+
+
+def _breaker(doc: Mapping[str, Any]) -> BreakerPolicy:
+    defaults = BreakerPolicy()
+    fallback: Fallback | None = None
+    raw_fallback = doc.get("fallback")
+    if raw_fallback is not None:
+        content_type = raw_fallback.get("content_type", Fallback().content_type)
+        _header_value(("circuit_breaker", "fallback", "content_type"), content_type)
+        headers: list[tuple[str, str]] = []
+        for name, value in raw_fallback.get("headers", {}).items():
+            path: Path = ("circuit_breaker", "fallback", "headers", name)
+            _header_name(path, name)
+            if name.lower() == "content-type":
+                raise _Invalid(path, "is set by 'content_type'", value=name)
+            headers.append((name, _header_value(path, value)))
+        fallback = Fallback(
+            status=int(raw_fallback.get("status", 503)),
+            body=raw_fallback.get("body", ""),
+            content_type=content_type,
+            headers=tuple(headers),
+        )
+    return BreakerPolicy(
+        failure_threshold=int(doc.get("failure_threshold", defaults.failure_threshold)),
+        recovery_timeout=(
+            _duration(("circuit_breaker", "recovery_timeout"), doc["recovery_timeout"])
+            if "recovery_timeout" in doc
+            else defaults.recovery_timeout
+        ),
+        failure_statuses=(
+            frozenset(int(s) for s in doc["failure_statuses"])
+            if "failure_statuses" in doc
+            else defaults.failure_statuses
+        ),
+        fallback=fallback,
+    )
+
+
+_ORIGIN = re.compile(
+    r"(https?)://(\*\.)?([a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*|\[[0-9a-f:.]+\])(:[0-9]{1,5})?"
+)
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def normalize_origin(path: Path, origin: str) -> str:
+    """Check one configured origin and return it as browsers serialize it (lower case, default port dropped).
+
+    Accepted: ``*``, ``scheme://host[:port]``, and ``scheme://*.domain[:port]`` for any subdomain of ``domain``.
+    """
+    if origin == "*":
+        return origin
+    lowered = origin.lower()
+    match = _ORIGIN.fullmatch(lowered)
+    if match is None:
+        hint = ""
+        stripped = lowered.rstrip("/")
+        if stripped != lowered and _ORIGIN.fullmatch(stripped):
+            hint = f" (an origin has no path or trailing slash: did you mean {stripped!r}?)"
+        elif lowered == "null":
+            hint = " ('null' is sent by sandboxed documents and file: pages; allowing it lets any of them in)"
+        raise _Invalid(path, "is not an origin such as 'https://app.example.com'" + hint, value=origin)
+    port = match.group(7)
+    if port is not None:
+        if not 0 < int(port[1:]) < 65536:
+            raise _Invalid(path, "has a port outside 1-65535", value=origin)
+        if _DEFAULT_PORTS[match.group(1)] == port:
+            lowered = lowered[: -len(port)]
+    return lowered
+
+
+def _cors(doc: Mapping[str, Any]) -> CorsPolicy:
+    credentials = bool(doc.get("credentials", False))
+    origins = _unique(normalize_origin(("cors", "origins", i), o) for i, o in enumerate(doc["origins"]))
+    if "*" in origins and len(origins) > 1:
+        raise _Invalid(
+            ("cors", "origins"), "lists '*' with other origins; '*' alone allows every origin", show_value=False
+        )
+    if credentials and "*" in origins:
+        raise _Invalid(
+            ("cors", "credentials"),
+            "cannot be combined with origins ['*']: browsers refuse credentialed responses for any origin; "
+            "list the origins instead",
+            value=True,
+        )
+    methods: list[str] = []
+    for index, method in enumerate(doc.get("methods", CorsPolicy.__dataclass_fields__["methods"].default)):
+        if method != "*" and not valid_header_name(method):
+            raise _Invalid(("cors", "methods", index), "is not an HTTP method", value=method)
+        methods.append(method.upper())
+    allowed: list[str] = []
+    for index, name in enumerate(doc.get("headers", ())):
+        allowed.append(name if name == "*" else _header_name(("cors", "headers", index), name, policy_owned=False))
+    exposed: list[str] = []
+    for index, name in enumerate(doc.get("expose_headers", ())):
+        if name == "*" and credentials:
+            raise _Invalid(
+                ("cors", "expose_headers", index),
+                "means the literal header name '*' when credentials is true; list the headers",
+                value=name,
+            )
+        exposed.append(
+            name if name == "*" else _header_name(("cors", "expose_headers", index), name, policy_owned=False)
+        )
+    max_age: int | None = None
+    if doc.get("max_age") is not None:
+        max_age = math.ceil(_duration(("cors", "max_age"), doc["max_age"], positive=False, maximum=MAX_CORS_MAX_AGE))
+    return CorsPolicy(
+        origins=origins,
+        methods=_unique(methods),
+        headers=_unique(allowed),
+        expose_headers=_unique(exposed),
+        credentials=credentials,
+        max_age=max_age,
+    )
+
+
+def _headers(doc: Mapping[str, Any]) -> HeaderPolicy:
+    return HeaderPolicy(
+        request=_header_rules(("headers", "request"), doc.get("request") or {}),
+        response=_header_rules(("headers", "response"), doc.get("response") or {}),
+    )
+
+
+def _header_rules(path: Path, doc: Mapping[str, Any]) -> HeaderRules:
+    def pairs(kind: str) -> tuple[tuple[str, str], ...]:
+        out: list[tuple[str, str]] = []
+        for name, value in doc.get(kind, {}).items():
+            where = (*path, kind, name)
+            out.append((_header_name(where, name), _header_value(where, value)))
+        return tuple(out)
+
+    remove = tuple(_header_name((*path, "remove", i), name) for i, name in enumerate(doc.get("remove", ())))
+    return HeaderRules(add=pairs("add"), set=pairs("set"), remove=_unique(remove))
+
+
+def _consumer(doc: Mapping[str, Any], name: str) -> Consumer:
+    digests: list[str] = []
+    for index, digest in enumerate(doc.get("api_key_sha256", ())):
+        lowered = digest.lower()
+        if not is_api_key_digest(lowered):  # the schema's pattern already checked; kept for the model's invariant
+            raise _Invalid(("api_key_sha256", index), "is not a SHA-256 hex digest", value=digest)
+        digests.append(lowered)
+    password_hash = doc.get("password_hash")
+    if password_hash is not None and parse_password_hash(password_hash) is None:
+        raise _Invalid(
+            ("password_hash",),
+            "is not a password hash made by `consulgw consumer add --password` (scrypt$n$r$p$salt$hash)",
+            value=password_hash,
+        )
+    rate_limit = None
+    raw_limit = doc.get("rate_limit")
+    if raw_limit is not None:
+        rate_limit = ConsumerRateLimit(
+            requests=int(raw_limit["requests"]), per=_duration(("rate_limit", "per"), raw_limit["per"])
+        )
+    return Consumer(
+        name=name,
+        api_key_sha256=frozenset(digests),
+        password_hash=password_hash,
+        scopes=frozenset(doc.get("scopes", ())),
+        rate_limit=rate_limit,
+    )
