@@ -90,10 +90,16 @@ class _ServiceState:
         return {i: c.in_flight for i, c in self.counters.items()}
 
     def stats(self) -> Mapping[str, InstanceStats]:
+        idle = _Counter()
         return MappingProxyType(
             {
-                i: InstanceStats(instance_id=i, in_flight=c.in_flight, requests=c.requests, member=i in self.members)
-                for i, c in sorted(self.counters.items())
+                i: InstanceStats(
+                    instance_id=i,
+                    in_flight=(c := self.counters.get(i, idle)).in_flight,
+                    requests=c.requests,
+                    member=i in self.members,
+                )
+                for i in sorted(self.members | self.counters.keys())
             }
         )
 
@@ -173,7 +179,7 @@ class ServicePool:
             self._state.release(instance_id)
 
     def stats(self) -> Mapping[str, InstanceStats]:
-        """Counters of members and of departed instances still finishing requests, by instance id."""
+        """Counters of every member (zeros if never picked) and of departed instances still finishing requests."""
         return self._state.stats()
 
 

@@ -231,3 +231,18 @@ def test_rendezvous_removal_property(member_count: int, removed: int, weights: l
             assert after == before
         else:
             assert after == full.ranked(key)[1]  # its keys go to their own second choice
+
+
+@given(
+    member_count=st.integers(min_value=1, max_value=7),
+    weights=st.lists(st.integers(min_value=1, max_value=5), min_size=8, max_size=8),
+    keys=st.lists(st.text(min_size=1, max_size=15), min_size=1, max_size=40, unique=True),
+)
+def test_rendezvous_addition_property(member_count: int, weights: list[int], keys: list[str]) -> None:
+    members = [inst(f"m{i}", weights[i]) for i in range(member_count)]
+    newcomer = inst("new", weights[7])
+    before = Rendezvous.build(members)
+    after = Rendezvous.build([*members, newcomer])
+    for key in keys:
+        old, new = before.pick(key), after.pick(key)
+        assert new in (old, newcomer)  # a key either stays or moves to the newcomer, never elsewhere

@@ -255,6 +255,15 @@ def test_unknown_algorithm_is_a_config_error() -> None:
         pools_with([inst("a")], "fastest")
 
 
+def test_stats_list_every_member() -> None:
+    pools = pools_with([inst("a"), inst("b")])
+    assert pools.stats("svc") == {
+        "node/a": InstanceStats(instance_id="node/a", in_flight=0, requests=0, member=True),
+        "node/b": InstanceStats(instance_id="node/b", in_flight=0, requests=0, member=True),
+    }
+    assert pools.stats("unknown") == {}
+
+
 def test_duplicate_instance_ids_count_once() -> None:
     pools = pools_with([inst("a", 3), inst("a", 1), inst("b")])
     pool = pools.pool("svc")
