@@ -200,9 +200,10 @@ def _parse_route(service: str, tag: str, value: str, *, fabio: bool) -> RouteSpe
     if not words:
         raise _TagError("empty route; expected [host]/path, for example api.example.com/users or /users")
     target, options = words[0], words[1:]
-    if "=" in target:
-        raise _TagError(f"route must start with [host]/path, not the option {target!r}")
     slash = target.find("/")
+    equals = target.find("=")
+    if equals >= 0 and (slash < 0 or equals < slash):
+        raise _TagError(f"route must start with [host]/path, not the option {target!r}")
     if slash < 0:
         if fabio and target.startswith(":"):
             raise _TagError(f"TCP route {target!r} is not supported; consulgw routes HTTP only")
