@@ -84,23 +84,40 @@ def program_env_names() -> frozenset[str]:
 
 def documented_env_names() -> frozenset[str]:
     """The environment variables named in ``consulgw run --help`` (a cross-check on the recording above)."""
-    parser = build_parser()
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return frozenset(ENV_NAME.findall(subparsers.choices["run"].format_help()))
+    return frozenset(ENV_NAME.findall(_subparser(build_parser(), "run").format_help()))
 
 
 class CliError(AssertionError):
     pass
 
 
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub: argparse.ArgumentParser = action.choices[name]
+    return sub
+
+
 def parse_cli(argv: list[str]) -> argparse.Namespace:
-    """Parse ``consulgw <argv>`` with the real parser; argparse's error becomes an AssertionError with its text."""
+    """Parse ``consulgw <argv>`` with the real parser; argparse's error becomes an AssertionError with its text.
+
+    Options must be spelt out in full: argparse would accept ``--drain`` for ``--drain-timeout``, but a deployment
+    file using an abbreviation breaks the day another flag starts with the same letters.
+    """
+    parser = build_parser()
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
-            return build_parser().parse_args(argv)
+            args = parser.parse_args(argv)
     except SystemExit as exc:
         raise CliError(f"consulgw {shlex.join(argv)} is rejected by consulgw.cli: {stderr.getvalue().strip()}") from exc
+    known = set(_subparser(parser, args.command)._option_string_actions)
+    for word in argv[1:]:
+        if word == "--":
+            break
+        option = word.split("=", 1)[0]
+        if option.startswith("--") and option not in known:
+            raise CliError(f"consulgw {args.command}: {option} is not a full option name (known: {sorted(known)})")
+    return args
 
 
 def settings_for(argv: list[str], env: Mapping[str, str]) -> GatewaySettings:
