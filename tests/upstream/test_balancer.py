@@ -246,3 +246,14 @@ def test_rendezvous_addition_property(member_count: int, weights: list[int], key
     for key in keys:
         old, new = before.pick(key), after.pick(key)
         assert new in (old, newcomer)  # a key either stays or moves to the newcomer, never elsewhere
+
+
+@given(weights=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=6), cycles=st.integers(1, 3))
+def test_smooth_wrr_every_cycle_is_exact(weights: list[int], cycles: int) -> None:
+    members = [inst(f"m{i}", w) for i, w in enumerate(weights)]
+    current: dict[str, int] = {}
+    total = sum(weights)
+    for _ in range(cycles):
+        cycle = Counter(getattr(smooth_weighted_pick(members, current), "id", None) for _ in range(total))
+        assert cycle == {m.id: m.weight for m in members}
+    assert all(v == 0 for v in current.values())  # back to the start after whole cycles
