@@ -41,7 +41,7 @@ class Instance:
     address: str  # Service.Address, else Node.Address
     port: int
     tags: tuple[str, ...] = ()
-    meta: Mapping[str, str] = field(default=_EMPTY)
+    meta: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
     health: Health = Health.PASSING
     weights: Weights = field(default_factory=Weights)
 
@@ -91,8 +91,10 @@ class CatalogSnapshot:
     ``kv_changed`` is true when the KV documents differ, so consumers rebuild only what changed.
     """
 
-    services: Mapping[str, ServiceSnapshot] = field(default=MappingProxyType({}))
-    kv: Mapping[str, bytes] = field(default=MappingProxyType({}))  # key relative to the prefix -> raw value
+    services: Mapping[str, ServiceSnapshot] = field(default_factory=lambda: MappingProxyType({}))
+    kv: Mapping[str, bytes] = field(
+        default_factory=lambda: MappingProxyType({})
+    )  # key relative to the prefix -> raw value
     services_index: int = 0
     kv_index: int = 0
     complete: bool = False  # every routed service and the KV prefix have been read at least once
