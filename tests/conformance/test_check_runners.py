@@ -69,8 +69,11 @@ async def test_http_check_recovers_when_upstream_appears(api: Client, consul: An
     await api.register_check({"Name": name, "HTTP": f"http://{consul.check_host}:{port}/", "Interval": "1s"})
     await asyncio.sleep(2.5)
     assert await status_of(api, name) == "critical"
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
     app = web.Application()
-    app.router.add_get("/", lambda request: web.Response(text="ok"))
+    app.router.add_get("/", ok)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
