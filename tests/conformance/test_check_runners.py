@@ -69,6 +69,7 @@ async def test_http_check_recovers_when_upstream_appears(api: Client, consul: An
     await api.register_check({"Name": name, "HTTP": f"http://{consul.check_host}:{port}/", "Interval": "1s"})
     await asyncio.sleep(2.5)
     assert await status_of(api, name) == "critical"
+
     async def ok(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
