@@ -1,0 +1,44 @@
+"""What the policy stages need from the server, injected once per (service, policy) build.
+
+Long-lived, shared objects (``jwks``, ``local_limits``, ``redis_outage``, ``verified_passwords``) are created by the
+server for the life of the process and passed to every build, so a policy edit neither drops cached keys nor
+resets rate-limit counters. ``consumers`` returns the current ``PolicyBook`` on every call, so consumer edits apply
+to the next request without rebuilding stages.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from redis.asyncio import Redis
+
+from consulgw.auth.basic import VerifiedPasswords
+from consulgw.auth.jwks import JwksCache
+from consulgw.clock import Clock
+from consulgw.metrics import GatewayMetrics
+from consulgw.policy.model import PolicyBook
+from consulgw.ratelimit.local import LocalLimiter
+from consulgw.ratelimit.outage import BackendOutage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageDeps:
+    service: str
+    clock: Clock
+    rng: random.Random
+    metrics: GatewayMetrics
+    http: aiohttp.ClientSession  # owned by the server (JWKS fetches)
+    redis: Redis | None  # owned by the server; None when no Redis is configured
+    consumers: Callable[[], PolicyBook]  # the CURRENT book
+    jwks: JwksCache  # shared across rebuilds, keyed by URL
+    local_limits: LocalLimiter  # shared across rebuilds
+    # Shared across rebuilds and services when the server passes one; a fresh one per build is correct but logs a
+    # Redis outage once per service instead of once per process.
+    redis_outage: BackendOutage = field(default_factory=BackendOutage)
+    verified_passwords: VerifiedPasswords = field(default_factory=VerifiedPasswords)
+    redis_timeout: float = 0.25  # seconds per rate-limit decision before on_backend_error applies
+    worker_index: int = 0  # this process's index among `consulgw serve --workers N` (0-based)
+    worker_count: int = 1  # N: the local backend enforces 1/N of each limit per worker (consulgw.ratelimit.local)
