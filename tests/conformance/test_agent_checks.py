@@ -152,7 +152,12 @@ async def test_check_register_node_level_and_defaults(api: Client) -> None:
 
 
 @pytest.mark.parametrize(
-    "service_key", [pytest.param("ServiceID", id="ServiceID"), pytest.param("service_id", id="snake")]
+    "service_key",
+    [
+        pytest.param("ServiceID", id="ServiceID"),
+        pytest.param("service_id", id="snake"),
+        pytest.param("serviceid", id="lowercase-as-py-consul-sends"),
+    ],
 )
 async def test_check_register_attached_to_service(api: Client, service_key: str) -> None:
     svc, cid = uid("owner"), uid("attached")

@@ -92,6 +92,16 @@ async def test_root_redirects_to_ui(api: Client) -> None:
     assert reply.headers["Location"] == "/ui/"
 
 
+async def test_ui_is_served_in_dev_mode(api: Client) -> None:
+    """The dev agent enables the UI (9): following the root redirect ends in a 200 page.
+
+    py-consul's own agent test registers an HTTP check on the agent's root URL and expects it to pass.
+    """
+    reply = await api.get("/", allow_redirects=True)
+    assert reply.status == 200, reply
+    assert reply.headers["Content-Type"].startswith("text/html")
+
+
 # --------------------------------------------------------------------------------------------- decode errors (1.4)
 
 
