@@ -283,6 +283,7 @@ class CatalogWatcher:
         changed = self._changed
         if changed is None:  # pragma: no cover - run() always sets it first
             raise RuntimeError("publisher started outside run()")
+        backoff = Backoff(self._rng, base=self._min_backoff, cap=self._max_backoff)
         while True:
             await changed.wait()
             if self._published is not None and self._coalesce > 0:
@@ -291,6 +292,23 @@ class CatalogWatcher:
             snapshot = self._next_snapshot()
             if snapshot is None:
                 continue
+            try:
+                publish(snapshot)
+            except Exception as exc:  # noqa: BLE001 - a consumer's bug must not stop discovery
+                # The consumer did not take this snapshot: the next one is diffed against the last one it took.
+                self._dirty |= snapshot.changed
+                self._kv_dirty = self._kv_dirty or snapshot.kv_changed
+                retry_in = backoff.failure()
+                self._log.error(
+                    "catalog_publish_failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in=round(retry_in, 3),
+                    exc_info=True,
+                )
+                await self._clock.sleep(retry_in)
+                changed.set()
+                continue
+            backoff.success()
             self._published = snapshot
             self._log.info(
                 "catalog_snapshot_published",
@@ -300,7 +318,6 @@ class CatalogWatcher:
                 services_index=snapshot.services_index,
                 kv_index=snapshot.kv_index,
             )
-            publish(snapshot)
 
     def _next_snapshot(self) -> CatalogSnapshot | None:
         previous = self._published

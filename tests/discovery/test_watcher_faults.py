@@ -8,16 +8,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import pytest
 import structlog
 from aiohttp import web
 
-from consulgw.model.snapshot import Health
-from tests.discovery.conftest import RequestLog, Running, eventually
+from consulgw.clock import SystemClock
+from consulgw.discovery.consul_api import ConsulClient
+from consulgw.discovery.watcher import CatalogWatcher
+from consulgw.model.snapshot import CatalogSnapshot, Health
+from consulgw.settings import ConsulSettings
+from tests.discovery.conftest import RequestLog, Running, eventually, routed
 
 
 @dataclass
@@ -219,3 +225,35 @@ async def test_services_appearing_later_are_added_incrementally(
     assert snap.changed == frozenset({"new"})
     assert set(snap.services) == {"web", "api", "new"}
     assert "/v1/health/service/db" not in requests_log.health_paths()
+
+
+async def test_a_failing_consumer_gets_the_snapshot_again(
+    consul: ScriptedConsul, session: aiohttp.ClientSession
+) -> None:
+    received: list[CatalogSnapshot] = []
+    failures = [RuntimeError("route table bug")]
+
+    def publish(snapshot: CatalogSnapshot) -> None:
+        if failures:
+            raise failures.pop()
+        received.append(snapshot)
+
+    watcher = CatalogWatcher(
+        ConsulClient(ConsulSettings(address=consul.url), session),
+        kv_prefix="consulgw/",
+        is_routed=routed,
+        coalesce_window=0.01,
+        clock=SystemClock(),
+        rng=random.Random(3),
+        wait=1.0,
+        max_backoff=0.1,
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(watcher.run(publish))
+            await eventually(lambda: bool(received))
+            task.cancel()
+    assert [e["error"] for e in logs if e["event"] == "catalog_publish_failed"] == ["RuntimeError: route table bug"]
+    assert received[0].complete
+    assert received[0].changed == frozenset({"web", "api"})  # still the first snapshot for this consumer
+    assert watcher.status.complete
