@@ -53,16 +53,22 @@ def test_parse_basic_never_raises(value: str) -> None:
     parse_basic(value)
 
 
-def _verifier() -> JwtVerifier:
+def _verifier(strict: bool) -> JwtVerifier:
     # No jwks_url: the cache's session is never used, so a placeholder stands in for it.
     clock = FakeClock()
-    policy = JwtAuth(algorithms=("HS256", "ES256"), secret=HS_SECRET, required_scopes=frozenset({"read"}))
+    policy = JwtAuth(
+        algorithms=("HS256", "ES256"),
+        secret=HS_SECRET,
+        required_scopes=frozenset({"read"}),
+        issuer="https://idp" if strict else None,
+        audience=("api",) if strict else (),
+    )
     return JwtVerifier(policy, jwks=JwksCache(http=cast(aiohttp.ClientSession, None), clock=clock), clock=clock)
 
 
-def _outcome(value: str) -> None:
+def _outcome(value: str, strict: bool = False) -> None:
     with contextlib.suppress(Unauthorized, Forbidden):
-        asyncio.run(_verifier().verify(value))
+        asyncio.run(_verifier(strict).verify(value))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -96,8 +102,8 @@ payload_values = st.fixed_dictionaries(
         "scope": json_values,
         "scp": json_values,
         "scopes": json_values,
-        "aud": json_values,
-        "iss": json_values,
+        "aud": st.sampled_from(["api", ["x", "api"]]) | json_values,
+        "iss": st.just("https://idp") | json_values,
     },
 )
 
@@ -108,11 +114,14 @@ payload_values = st.fixed_dictionaries(
     payload=payload_values | json_values,
     signature=st.binary(max_size=80),
     hmac_it=st.booleans(),
+    strict=st.booleans(),
 )
-def test_verifier_arbitrary_json_tokens(header: Any, payload: Any, signature: bytes, hmac_it: bool) -> None:
+def test_verifier_arbitrary_json_tokens(
+    header: Any, payload: Any, signature: bytes, hmac_it: bool, strict: bool
+) -> None:
     if hmac_it and isinstance(header, dict) and isinstance(payload, dict):
         # Correctly signed: exercises every claim check past the signature.
         token = forge_hs256(HS_SECRET.encode(), payload, header=header)
     else:
         token = ".".join((b64url(json.dumps(header).encode()), b64url(json.dumps(payload).encode()), b64url(signature)))
-    _outcome(f"Bearer {token}")
+    _outcome(f"Bearer {token}", strict)
