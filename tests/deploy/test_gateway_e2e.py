@@ -219,6 +219,7 @@ def _all_checks_passing(consul: str, names: set[str]) -> bool:
 
 @pytest.mark.skipif(not CONSULGW.exists(), reason="the consulgw console script is not installed in this venv")
 def test_compose_demo_against_the_real_gateway(consul: str, upstreams: dict[str, int], tmp_path: Path) -> None:
+    pytest.importorskip("consulgw.commands.run", reason="`consulgw run` is not in this tree")
     if not _redis_answers():
         pytest.skip("no Redis on 127.0.0.1:6379 (make services starts one)")
     definitions = _register_compose_services(consul, upstreams)
