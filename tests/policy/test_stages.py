@@ -1,36 +1,22 @@
-"""CORS, header-transform and body-limit stages on a real aiohttp server, ending in an echoing terminal handler.
-
-The terminal plays the forwarder: it applies ``ctx.upstream_edits`` to the request headers it "sends", streams the
-body through ``LimitedBody`` with the recorded limit, answers with headers a backend would set, and applies
-``ctx.response_edits``. GatewayErrors are rendered like the server does (JSON + ``exc.headers``).
-"""
+"""CORS, header-transform and body-limit stages on a real aiohttp server (tests/policy/stage_app.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
 from consulgw.errors import GatewayError, Unauthorized
-from consulgw.pipeline.context import Next, RequestContext, Stage, build_chain
-from consulgw.pipeline.stages.body_limit import BodyLimitStage, LimitedBody, body_limit, limited_body
+from consulgw.pipeline.context import Next, RequestContext
+from consulgw.pipeline.stages.body_limit import BodyLimitStage, LimitedBody, limited_body
 from consulgw.pipeline.stages.cors import CorsStage
 from consulgw.pipeline.stages.headers import HeaderTransformStage
 from consulgw.policy.model import CorsPolicy, HeaderPolicy
 from consulgw.policy.parse import parse_policy
-
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
-
-BACKEND_HEADERS = (
-    ("Access-Control-Allow-Origin", "*"),  # a backend's own CORS answer: the gateway's policy wins
-    ("Vary", "Accept-Encoding"),
-    ("Server", "backend/1.0"),
-    ("X-Backend", "yes"),
-)
+from tests.policy.stage_app import CALLS, ClientFactory, stage_app
 
 
 class Deny:
@@ -38,42 +24,6 @@ class Deny:
 
     async def __call__(self, ctx: RequestContext, request: web.BaseRequest, call_next: Next) -> web.StreamResponse:
         raise Unauthorized("token required", headers={"WWW-Authenticate": 'Bearer realm="users"'})
-
-
-CALLS = web.AppKey("calls", list[str])
-
-
-def stage_app(stages: tuple[Stage, ...]) -> web.Application:
-    calls: list[str] = []
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        ctx = RequestContext(request_id="req-1", client_ip="127.0.0.1", service="users", route="users", started=0.0)
-
-        async def terminal(final: RequestContext) -> web.StreamResponse:
-            calls.append(request.method)
-            upstream = CIMultiDict(request.headers)
-            final.upstream_edits.apply(upstream)
-            received = 0
-            async for chunk in LimitedBody(request.content, body_limit(request)):
-                received += len(chunk)
-            response = web.json_response({"upstream_headers": [[k, v] for k, v in upstream.items()], "body": received})
-            for name, value in BACKEND_HEADERS:
-                response.headers.add(name, value)
-            final.response_edits.apply(response.headers)
-            return response
-
-        try:
-            return await build_chain(stages, terminal, request)(ctx)
-        except GatewayError as exc:
-            response = web.json_response({"error": exc.code, "message": exc.message}, status=exc.status)
-            for name, value in exc.headers.items():
-                response.headers[name] = value
-            return response
-
-    app = web.Application()
-    app[CALLS] = calls
-    app.router.add_route("*", "/{tail:.*}", handler)
-    return app
 
 
 def cors(**doc: Any) -> CorsStage:

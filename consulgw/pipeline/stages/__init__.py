@@ -1,0 +1,40 @@
+"""The policy stages of one service's pipeline, built once per (service, effective policy).
+
+``build_stages(policy, deps)`` returns them in the order they run::
+
+    CORS -> body limit -> auth -> rate limit -> header transforms -> (forwarder)
+
+CORS first, so preflights are answered without credentials and every later error carries the CORS headers; the
+body limit before auth, so an oversized upload is refused before any key lookup; rate limiting after auth, so a
+limit keyed by consumer knows the consumer; header transforms last, so nothing a client sends can change what the
+earlier stages decided. A stage whose policy section is absent is left out.
+"""
+
+from __future__ import annotations
+
+from consulgw.pipeline.context import Stage
+from consulgw.pipeline.stages.auth import AuthStage
+from consulgw.pipeline.stages.body_limit import BodyLimitStage
+from consulgw.pipeline.stages.cors import CorsStage
+from consulgw.pipeline.stages.deps import StageDeps
+from consulgw.pipeline.stages.headers import HeaderTransformStage
+from consulgw.pipeline.stages.ratelimit import RateLimitStage
+from consulgw.policy.model import ServicePolicy
+
+__all__ = ["StageDeps", "build_stages"]
+
+
+def build_stages(policy: ServicePolicy, deps: StageDeps) -> tuple[Stage, ...]:
+    stages: list[Stage] = []
+    if policy.cors is not None:
+        stages.append(CorsStage.from_policy(policy.cors))
+    if policy.max_body_bytes is not None:
+        stages.append(BodyLimitStage.from_policy(policy.max_body_bytes))
+    if policy.auth is not None:
+        stages.append(AuthStage.from_policy(policy.auth, deps))
+    if policy.rate_limit is not None:
+        stages.append(RateLimitStage.from_policy(policy.rate_limit, deps))
+    headers = HeaderTransformStage.from_policy(policy.headers)
+    if headers.active:
+        stages.append(headers)
+    return tuple(stages)
