@@ -6,10 +6,10 @@ credential. Unknown users and wrong passwords get the same message, and an unkno
 (against a fixed dummy hash) so response times do not reveal which consumer names exist.
 
 scrypt is deliberately slow (~50 ms), so it runs in a worker thread (``hashlib.scrypt`` releases the GIL), never on
-the event loop. Successful checks are remembered in ``VerifiedPasswords`` (bounded, process-wide): keyed by an HMAC,
-under a random per-process key, of the user id, the stored hash and the password, so a cache entry is useless
-outside this process, never holds a password, and dies by itself when the consumer's password hash changes. Only
-successes are cached, so guessing cannot fill it.
+the event loop, and at most two at a time per process (``VerifiedPasswords``). Successful checks are remembered in
+``VerifiedPasswords`` (bounded, process-wide), keyed by an HMAC under a random per-process key of the user id, the
+stored hash and the password: an entry is useless outside this process, never holds a password, and dies by itself
+when the consumer's password hash changes. Only successes are cached, so guessing cannot fill it.
 """
 
 from __future__ import annotations
@@ -35,28 +35,41 @@ _MAX_HEADER = 4096
 
 
 class VerifiedPasswords:
-    """Bounded LRU of recently verified (user, stored hash, password) triples, as HMAC digests only."""
+    """Password checks of this process: scrypt off the event loop, bounded concurrency, a cache of successes.
 
-    def __init__(self, *, max_entries: int = 10_000) -> None:
+    At most ``max_concurrent`` scrypt runs at a time (in the loop's default executor): a flood of bad passwords
+    queues here instead of occupying every thread of that executor, which aiohttp also uses for DNS lookups.
+    Successes are remembered in a bounded LRU as HMAC digests (see the module docstring).
+    """
+
+    def __init__(self, *, max_entries: int = 10_000, max_concurrent: int = 2) -> None:
         self._key = os.urandom(32)
         self._max_entries = max_entries
         self._entries: OrderedDict[bytes, None] = OrderedDict()
+        self._slots = asyncio.Semaphore(max_concurrent)
 
     def _digest(self, user: str, stored: str, password: str) -> bytes:
         message = "\0".join((user, stored, password)).encode("utf-8", "surrogatepass")
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
-    def known(self, user: str, stored: str, password: str) -> bool:
+    async def check(self, user: str, stored: str, password: str) -> bool:
+        """True when ``password`` matches ``stored`` (scrypt ``verify_password``, cached on success)."""
         digest = self._digest(user, stored, password)
         if digest in self._entries:
             self._entries.move_to_end(digest)
             return True
-        return False
+        async with self._slots:
+            ok = await asyncio.to_thread(verify_password, stored, password)
+        if ok:
+            self._entries[digest] = None
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        return ok
 
-    def remember(self, user: str, stored: str, password: str) -> None:
-        self._entries[self._digest(user, stored, password)] = None
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+    async def burn(self, password: str) -> None:
+        """Spend one scrypt run on a dummy hash, so an unknown user costs what a known one does."""
+        async with self._slots:
+            await asyncio.to_thread(verify_password, _DUMMY_HASH, password)
 
 
 def parse_basic(value: str) -> tuple[str, str] | None:
@@ -106,11 +119,8 @@ class BasicAuthenticator:
         user, password = parsed
         consumer = self._consumers().consumers.get(user)
         if consumer is None or consumer.password_hash is None or not is_safe_header_value(consumer.name):
-            await asyncio.to_thread(verify_password, _DUMMY_HASH, password)
+            await self._verified.burn(password)
             return self._reject("unknown_consumer")
-        stored = consumer.password_hash
-        if not self._verified.known(user, stored, password):
-            if not await asyncio.to_thread(verify_password, stored, password):
-                return self._reject("wrong_password")
-            self._verified.remember(user, stored, password)
+        if not await self._verified.check(user, consumer.password_hash, password):
+            return self._reject("wrong_password")
         return Identity(header=CONSUMER_ID_HEADER, name=consumer.name, scopes=consumer.scopes)
