@@ -1,0 +1,345 @@
+"""``/v1/catalog/*`` (consul-api.md section 4): blocking reads of nodes and services, and the low-level
+register/deregister writes, whose validation failures are 500s as in Consul's RPC layer."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from consulgw.devagent.agent import default_tagged_addresses, is_unspecified, tagged_service_addresses
+from consulgw.devagent.bexpr import schema_from_sample
+from consulgw.devagent.blocking import Answer
+from consulgw.devagent.checks import CHECK_ALIASES, parse_check_def
+from consulgw.devagent.core import Core, apply_filter, filter_of, node_meta_filters, node_meta_matches
+from consulgw.devagent.decode import DEREGISTER_REQUEST, HEALTH_CHECK, NODE_SERVICE, REGISTER_REQUEST, WEIGHTS, Fields
+from consulgw.devagent.errors import bad_request, server_error
+from consulgw.devagent.http import Call, Reply, Router, text
+from consulgw.devagent.records import CRITICAL, Check, Node, Service, TaggedAddress
+from consulgw.devagent.render import node_json, node_service_json, service_node_json
+from consulgw.duration import format_go_duration
+
+NODE_MAPS = frozenset({"Meta", "TaggedAddresses", "NodeMeta", "ServiceMeta", "ServiceTaggedAddresses"})
+
+
+def tags_match(svc: Service, wanted: list[str]) -> bool:
+    """Repeated ``tag`` = AND, case-insensitive; empty values are ignored."""
+    have = {t.lower() for t in svc.tags}
+    return all(t.lower() in have for t in wanted if t)
+
+
+def _sample_node() -> Node:
+    return Node(id="", name="", address="", datacenter="", tagged_addresses={"x": ""}, meta={"x": ""})
+
+
+def _sample_service() -> Service:
+    return Service(
+        node="",
+        id="",
+        name="",
+        kind="x",
+        socket_path="x",
+        tagged_addresses={"x": TaggedAddress(address="", port=0)},
+        meta={"x": ""},
+    )
+
+
+class CatalogEndpoints:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.node_schema = schema_from_sample(node_json(_sample_node()), maps=NODE_MAPS)
+        self.service_node_schema = schema_from_sample(
+            service_node_json(_sample_service(), _sample_node()), maps=NODE_MAPS
+        )
+        self.node_service_schema = schema_from_sample(node_service_json(_sample_service()), maps=NODE_MAPS)
+
+    def register(self, router: Router) -> None:
+        get, put = ("GET",), ("PUT",)
+        router.add("/v1/catalog/register", put, self.register_)
+        router.add("/v1/catalog/deregister", put, self.deregister)
+        router.add("/v1/catalog/datacenters", get, self.datacenters)
+        router.add("/v1/catalog/nodes", get, self.nodes)
+        router.add("/v1/catalog/services", get, self.services)
+        router.add("/v1/catalog/service/", get, self.service)
+        router.add("/v1/catalog/connect/", get, self.connect)
+        router.add("/v1/catalog/node/", get, self.node)
+        router.add("/v1/catalog/node-services/", get, self.node_services)
+
+    # ---- reads ----------------------------------------------------------------------------------------------
+
+    async def datacenters(self, call: Call) -> Reply:
+        return call.reply([self.core.datacenter])
+
+    async def nodes(self, call: Call) -> Reply:
+        opts = self.core.read_options(call)
+        expr = filter_of(call, self.node_schema)
+        meta = node_meta_filters(call)
+        store = self.core.store
+
+        def query() -> Answer:
+            nodes = [n for _, n in sorted(store.nodes.items()) if node_meta_matches(n.meta, meta)]
+            return Answer(value=apply_filter(expr, nodes, node_json), index=store.max_index("nodes"), topics=("nodes",))
+
+        answer = await self.core.blocking(opts, query)
+        return call.reply_meta(answer.value, answer.index, opts)
+
+    async def services(self, call: Call) -> Reply:
+        opts = self.core.read_options(call)
+        expr = filter_of(call, self.service_node_schema)
+        meta = node_meta_filters(call)
+        store = self.core.store
+
+        def query() -> Answer:
+            out: dict[str, list[str]] = {}
+            for svc in sorted(store.services.values(), key=lambda s: (s.name, s.node, s.id)):
+                node = store.nodes.get(svc.node)
+                if node is None or not node_meta_matches(node.meta, meta):
+                    continue
+                if expr is not None and not expr.evaluate(service_node_json(svc, node)):
+                    continue
+                tags = out.setdefault(svc.name, [])
+                for tag in svc.tags:
+                    if tag not in tags:
+                        tags.append(tag)
+            return Answer(value=dict(sorted(out.items())), index=store.max_index("services"), topics=("services",))
+
+        answer = await self.core.blocking(opts, query)
+        return call.reply_meta(answer.value, answer.index, opts)
+
+    async def service(self, call: Call) -> Reply:
+        name = call.suffix
+        if not name:
+            raise bad_request("Missing service name")
+        return await self._service_nodes(call, name, connect=False)
+
+    async def connect(self, call: Call) -> Reply:
+        name = call.suffix
+        if not name:
+            raise bad_request("Missing service name")
+        return await self._service_nodes(call, name, connect=True)
+
+    async def _service_nodes(self, call: Call, name: str, *, connect: bool) -> Reply:
+        opts = self.core.read_options(call)
+        expr = filter_of(call, self.service_node_schema)
+        meta = node_meta_filters(call)
+        tags = call.params("tag")
+        store = self.core.store
+
+        def query() -> Answer:
+            items: list[dict[str, Any]] = []
+            for svc in connect_instances(store.services.values(), name) if connect else store.instances(name):
+                node = store.nodes.get(svc.node)
+                if node is None or not node_meta_matches(node.meta, meta) or not tags_match(svc, tags):
+                    continue
+                rendered = service_node_json(svc, node)
+                if expr is None or expr.evaluate(rendered):
+                    items.append(rendered)
+            return Answer(value=items, index=store.service_query_index(name), topics=("svc:" + name,))
+
+        answer = await self.core.blocking(opts, query)
+        return call.reply_meta(answer.value, answer.index, opts)
+
+    async def node(self, call: Call) -> Reply:
+        name = call.suffix
+        if not name:
+            raise bad_request("Missing node name")
+        opts = self.core.read_options(call)
+        expr = filter_of(call, self.node_service_schema)
+        store = self.core.store
+
+        def query() -> Answer:
+            node = store.nodes.get(name)
+            index = store.max_index("nodes", "services", "checks")
+            if node is None:
+                return Answer(value=None, index=index, topics=("nodes", "services", "checks"))
+            services = apply_filter(expr, store.services_on_node(name), node_service_json)
+            value = {"Node": node_json(node), "Services": {s["ID"]: s for s in services}}
+            return Answer(value=value, index=index, topics=("nodes", "services", "checks"))
+
+        answer = await self.core.blocking(opts, query)
+        return call.reply_meta(answer.value, answer.index, opts)
+
+    async def node_services(self, call: Call) -> Reply:
+        name = call.suffix
+        if not name:
+            raise bad_request("Missing node name")
+        opts = self.core.read_options(call)
+        expr = filter_of(call, self.node_service_schema)
+        store = self.core.store
+
+        def query() -> Answer:
+            node = store.nodes.get(name)
+            index = store.max_index("nodes", "services", "checks")
+            if node is None:
+                return Answer(value=None, index=index, topics=("nodes", "services", "checks"), found=False)
+            services = apply_filter(expr, store.services_on_node(name), node_service_json)
+            return Answer(
+                value={"Node": node_json(node), "Services": services},
+                index=index,
+                topics=("nodes", "services", "checks"),
+            )
+
+        answer = await self.core.blocking(opts, query)
+        if not answer.found:
+            reply = text(404, f'Node not found: "{name}"')
+            reply.headers.update(call.reply_meta(None, answer.index, opts).headers)
+            return reply
+        return call.reply_meta(answer.value, answer.index, opts)
+
+    # ---- writes ---------------------------------------------------------------------------------------------
+
+    async def register_(self, call: Call) -> Reply:
+        body = await call.json()
+        self.core.check_dc(call)
+        f = Fields(body, "RegisterRequest", known=REGISTER_REQUEST)
+        dc = f.string("Datacenter")
+        if dc and dc != self.core.datacenter:
+            raise server_error("No path to datacenter")
+        node_name = f.string("Node")
+        address = f.string("Address")
+        skip_node_update = f.boolean("SkipNodeUpdate")
+        node_id = f.string("ID")
+        tagged = f.str_map("TaggedAddresses")
+        node_meta = f.str_map("NodeMeta")
+        service_fields = f.obj("Service", "NodeService", known=NODE_SERVICE)
+        check_fields = [c for c in [f.obj("Check", "HealthCheck", known=HEALTH_CHECK)] if c is not None]
+        check_fields += f.obj_list("Checks", "HealthCheck", known=HEALTH_CHECK)
+        if not node_name:
+            raise server_error("Must provide node")
+        if not address and not skip_node_update:
+            raise server_error("Must provide address if SkipNodeUpdate is not set")
+        if node_id:
+            try:
+                uuid.UUID(node_id)
+            except ValueError as exc:
+                raise server_error(f"Bad node ID: uuid string is wrong length: {node_id}") from exc
+        store = self.core.store
+        existing = store.nodes.get(node_name)
+        if existing is not None and node_id and existing.id and existing.id != node_id and node_name == self.core.node:
+            raise server_error(
+                f'Failed to update node "{node_name}": Node name {node_name} is reserved by node '
+                f"{existing.id} with name {node_name}"
+            )
+        service: Service | None = None
+        if service_fields is not None:
+            service = self._parse_service(service_fields, node_name)
+        checks: list[Check] = []
+        for cf in check_fields:
+            checks.append(self._parse_check(cf, node_name, service))
+        # validate check -> service references before writing anything
+        for chk in checks:
+            if chk.service_id and not (
+                (service is not None and service.id == chk.service_id) or (chk.node, chk.service_id) in store.services
+            ):
+                raise server_error("Missing service registration")
+        with store.write() as tx:
+            if existing is None or not skip_node_update:
+                node = Node(
+                    id=node_id or (existing.id if existing else ""),
+                    name=node_name,
+                    address=address or (existing.address if existing else ""),
+                    datacenter=self.core.datacenter,
+                    tagged_addresses=tagged if tagged or existing is None else dict(existing.tagged_addresses),
+                    meta=node_meta if node_meta or existing is None else dict(existing.meta),
+                )
+                tx.put_node(node)
+            if service is not None:
+                tx.put_service(service)
+            for chk in checks:
+                svc = store.services.get((chk.node, chk.service_id)) if chk.service_id else None
+                if svc is not None:
+                    chk = replace(chk, service_name=svc.name, service_tags=svc.tags)
+                tx.put_check(chk)
+        if any(chk.status == CRITICAL for chk in checks):
+            self.core.checks_changed()
+        return call.reply(True)
+
+    def _parse_service(self, f: Fields, node: str) -> Service:
+        name = f.string("Service")
+        service_id = f.string("ID") or name
+        if service_id and not name:
+            raise server_error("Must provide service name with ID")
+        address = f.string("Address")
+        port = f.integer("Port")
+        if address and is_unspecified(address):
+            raise server_error("Invalid service address")
+        weights = f.obj("Weights", "Weights", known=WEIGHTS)
+        proxy = f.raw("Proxy")
+        connect = f.raw("Connect")
+        return Service(
+            node=node,
+            id=service_id,
+            name=name,
+            tags=f.str_list("Tags"),
+            address=address,
+            port=port,
+            meta=f.str_map("Meta"),
+            tagged_addresses=tagged_service_addresses(f) or default_tagged_addresses("", port, {}),
+            weights_passing=weights.integer("Passing", 1) if weights else 1,
+            weights_warning=weights.integer("Warning", 1) if weights else 1,
+            enable_tag_override=f.boolean("EnableTagOverride"),
+            kind=f.string("Kind"),
+            socket_path=f.string("SocketPath"),
+            proxy=proxy if isinstance(proxy, dict) and proxy else None,
+            connect=connect if isinstance(connect, dict) and connect else None,
+        )
+
+    def _parse_check(self, f: Fields, node: str, service: Service | None) -> Check:
+        definition = f.obj("Definition", "HealthCheckDefinition", aliases=CHECK_ALIASES)
+        defn = parse_check_def(definition) if definition is not None else None
+        name = f.string("Name")
+        check_id = f.string("CheckID") or name
+        interval = f.string("Interval") if isinstance(f.raw("Interval"), str) else ""
+        timeout = f.string("Timeout") if isinstance(f.raw("Timeout"), str) else ""
+        if defn is not None:
+            interval = interval or (format_go_duration(defn.interval_ns) if defn.interval_ns else "")
+            timeout = timeout or (format_go_duration(defn.timeout_ns) if defn.timeout_ns else "")
+        service_id = f.string("ServiceID")
+        return Check(
+            node=f.string("Node") or node,
+            check_id=check_id,
+            name=name,
+            status=f.string("Status") or CRITICAL,
+            notes=f.string("Notes"),
+            output=f.string("Output"),
+            service_id=service_id,
+            service_name=service.name if service is not None and service.id == service_id else f.string("ServiceName"),
+            service_tags=service.tags if service is not None and service.id == service_id else (),
+            type=f.string("Type") or (defn.type if defn is not None else ""),
+            interval=interval,
+            timeout=timeout,
+            definition=defn.definition() if defn is not None else {},
+        )
+
+    async def deregister(self, call: Call) -> Reply:
+        body = await call.json()
+        self.core.check_dc(call)
+        f = Fields(body, "DeregisterRequest", known=DEREGISTER_REQUEST)
+        dc = f.string("Datacenter")
+        if dc and dc != self.core.datacenter:
+            raise server_error("No path to datacenter")
+        node = f.string("Node")
+        if not node:
+            raise server_error("Must provide node")
+        service_id = f.string("ServiceID")
+        check_id = f.string("CheckID")
+        with self.core.store.write() as tx:
+            if service_id:
+                tx.delete_service(node, service_id)
+            elif check_id:
+                tx.delete_check(node, check_id)
+            else:
+                tx.delete_node(node)
+        self.core.checks_changed()
+        return call.reply(True)
+
+
+def connect_instances(services: Any, name: str) -> list[Service]:
+    out = []
+    for svc in services:
+        proxy = svc.proxy or {}
+        if (svc.kind == "connect-proxy" and proxy.get("DestinationServiceName") == name) or (
+            svc.name == name and (svc.connect or {}).get("Native")
+        ):
+            out.append(svc)
+    return sorted(out, key=lambda s: (s.node, s.id))
