@@ -1,0 +1,105 @@
+"""``consulgw run``: the gateway process, or a supervisor of N worker processes sharing the port."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+
+import structlog
+
+from consulgw.logs import configure_logging
+from consulgw.server.gateway import Gateway
+from consulgw.settings import GatewaySettings, gateway_settings
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = gateway_settings(args, os.environ)
+    configure_logging(settings.log_format, settings.log_level)
+    if settings.workers == 1:
+        return serve(settings)
+    return supervise(settings)
+
+
+def serve(settings: GatewaySettings, *, worker_index: int = 0, worker_count: int = 1) -> int:
+    """Run one gateway process until SIGTERM/SIGINT; SIGHUP reloads TLS certificates."""
+    _install_uvloop()
+    return asyncio.run(_serve(settings, worker_index, worker_count))
+
+
+async def _serve(settings: GatewaySettings, worker_index: int, worker_count: int) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    gateway = Gateway(settings, reuse_port=worker_count > 1, worker_index=worker_index, worker_count=worker_count)
+    async with gateway:
+        loop.add_signal_handler(signal.SIGHUP, gateway.reload_tls)
+        await stop.wait()
+    return 0
+
+
+def supervise(settings: GatewaySettings) -> int:
+    """Fork ``settings.workers`` processes bound with SO_REUSEPORT; restart one that crashes; forward signals."""
+    log = structlog.get_logger("consulgw.supervisor")
+    children: dict[int, int] = {}  # pid -> worker index
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # child
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 1
+            try:
+                code = serve(settings, worker_index=index, worker_count=settings.workers)
+            finally:
+                os._exit(code)
+        children[pid] = index
+        log.info("worker_started", worker=index, pid=pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for index in range(settings.workers):
+        spawn(index)
+    failures = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if pid not in children:
+            continue
+        index = children.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            log.info("worker_stopped", worker=index, pid=pid, exit_code=code)
+            failures += code != 0
+            continue
+        log.error("worker_died", worker=index, pid=pid, exit_code=code)
+        time.sleep(0.5)  # no hot crash loop
+        spawn(index)
+    return 0 if failures == 0 else 1
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return
+    if sys.platform != "win32":
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -1,0 +1,189 @@
+"""The admin listener: liveness, readiness, the route table as JSON, Prometheus metrics and the dashboard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from consulgw.clock import Clock
+from consulgw.discovery.watcher import WatcherStatus
+from consulgw.metrics import GatewayMetrics
+from consulgw.policy.model import ServicePolicy
+from consulgw.server.view import GatewayView
+from consulgw.upstream.breaker import BreakerBoard
+from consulgw.upstream.pool import UpstreamPools
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminDeps:
+    view: Callable[[], GatewayView | None]
+    status: Callable[[], WatcherStatus]
+    pools: UpstreamPools
+    breakers: BreakerBoard
+    metrics: GatewayMetrics
+    clock: Clock
+    max_staleness: float
+
+
+def sync_age(status: WatcherStatus, clock: Clock) -> float | None:
+    """Seconds the view may be behind Consul: 0 while every watch is connected, else time since last contact."""
+    if status.last_success is None:
+        return None
+    if status.consul_reachable:
+        return 0.0
+    return max(0.0, clock.monotonic() - status.last_success)
+
+
+def create_admin_app(deps: AdminDeps) -> web.Application:
+    app = web.Application()
+
+    async def healthy(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(_: web.Request) -> web.Response:
+        view = deps.view()
+        status = deps.status()
+        age = sync_age(status, deps.clock)
+        if view is None or not view.snapshot.complete:
+            return web.json_response({"ready": False, "reason": "first view of Consul not loaded yet"}, status=503)
+        if age is None or age > deps.max_staleness:
+            reason = (
+                f"view of Consul is {age:.1f}s old (budget {deps.max_staleness:g}s)"
+                if age is not None
+                else "no contact"
+            )
+            return web.json_response({"ready": False, "reason": reason, "sync_age_seconds": age}, status=503)
+        return web.json_response({"ready": True, "sync_age_seconds": age, "version": view.version})
+
+    async def routes(_: web.Request) -> web.Response:
+        return web.json_response(describe(deps), dumps=_dumps)
+
+    async def metrics(_: web.Request) -> web.Response:
+        status = deps.status()
+        age = sync_age(status, deps.clock)
+        deps.metrics.sync_age.set(age if age is not None else -1)
+        deps.metrics.consul_index.labels("services").set(status.services_index)
+        deps.metrics.consul_index.labels("kv").set(status.kv_index)
+        return web.Response(body=deps.metrics.render(), headers={"Content-Type": deps.metrics.content_type})
+
+    async def dashboard(_: web.Request) -> web.Response:
+        page = resources.files("consulgw.server").joinpath("dashboard.html").read_text(encoding="utf-8")
+        return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_get("/-/routes", routes)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", dashboard)
+    return app
+
+
+def describe(deps: AdminDeps) -> dict[str, Any]:
+    """The whole state as one JSON document (the dashboard and `/-/routes` consumers read this)."""
+    view = deps.view()
+    status = deps.status()
+    consul = {
+        "reachable": status.consul_reachable,
+        "complete": status.complete,
+        "services_index": status.services_index,
+        "kv_index": status.kv_index,
+        "watches": status.watches,
+        "errors_total": status.errors_total,
+        "sync_age_seconds": sync_age(status, deps.clock),
+    }
+    if view is None:
+        return {"version": 0, "consul": consul, "routes": [], "services": {}, "route_errors": [], "conflicts": []}
+    rate_limited = _counter_by_service(deps.metrics, "consulgw_rate_limited")
+    services: dict[str, Any] = {}
+    for name, entry in sorted(view.services.items()):
+        pool_stats = deps.pools.stats(name)
+        instances = []
+        for inst in entry.snapshot.instances:
+            stats = pool_stats.get(inst.id)
+            instances.append(
+                {
+                    "id": inst.id,
+                    "node": inst.node,
+                    "address": inst.address,
+                    "port": inst.port,
+                    "health": inst.health.value,
+                    "weight": inst.weight,
+                    "weights": {"passing": inst.weights.passing, "warning": inst.weights.warning},
+                    "in_flight": stats.in_flight if stats is not None else 0,
+                    "requests": stats.requests if stats is not None else 0,
+                    "breaker": deps.breakers.state(name, inst.id),
+                }
+            )
+        services[name] = {
+            "lb": entry.lb,
+            "policy": policy_summary(entry.policy),
+            "instances": instances,
+            "route_errors": [{"tag": e.tag, "reason": e.reason} for e in entry.routes.errors],
+            "rate_limited": rate_limited.get(name, 0),
+        }
+    return {
+        "version": view.version,
+        "consul": consul,
+        "routes": [
+            {
+                "route": r.label,
+                "service": r.service,
+                "host": r.host,
+                "prefix": r.prefix,
+                "strip": r.strip,
+                "methods": sorted(r.methods) if r.methods else None,
+                "tag": r.tag,
+            }
+            for r in view.table.routes
+        ],
+        "services": services,
+        "route_errors": [{"service": e.service, "tag": e.tag, "reason": e.reason} for e in view.table.errors],
+        "conflicts": [
+            {"host": c.host, "prefix": c.prefix, "winner": c.winner, "losers": list(c.losers)}
+            for c in view.table.conflicts
+        ],
+        "policy_errors": dict(view.book.errors),
+    }
+
+
+def policy_summary(policy: ServicePolicy) -> dict[str, Any]:
+    """What is in force, without secrets (no JWT secret, no key material)."""
+    auth = policy.auth
+    limit = policy.rate_limit
+    breaker = policy.circuit_breaker
+    return {
+        "lb": policy.lb,
+        "timeouts": {"connect": policy.timeouts.connect, "read": policy.timeouts.read},
+        "retries": {"attempts": policy.retries.attempts, "on": sorted(policy.retries.on)},
+        "auth": None if auth is None else {"type": auth.type},
+        "rate_limit": None
+        if limit is None
+        else {"requests": limit.requests, "per": limit.per, "key": limit.key, "backend": limit.backend},
+        "circuit_breaker": None
+        if breaker is None
+        else {"failure_threshold": breaker.failure_threshold, "recovery_timeout": breaker.recovery_timeout},
+        "cors": policy.cors is not None,
+        "max_body_bytes": policy.max_body_bytes,
+    }
+
+
+def _counter_by_service(metrics: GatewayMetrics, name: str) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for family in metrics.registry.collect():
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                service = sample.labels.get("service", "")
+                totals[service] = totals.get(service, 0) + int(sample.value)
+    return totals
+
+
+def _dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=2, sort_keys=False)

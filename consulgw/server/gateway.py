@@ -1,0 +1,269 @@
+"""The gateway's composition root for one process: builds every object, owns every task and connection.
+
+``async with Gateway(settings) as gw:`` starts the Consul watcher, the public listener and the admin listener;
+leaving the block (or ``await gw.stop()``) stops accepting, drains in-flight requests up to the drain timeout,
+then cancels the watcher and closes every session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+
+import aiohttp
+import redis.asyncio as redis_asyncio
+import structlog
+from aiohttp import web
+
+from consulgw.auth.basic import VerifiedPasswords
+from consulgw.auth.jwks import JwksCache
+from consulgw.clock import Clock, SystemClock
+from consulgw.discovery.consul_api import ConsulClient
+from consulgw.discovery.watcher import CatalogWatcher, WatcherStatus
+from consulgw.metrics import GatewayMetrics
+from consulgw.pipeline.forward import Forwarder
+from consulgw.pipeline.stages.deps import StageDeps
+from consulgw.ratelimit.local import LocalLimiter
+from consulgw.ratelimit.outage import BackendOutage
+from consulgw.routing.rules import has_route_tags
+from consulgw.server.admin import AdminDeps, create_admin_app
+from consulgw.server.proxy import ProxyHandler
+from consulgw.server.view import GatewayView, ViewBuilder
+from consulgw.settings import GatewaySettings
+from consulgw.upstream.breaker import BreakerBoard
+from consulgw.upstream.headers import TrustedProxies
+from consulgw.upstream.pool import UpstreamPools
+from consulgw.upstream.transport import create_upstream_session
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        new_request_id: Callable[[], str] | None = None,
+        reuse_port: bool = False,
+        worker_index: int = 0,
+        worker_count: int = 1,
+        consul_wait: float = 300.0,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._new_request_id = new_request_id or (lambda: uuid.uuid4().hex)
+        self._reuse_port = reuse_port
+        self._worker_index = worker_index
+        self._worker_count = worker_count
+        self._consul_wait = consul_wait
+        self._log = structlog.get_logger("consulgw.gateway")
+        self._tls: ssl.SSLContext | None = None
+        self._exit = contextlib.AsyncExitStack()
+        self._watch_task: asyncio.Task[None] | None = None
+        self._public: web.ServerRunner | None = None
+        self._admin: web.AppRunner | None = None
+        self._builder: ViewBuilder | None = None
+        self._watcher: CatalogWatcher | None = None
+        self._handler: ProxyHandler | None = None
+        self.metrics = GatewayMetrics()
+        self.port = 0
+        self.admin_port = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        s = self.settings
+        try:
+            await self._start(s)
+        except BaseException:
+            await self._exit.aclose()
+            raise
+
+    async def _start(self, s: GatewaySettings) -> None:
+        consul_session = await self._exit.enter_async_context(
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None))
+        )
+        upstream_session = await self._exit.enter_async_context(create_upstream_session(ca_file=s.upstream_ca))
+        redis_client: redis_asyncio.Redis | None = None
+        if s.redis_url:
+            redis_client = redis_asyncio.from_url(
+                s.redis_url.value, socket_timeout=0.25, socket_connect_timeout=0.25, health_check_interval=5
+            )
+            self._exit.push_async_callback(redis_client.aclose)
+        pools = UpstreamPools(rng=self._rng)
+        breakers = BreakerBoard(clock=self._clock, metrics=self.metrics)
+        jwks = JwksCache(http=consul_session, clock=self._clock)
+        local_limits = LocalLimiter(clock=self._clock)
+        redis_outage = BackendOutage()
+        verified_passwords = VerifiedPasswords()
+        compat = frozenset(s.tag_compat)
+        builder = ViewBuilder(
+            tag_prefix=s.tag_prefix,
+            compat=compat,
+            pools=pools,
+            breakers=breakers,
+            metrics=self.metrics,
+            stage_deps=lambda service: StageDeps(
+                service=service,
+                clock=self._clock,
+                rng=self._rng,
+                metrics=self.metrics,
+                http=consul_session,
+                redis=redis_client,
+                consumers=builder.book,
+                jwks=jwks,
+                local_limits=local_limits,
+                redis_outage=redis_outage,
+                verified_passwords=verified_passwords,
+                worker_index=self._worker_index,
+                worker_count=self._worker_count,
+            ),
+            clock=self._clock,
+        )
+        self._builder = builder
+        watcher = CatalogWatcher(
+            ConsulClient(s.consul, consul_session),
+            kv_prefix=s.kv_prefix,
+            is_routed=lambda _name, tags: has_route_tags(tags, tag_prefix=s.tag_prefix, compat=compat),
+            coalesce_window=s.coalesce_window,
+            clock=self._clock,
+            rng=self._rng,
+            wait=self._consul_wait,
+        )
+        self._watcher = watcher
+        forwarder = Forwarder(session=upstream_session, breakers=breakers, metrics=self.metrics)
+        if s.tls_cert and s.tls_key:
+            self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._tls.load_cert_chain(s.tls_cert, s.tls_key)
+        handler = ProxyHandler(
+            view=self.view,
+            pools=pools,
+            forwarder=forwarder,
+            metrics=self.metrics,
+            trusted=TrustedProxies(s.trusted_proxies),
+            clock=self._clock,
+            new_request_id=self._new_request_id,
+            scheme="https" if self._tls is not None else "http",
+        )
+        self._handler = handler
+        self._watch_task = asyncio.create_task(watcher.run(builder.apply), name="consulgw-watcher")
+        self._exit.push_async_callback(self._stop_watcher)
+
+        server = web.Server(handler, handler_cancellation=True, access_log=None)
+        self._public = web.ServerRunner(server, shutdown_timeout=s.drain_timeout)
+        await self._public.setup()
+        self._exit.push_async_callback(self._public.cleanup)
+        site = web.TCPSite(
+            self._public,
+            s.listen.host,
+            s.listen.port,
+            ssl_context=self._tls,
+            reuse_port=self._reuse_port or None,
+            backlog=1024,
+        )
+        await site.start()
+        self.port = _bound_port(self._public)
+
+        admin_app = create_admin_app(
+            AdminDeps(
+                view=self.view,
+                status=self.status,
+                pools=pools,
+                breakers=breakers,
+                metrics=self.metrics,
+                clock=self._clock,
+                max_staleness=s.max_staleness,
+            )
+        )
+        self._admin = web.AppRunner(admin_app, access_log=None, shutdown_timeout=2.0)
+        await self._admin.setup()
+        self._exit.push_async_callback(self._admin.cleanup)
+        admin_site = web.TCPSite(
+            self._admin, s.admin_listen.host, s.admin_listen.port, reuse_port=self._reuse_port or None
+        )
+        await admin_site.start()
+        self.admin_port = _bound_port(self._admin)
+        self._log.info(
+            "gateway_started",
+            listen=f"{s.listen.host}:{self.port}",
+            admin=f"{s.admin_listen.host}:{self.admin_port}",
+            consul=s.consul.address,
+            tls=self._tls is not None,
+            worker=self._worker_index,
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, drain in-flight requests (up to the drain timeout), then release everything."""
+        self._log.info("gateway_stopping", inflight=self._handler.inflight if self._handler else 0)
+        await self._exit.aclose()
+        self._log.info("gateway_stopped")
+
+    async def _stop_watcher(self) -> None:
+        task = self._watch_task
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    # -- views for the admin API and tests ----------------------------------------------------------------------
+
+    def view(self) -> GatewayView | None:
+        return self._builder.current if self._builder is not None else None
+
+    def status(self) -> WatcherStatus:
+        assert self._watcher is not None
+        return self._watcher.status
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until the first complete view of Consul is loaded."""
+        assert self._builder is not None
+        await asyncio.wait_for(self._builder.ready.wait(), timeout)
+
+    def reload_tls(self) -> bool:
+        """Re-read the certificate and key; new handshakes use them, open connections are untouched."""
+        s = self.settings
+        if self._tls is None or not s.tls_cert or not s.tls_key:
+            return False
+        try:
+            self._tls.load_cert_chain(s.tls_cert, s.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            self._log.error("tls_reload_failed", error=str(exc), cert=s.tls_cert)
+            return False
+        self._log.info("tls_reloaded", cert=s.tls_cert)
+        return True
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{_client_host(self.settings.listen.host)}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{_client_host(self.settings.admin_listen.host)}:{self.admin_port}"
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+
+
+def _bound_port(runner: web.BaseRunner) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return 0

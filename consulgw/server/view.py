@@ -1,0 +1,180 @@
+"""The active routing view: built from CatalogSnapshots by one writer, read once per request.
+
+``ViewBuilder.apply`` turns a snapshot into a new immutable ``GatewayView`` and swaps it in. Only services named in
+``snapshot.changed`` (or whose effective KV policy changed) are re-parsed, get new pipelines and new pool member
+lists; the others are carried over as they are. Runtime counters (in-flight, round-robin state, breakers) live in
+UpstreamPools and BreakerBoard, outside the view, and survive every swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import structlog
+
+from consulgw.clock import Clock
+from consulgw.metrics import GatewayMetrics
+from consulgw.model.snapshot import CatalogSnapshot, ServiceSnapshot
+from consulgw.pipeline.context import Stage
+from consulgw.pipeline.stages import build_stages
+from consulgw.pipeline.stages.deps import StageDeps
+from consulgw.policy.book import build_policy_book
+from consulgw.policy.model import LbAlgorithm, PolicyBook, ServicePolicy
+from consulgw.routing.rules import ServiceRoutes, parse_service_routes
+from consulgw.routing.table import RouteTable
+from consulgw.upstream.breaker import BreakerBoard
+from consulgw.upstream.pool import UpstreamPools
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceEntry:
+    """Everything compiled for one routed service."""
+
+    snapshot: ServiceSnapshot
+    routes: ServiceRoutes
+    policy: ServicePolicy
+    stages: tuple[Stage, ...]
+    lb: LbAlgorithm
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayView:
+    table: RouteTable
+    services: Mapping[str, ServiceEntry] = field(default_factory=lambda: MappingProxyType({}))
+    book: PolicyBook = field(default_factory=PolicyBook)
+    snapshot: CatalogSnapshot = field(default_factory=CatalogSnapshot)
+    version: int = 0
+    built_at: float = 0.0  # clock.monotonic()
+
+
+class ViewBuilder:
+    """Single writer of the active view."""
+
+    def __init__(
+        self,
+        *,
+        tag_prefix: str,
+        compat: frozenset[str],
+        pools: UpstreamPools,
+        breakers: BreakerBoard,
+        metrics: GatewayMetrics,
+        stage_deps: Callable[[str], StageDeps],
+        clock: Clock,
+    ) -> None:
+        self._tag_prefix = tag_prefix
+        self._compat = compat
+        self._pools = pools
+        self._breakers = breakers
+        self._metrics = metrics
+        self._stage_deps = stage_deps
+        self._clock = clock
+        self._log = structlog.get_logger("consulgw.view")
+        self.current: GatewayView | None = None
+        self.ready = asyncio.Event()
+
+    def book(self) -> PolicyBook:
+        """The current policy book (consumers are read through this on every request, so edits apply live)."""
+        return self.current.book if self.current is not None else PolicyBook()
+
+    def apply(self, snapshot: CatalogSnapshot) -> None:
+        """Build the view for ``snapshot`` and swap it in (the watcher's publish callback)."""
+        started = self._clock.monotonic()
+        previous = self.current
+        old_book = previous.book if previous is not None else None
+        book = old_book
+        if book is None or snapshot.kv_changed:
+            book = build_policy_book(snapshot.kv, previous=old_book)
+            self._report_policy_errors(old_book, book)
+        services = dict(previous.services) if previous is not None else {}
+        first = previous is None
+        changed_catalog = set(snapshot.services) if first else set(snapshot.changed)
+        changed_policy = {
+            name
+            for name in snapshot.services
+            if old_book is None or old_book.for_service(name) != book.for_service(name)
+        }
+        # Services that left the snapshot.
+        removed = False
+        for name in [n for n in services if n not in snapshot.services]:
+            del services[name]
+            self._pools.remove(name)
+            self._breakers.forget(name, frozenset())
+            self._metrics.forget_service(name)
+            removed = True
+        routes_changed = first or removed
+        for name in sorted((changed_catalog | changed_policy) & set(snapshot.services)):
+            svc = snapshot.services[name]
+            old = services.get(name)
+            if old is not None and old.snapshot == svc and name not in changed_policy:
+                continue
+            if old is not None and old.snapshot.tags == svc.tags:
+                routes = old.routes
+            else:
+                routes = parse_service_routes(name, svc.tags, tag_prefix=self._tag_prefix, compat=self._compat)
+                routes_changed = True
+                for error in routes.errors:
+                    self._log.warning("route_tag_rejected", service=name, tag=error.tag, reason=error.reason)
+            policy = book.for_service(name)
+            stages = (
+                old.stages if old is not None and old.policy == policy else build_stages(policy, self._stage_deps(name))
+            )
+            lb: LbAlgorithm = policy.lb or _lb(routes.lb) or "round_robin"
+            self._pools.update(name, svc.instances, lb)
+            self._breakers.configure(name, policy.circuit_breaker)
+            self._breakers.forget(name, frozenset(i.id for i in svc.instances))
+            services[name] = ServiceEntry(snapshot=svc, routes=routes, policy=policy, stages=stages, lb=lb)
+            self._metrics.route_errors.labels(name).set(len(routes.errors))
+            in_pool = sum(1 for i in svc.instances if i.weight > 0)
+            self._metrics.pool_size.labels(name, "in_pool").set(in_pool)
+            self._metrics.pool_size.labels(name, "excluded").set(len(svc.instances) - in_pool)
+        table = (
+            RouteTable.build(entry.routes for entry in services.values())
+            if routes_changed or previous is None
+            else previous.table
+        )
+        view = GatewayView(
+            table=table,
+            services=MappingProxyType(services),
+            book=book,
+            snapshot=snapshot,
+            version=(previous.version + 1) if previous is not None else 1,
+            built_at=self._clock.monotonic(),
+        )
+        self.current = view
+        self._metrics.table_swaps.inc()
+        self._metrics.routes.set(len(table.routes))
+        self._metrics.route_conflicts.set(len(table.conflicts))
+        self._log.info(
+            "route_table_swapped",
+            version=view.version,
+            services=len(services),
+            routes=len(table.routes),
+            rebuilt=len(changed_catalog | changed_policy),
+            build_ms=round((self._clock.monotonic() - started) * 1000, 3),
+        )
+        if snapshot.complete:
+            self.ready.set()
+
+    def _report_policy_errors(self, old: PolicyBook | None, new: PolicyBook) -> None:
+        old_errors = old.errors if old is not None else {}
+        for key, reason in new.errors.items():
+            self._metrics.policy_rejected.labels(key).set(1)
+            if old_errors.get(key) != reason:  # logged once per distinct rejection, not on every rebuild
+                self._log.warning("policy_rejected", key=key, reason=reason)
+        for key in old_errors:
+            if key not in new.errors:
+                self._metrics.policy_rejected.labels(key).set(0)
+                self._log.info("policy_accepted", key=key)
+
+
+def _lb(value: str | None) -> LbAlgorithm | None:
+    if value == "round_robin":
+        return "round_robin"
+    if value == "least_conn":
+        return "least_conn"
+    if value == "ip_hash":
+        return "ip_hash"
+    return None
