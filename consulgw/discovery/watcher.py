@@ -85,7 +85,8 @@ class CatalogWatcher:
         if min_backoff <= 0 or max_backoff <= 0:
             raise ValueError(f"backoff bounds must be > 0, got {min_backoff!r} and {max_backoff!r}")
         self._client = client
-        self._prefix = kv_prefix.lstrip("/")
+        prefix = kv_prefix.lstrip("/")
+        self._prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"  # as the settings normalise it
         self._is_routed = is_routed
         self._coalesce = coalesce_window
         self._clock = clock
@@ -134,7 +135,11 @@ class CatalogWatcher:
         return self._published
 
     async def run(self, publish: Publish) -> None:
-        """Watch until cancelled, calling ``publish`` with each new CatalogSnapshot (the first one is complete)."""
+        """Watch until cancelled, calling ``publish`` with each new CatalogSnapshot (the first one is complete).
+
+        Consul errors never end it (they are retried); cancelling it cancels every watch and re-raises
+        CancelledError. An exception from ``is_routed`` is a bug and ends it (as an ExceptionGroup).
+        """
         if self._running:
             raise RuntimeError("CatalogWatcher.run() is already running")
         self._reset_state()
