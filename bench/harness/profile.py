@@ -1,0 +1,162 @@
+"""Sampling the gateway under wrk load with py-spy (pyinstrument when py-spy cannot attach) and summarising it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import wrk
+
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
+_SITE = re.compile(r".*/(?:site|dist)-packages/")
+_STDLIB = re.compile(r".*/lib/python3\.\d+/")
+
+
+class ProfileError(RuntimeError):
+    pass
+
+
+def ensure_pyspy() -> str | None:
+    """py-spy from the venv, installed with pip (it is on PyPI) when missing; None when that fails."""
+    path = Path(sys.executable).parent / "py-spy"
+    if not path.exists():
+        print("bench: installing py-spy into the venv", flush=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "py-spy"], capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0 or not path.exists():
+            print(f"bench: pip install py-spy failed:\n{proc.stdout}{proc.stderr}", flush=True)
+            return None
+    return str(path)
+
+
+def short_file(path: str) -> str:
+    path = _SITE.sub("", path)
+    path = _STDLIB.sub("", path)
+    marker = path.find("/consulgw/")
+    if marker >= 0:
+        path = path[marker + 1 :]
+    return path
+
+
+def package(file: str) -> str:
+    """The package (first path component) a frame belongs to: consulgw.<sub>, aiohttp, structlog, asyncio, ..."""
+    parts = file.split("/")
+    if parts[0] == "consulgw" and len(parts) > 2:
+        return f"consulgw.{parts[1]}"
+    if parts[0] == "consulgw":
+        return "consulgw." + parts[-1].removesuffix(".py")
+    if len(parts) == 1:
+        return parts[0].removesuffix(".py")
+    return parts[0]
+
+
+@dataclass(slots=True)
+class Profile:
+    samples: int = 0
+    self_: Counter[str] = field(default_factory=Counter)
+    total: Counter[str] = field(default_factory=Counter)
+    packages: Counter[str] = field(default_factory=Counter)  # self time by package
+    packages_total: Counter[str] = field(default_factory=Counter)  # inclusive time by package
+
+    def pct(self, count: int) -> float:
+        return 100.0 * count / self.samples if self.samples else 0.0
+
+
+def _frame_key(frame: str) -> tuple[str, str]:
+    m = _FRAME.match(frame.strip())
+    if m is None:
+        return frame.strip(), frame.strip()
+    file = short_file(m.group("file"))
+    return f"{m.group('func')} ({file})", package(file)
+
+
+def aggregate(raw: str) -> Profile:
+    """Aggregate py-spy's ``--format raw`` (collapsed stacks, "f1;f2;...;fN count") into self and inclusive time."""
+    prof = Profile()
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame_key(f) for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        prof.samples += count
+        leaf, leaf_pkg = frames[-1]
+        prof.self_[leaf] += count
+        prof.packages[leaf_pkg] += count
+        for name in {name for name, _ in frames}:
+            prof.total[name] += count
+        for pkg in {pkg for _, pkg in frames}:
+            prof.packages_total[pkg] += count
+    return prof
+
+
+def summary(prof: Profile, *, title: str, top: int = 25) -> str:
+    lines = [f"#### {title}", "", f"{prof.samples} samples.", ""]
+    lines += ["| self % | function (file) |", "|---:|---|"]
+    lines += [f"| {prof.pct(c):.1f} | `{name}` |" for name, c in prof.self_.most_common(top)]
+    lines += ["", "| inclusive % | function (file) |", "|---:|---|"]
+    lines += [f"| {prof.pct(c):.1f} | `{name}` |" for name, c in prof.total.most_common(top)]
+    lines += ["", "| package | self % | inclusive % |", "|---|---:|---:|"]
+    lines += [
+        f"| {pkg} | {prof.pct(c):.1f} | {prof.pct(prof.packages_total[pkg]):.1f} |"
+        for pkg, c in prof.packages.most_common(15)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _load(target_url: str, headers: tuple[str, ...], duration: float, connections: int) -> threading.Thread:
+    errors: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            wrk.run(target_url, duration=duration, connections=connections, headers=headers)
+        except BaseException as exc:  # reported by the caller through the thread's result
+            errors.append(exc)
+
+    thread = threading.Thread(target=go, name="wrk-load", daemon=True)
+    thread.start()
+    return thread
+
+
+def record_pyspy(
+    pyspy: str,
+    pid: int,
+    *,
+    url: str,
+    headers: tuple[str, ...],
+    duration: float,
+    connections: int,
+    out: Path,
+    fmt: str,
+    rate: int = 250,
+) -> subprocess.CompletedProcess[str]:
+    """py-spy record for ``duration`` seconds while wrk loads the target (wrk starts 1 s earlier, ends 1 s later)."""
+    load = _load(url, headers, duration + 2, connections)
+    time.sleep(1.0)
+    argv = [
+        pyspy,
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        str(rate),
+        "--duration",
+        str(int(duration)),
+        "--nonblocking",
+        "--format",
+        fmt,
+        "--output",
+        str(out),
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
+    load.join(timeout=duration + 30)
+    return proc

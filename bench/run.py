@@ -1,0 +1,418 @@
+"""``make bench``: consulgw against nginx and a naive aiohttp proxy on the same upstream, plus discovery figures.
+
+Everything runs on 127.0.0.1 with free ports; every process started here is stopped on exit, failure or Ctrl-C.
+Results go to stdout as Markdown and, with --write-docs, into docs/benchmarks.md between the bench markers.
+See docs/benchmarks.md for the method and `--help` for the knobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from harness import discovery, report, stack
+from harness import profile as prof
+from harness.http import Client, Consul
+from harness.procs import ComponentFailed, Supervisor, http_status
+from harness.throughput import Target, ratio, run_rounds
+
+REPO = Path(__file__).resolve().parent.parent
+SECTIONS = ("throughput", "profile", "convergence", "scale")
+# HS256 needs a secret of at least 32 bytes (RFC 7518 section 3.2); the gateway rejects shorter ones.
+SECRET = "consulgw-bench-hs256-secret-0123456789"
+POLICY = {
+    "auth": {"type": "jwt", "algorithms": ["HS256"], "secret": SECRET},
+    "rate_limit": {"requests": 100_000_000, "per": "1s", "key": "ip", "backend": "redis"},
+    "circuit_breaker": {"failure_threshold": 5, "recovery_timeout": "30s"},
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds over all targets (default 3)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load per target first (default 2)")
+    p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
+    p.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
+    p.add_argument("--trials", type=int, default=50, help="convergence trials (default 50)")
+    p.add_argument(
+        "--scale", default="1,100,1000", help="routed-service counts for the rebuild test (default 1,100,1000)"
+    )
+    p.add_argument("--instances", type=int, default=10, help="instances per service in the rebuild test (default 10)")
+    p.add_argument("--probes", type=int, default=5, help="single-change probes per scale step (default 5)")
+    p.add_argument("--only", help=f"comma-separated subset of: {', '.join(SECTIONS)}")
+    p.add_argument("--profile", action="store_true", help="also profile the gateway under load (py-spy)")
+    p.add_argument("--profile-duration", type=float, default=10.0, help="seconds sampled per profile (default 10)")
+    p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis for the rate-limit target")
+    p.add_argument("--shared", type=Path, help="directory with nginx.conf.template and naive_proxy.py")
+    p.add_argument("--results", type=Path, default=REPO / "bench" / "results", help="profile output directory")
+    p.add_argument("--write-docs", action="store_true", help="write the results into docs/benchmarks.md")
+    p.add_argument("--no-install", action="store_true", help="never apt-get install nginx/wrk")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, nginx.conf)")
+    return p.parse_args(argv)
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _raise_nofile() -> str:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def _token() -> str:
+    import jwt  # PyJWT, a gateway dependency
+
+    now = int(time.time())
+    return jwt.encode({"sub": "bench", "iat": now, "exp": now + 6 * 3600}, SECRET, algorithm="HS256")
+
+
+def _wait_routes(gw: stack.Gateway, want: dict[str, str], policy_on: str | None, timeout: float = 30.0) -> None:
+    """Wait until /-/routes maps each prefix to its service (and the policy is in force on ``policy_on``)."""
+    admin = Client(gw.admin_url, timeout=10)
+    deadline = time.monotonic() + timeout
+    doc: dict[str, object] = {}
+    try:
+        while time.monotonic() < deadline:
+            doc = admin.get_json("/-/routes")
+            routes = {r["prefix"]: r["service"] for r in doc.get("routes", [])}  # type: ignore[union-attr]
+            ok = all(routes.get(prefix) == service for prefix, service in want.items())
+            if ok and policy_on is not None:
+                policy = doc["services"].get(policy_on, {}).get("policy", {})  # type: ignore[index]
+                ok = (
+                    (policy.get("auth") or {}).get("type") == "jwt"
+                    and (policy.get("rate_limit") or {}).get("backend") == "redis"
+                    and policy.get("circuit_breaker") is not None
+                )
+            if ok:
+                return
+            time.sleep(0.1)
+    finally:
+        admin.close()
+    raise ComponentFailed(
+        f"{gw.component.name}: routes/policy not in force after {timeout:g}s; /-/routes says:\n"
+        + json.dumps(doc, indent=1)[:3000]
+        + f"\nlast log lines:\n{gw.component.tail()}"
+    )
+
+
+def _expect(url: str, status: int, headers: dict[str, str] | None = None) -> None:
+    got = http_status(url, timeout=5, headers=headers)
+    if got != status:
+        raise ComponentFailed(f"sanity check: GET {url} answered {got}, expected {status}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sections = set(SECTIONS) - {"profile"} if args.only is None else set(args.only.split(","))
+    if args.profile:
+        sections.add("profile")
+    unknown = sections - set(SECTIONS)
+    if unknown:
+        print(f"bench: unknown section(s) in --only: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    shared = (args.shared or REPO.parent / "shared" / "bench").resolve()
+    for needed in ("nginx.conf.template", "naive_proxy.py"):
+        if not (shared / needed).exists():
+            print(f"bench: {shared / needed} not found (pass --shared DIR)", file=sys.stderr)
+            return 2
+    steps = [int(x) for x in args.scale.split(",") if x]
+    command = "python bench/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
+
+    try:
+        tools = stack.ensure_tools(install=not args.no_install)
+        if sections & {"throughput", "profile"}:
+            stack.ensure_redis(args.redis, REPO)
+    except stack.SetupError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    versions = {
+        "nginx": stack.tool_version([tools["nginx"], "-v"]),
+        "wrk": stack.tool_version([tools["wrk"], "-v"]).split(" [")[0],
+    }
+    nofile = _raise_nofile()
+    info = report.machine()
+    workdir = Path(tempfile.mkdtemp(prefix="consulgw-bench-"))
+    print(f"bench: working directory {workdir}", flush=True)
+    parts: dict[str, str | None] = dict.fromkeys(("throughput", "logging", "convergence", "scale", "profile"))
+    try:
+        with Supervisor() as sup:
+            nginx = stack.start_nginx(sup, tools["nginx"], shared, workdir)
+            stack.expect_upstream(nginx.upstream_url + "/")
+            if sections & {"throughput", "profile"}:
+                run_data_path(sup, args, sections, shared, workdir, nginx, parts)
+            if sections & {"convergence", "scale"}:
+                run_discovery(sup, args, sections, steps, workdir, nginx, parts)
+    except ComponentFailed as exc:
+        print(f"bench: FAILED: {exc}", file=sys.stderr)
+        print(f"bench: logs kept in {workdir}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; every started process was stopped", file=sys.stderr)
+        return 130
+    settings = (
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency, {args.rounds} alternating "
+        f"round(s) after a {args.warmup:g}s warm-up per target; gateway: `consulgw run` (1 worker, uvloop), "
+        f"open-file limit {nofile}."
+    )
+    block = report.render(
+        command=command,
+        info=info,
+        tools=versions,
+        settings=settings,
+        throughput=parts["throughput"],
+        logging_cost=parts["logging"],
+        convergence=parts["convergence"],
+        scale=parts["scale"],
+        profile=parts["profile"],
+    )
+    print()
+    print(block)
+    if args.write_docs:
+        report.write_docs(REPO / "docs" / "benchmarks.md", block)
+        print("bench: results written to docs/benchmarks.md", flush=True)
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def run_data_path(
+    sup: Supervisor,
+    args: argparse.Namespace,
+    sections: set[str],
+    shared: Path,
+    workdir: Path,
+    nginx: stack.Nginx,
+    parts: dict[str, str | None],
+) -> None:
+    naive, naive_url = stack.start_naive(sup, shared, workdir, nginx.upstream_url)
+    agent, agent_url = stack.start_dev_agent(sup, workdir)
+    consul = Consul(agent_url)
+    consul.register(name="bench", service_id="bench-1", port=nginx.upstream_port, tags=["gw.route=/"])
+    consul.register(name="benchpol", service_id="benchpol-1", port=nginx.upstream_port, tags=["gw.route=/pol"])
+    consul.put_kv("consulgw/services/benchpol", json.dumps(POLICY).encode())
+    consul.close()
+    # The logging gateway starts first: if the gateway cannot start, its log says why.
+    gw_log = stack.start_gateway(
+        sup, consul_url=agent_url, log=workdir / "gateway.log", label="gateway (log to file)", redis_url=args.redis
+    )
+    gw = stack.start_gateway(sup, consul_url=agent_url, log=None, label="gateway", redis_url=args.redis)
+    want = {"/": "bench", "/pol": "benchpol"}
+    _wait_routes(gw_log, want, "benchpol")
+    _wait_routes(gw, want, "benchpol")
+    token = _token()
+    auth = {"Authorization": f"Bearer {token}"}
+    for url in (nginx.proxy_url + "/", naive_url + "/", gw.url + "/", gw_log.url + "/"):
+        _expect(url, 200)
+    _expect(gw.url + "/pol", 401)
+    _expect(gw.url + "/pol", 200, auth)
+    header = (f"Authorization: Bearer {token}",)
+    targets = [
+        Target(key="upstream", label="nginx upstream, direct", url=nginx.upstream_url + "/", pid=nginx.component.pid),
+        Target(key="nginx", label="nginx proxy", url=nginx.proxy_url + "/", pid=nginx.component.pid),
+        Target(key="naive", label="naive aiohttp proxy (uvloop)", url=naive_url + "/", pid=naive.pid),
+        Target(key="gw", label="consulgw, no policy", url=gw.url + "/", pid=gw.component.pid),
+        Target(
+            key="gw_policy",
+            label="consulgw, JWT + Redis rate limit + breaker",
+            url=gw.url + "/pol",
+            headers=header,
+            pid=gw.component.pid,
+        ),
+        Target(
+            key="gw_log",
+            label="consulgw, no policy, JSON log to a file",
+            url=gw_log.url + "/",
+            pid=gw_log.component.pid,
+            log_file=str(gw_log.log),
+        ),
+    ]
+
+    def alive() -> None:
+        for component in (nginx.component, naive, agent, gw.component, gw_log.component):
+            sup.check(component)
+
+    if "throughput" in sections:
+        series = run_rounds(
+            targets,
+            rounds=args.rounds,
+            duration=args.duration,
+            threads=args.threads,
+            connections=args.connections,
+            warmup=args.warmup,
+            between=alive,
+        )
+        parts["throughput"] = (
+            report.throughput_table(series, naive="naive", nginx="nginx")
+            + "\nRatios are medians of per-round ratios (each target against the reference measured in the same "
+            "round); the range is min-max over rounds. Target CPU is the target process's CPU time during the run "
+            "(nginx: master only, its worker is not counted, so it reads ~0).\n"
+        )
+        per_req = series["gw_log"].median(lambda s: s.log_bytes_per_request)
+        r = ratio(series, "gw_log", "gw")
+        if r is not None:
+            parts["logging"] = (
+                f"Logging cost: with stderr (one JSON `request_completed` line per request) going to a file instead "
+                f"of /dev/null, the gateway serves {r[0]:.2f}x the requests per second (median of per-round ratios, "
+                f"range {r[1]:.2f}-{r[2]:.2f}); it writes {per_req:.0f} bytes of log per request. The /dev/null runs "
+                f"still format every line; only the write is saved."
+                if per_req is not None
+                else None
+            )
+    if "profile" in sections:
+        parts["profile"] = run_profile(args, targets, gw, workdir)
+    for component in (gw.component, gw_log.component, agent, naive):
+        sup.stop(component)
+
+
+def run_profile(args: argparse.Namespace, targets: list[Target], gw: stack.Gateway, workdir: Path) -> str | None:
+    results: Path = args.results
+    results.mkdir(parents=True, exist_ok=True)
+    pyspy = prof.ensure_pyspy()
+    chosen = [t for t in targets if t.key in ("gw", "gw_policy", "naive")]
+    out: list[str] = []
+    for target in chosen:
+        assert target.pid is not None
+        stem = f"profile-{target.key}"
+        text = None
+        if pyspy is not None:
+            print(f"bench: profiling {target.label} with py-spy ({args.profile_duration:g}s under load)", flush=True)
+            raw = results / f"{stem}.raw.txt"
+            proc = prof.record_pyspy(
+                pyspy,
+                target.pid,
+                url=target.url,
+                headers=target.headers,
+                duration=args.profile_duration,
+                connections=args.connections,
+                out=raw,
+                fmt="raw",
+            )
+            if proc.returncode == 0 and raw.exists():
+                text = raw.read_text(encoding="utf-8")
+                if target.key == "gw":
+                    prof.record_pyspy(
+                        pyspy,
+                        target.pid,
+                        url=target.url,
+                        headers=target.headers,
+                        duration=args.profile_duration,
+                        connections=args.connections,
+                        out=results / f"{stem}.speedscope.json",
+                        fmt="speedscope",
+                    )
+            else:
+                print(f"bench: py-spy could not record ({proc.returncode}): {proc.stderr.strip()[-500:]}", flush=True)
+        if text is None:
+            out.append(f"py-spy could not sample {target.label}; see `bench/profile.sh --pyinstrument`.\n")
+            continue
+        summary = prof.summary(prof.aggregate(text), title=f"{target.label} (py-spy, {args.profile_duration:g}s)")
+        (results / f"{stem}.md").write_text(summary, encoding="utf-8")
+        out.append(summary)
+    return "\n".join(out) if out else None
+
+
+def run_discovery(
+    sup: Supervisor,
+    args: argparse.Namespace,
+    sections: set[str],
+    steps: list[int],
+    workdir: Path,
+    nginx: stack.Nginx,
+    parts: dict[str, str | None],
+) -> None:
+    agent, agent_url = stack.start_dev_agent(sup, workdir, label="dev agent (discovery)")
+    consul = Consul(agent_url)
+    gw = stack.start_gateway(
+        sup, consul_url=agent_url, log=workdir / "gateway-discovery.log", label="gateway (discovery)"
+    )
+    runs: list[tuple[str, discovery.Convergence]] = []
+    try:
+        if "convergence" in sections:
+            print(f"bench: convergence, {args.trials} trials", flush=True)
+            runs.append(
+                (
+                    "empty catalog",
+                    discovery.convergence(
+                        consul, gw, upstream_port=nginx.upstream_port, trials=args.trials, routed_services=0
+                    ),
+                )
+            )
+        if "scale" in sections and steps:
+            points = discovery.scale(
+                sup,
+                consul,
+                gw,
+                agent_pid=agent.pid,
+                consul_url=agent_url,
+                upstream_port=nginx.upstream_port,
+                steps=steps,
+                instances=args.instances,
+                probes=args.probes,
+                workdir=workdir,
+            )
+            parts["scale"] = report.scale_tables(points) + (
+                "\nbuild_ms is the gateway's own `route_table_swapped` figure (snapshot -> new view, "
+                "including the route table). A one-route change rebuilds the route table over every service; a "
+                "one-instance change only that service's pool. \"Table complete\" is the gateway's timestamp on the "
+                "swap after which `/-/routes` listed every service with every instance, minus the time the "
+                "harness's last registration was acknowledged. Cold start: a second gateway started against the "
+                "populated agent (process start -> `/-/ready` 200).\n"
+            )
+            if "convergence" in sections:
+                trials = min(args.trials, 20)
+                print(f"bench: convergence with {steps[-1]} services routed, {trials} trials", flush=True)
+                runs.append(
+                    (
+                        f"{steps[-1]} services routed",
+                        discovery.convergence(
+                            consul,
+                            gw,
+                            upstream_port=nginx.upstream_port,
+                            trials=trials,
+                            routed_services=steps[-1],
+                            prefix="late",
+                        ),
+                    )
+                )
+        if runs:
+            c = runs[0][1]
+            parts["convergence"] = discovery_text(runs, c)
+    finally:
+        consul.close()
+    sup.stop(gw.component)
+    sup.stop(agent)
+
+
+def discovery_text(runs: list[tuple[str, discovery.Convergence]], first: discovery.Convergence) -> str:
+    statuses = ", ".join(f"{k}: {v}" for k, v in sorted(first.first_status.items()))
+    put = discovery.percentile(first.put_ms, 50) or 0.0
+    failures = [f"- {label}: {f}" for label, c in runs for f in c.failures]
+    return (
+        report.convergence_table(runs)
+        + f"\nThe clock starts when the dev agent has acknowledged the PUT (median PUT itself: {put:.1f} ms) and "
+        "stops at the first answer from the gateway that is not 404 (registration) or is 404 (deregistration), "
+        "polled in a tight loop of keep-alive GETs. First non-404 statuses: "
+        f"{statuses or 'none'}. The gateway coalesces changes for 50 ms (`--coalesce`, default).\n"
+        + ("\n" + "\n".join(failures) + "\n" if failures else "")
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
