@@ -52,6 +52,9 @@ def refusal(doc: Any, *, key: str = KEY) -> str:
         pytest.param({"lb": "least_conn"}, ServicePolicy(lb="least_conn"), id="lb"),
         pytest.param({"lb": None}, ServicePolicy(), id="lb-null"),
         pytest.param(
+            {"$schema": "./schema.json", "description": "why this policy exists"}, DEFAULT_POLICY, id="annotations"
+        ),
+        pytest.param(
             {"timeouts": {"connect": "250ms", "read": "1m30s"}},
             ServicePolicy(timeouts=Timeouts(connect=0.25, read=90.0)),
             id="timeouts-strings",
