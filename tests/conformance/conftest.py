@@ -11,6 +11,7 @@ Markers (registered here):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -150,33 +151,56 @@ async def kv_prefix(api: Client, consul: ConsulTarget) -> AsyncIterator[str]:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Upstream:
     url: str  # as the agent must address it
     port: int
     host: str
+    seen: list[Seen]  # every request received, in order
 
 
 @pytest.fixture
 async def upstream(consul: ConsulTarget) -> AsyncIterator[Upstream]:
-    """A real aiohttp server: /ok -> 200, /warn -> 429, /fail -> 500, /created -> 201."""
+    """A real aiohttp server: /ok -> 200, /created -> 201, /warn -> 429, /fail -> 500, /slow -> 200 after 3 s.
 
-    def responder(status: int) -> web.Handler:
+    Any method is accepted; every request is recorded in ``seen``.
+    """
+    seen: list[Seen] = []
+
+    def responder(status: int, delay: float = 0.0) -> web.Handler:
         async def handle(request: web.Request) -> web.Response:
+            body = await request.read()
+            seen.append(Seen(method=request.method, path=request.path, headers=dict(request.headers), body=body))
+            if delay:
+                await asyncio.sleep(delay)
             return web.Response(status=status, text=f"status {status}")
 
         return handle
 
     app = web.Application()
-    for path, status in (("/ok", 200), ("/created", 201), ("/warn", 429), ("/fail", 500)):
-        app.router.add_get(path, responder(status))
+    for path, status, delay in (
+        ("/ok", 200, 0.0),
+        ("/created", 201, 0.0),
+        ("/warn", 429, 0.0),
+        ("/fail", 500, 0.0),
+        ("/slow", 200, 3.0),
+    ):
+        app.router.add_route("*", path, responder(status, delay))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((consul.bind_host, 0))
     port = sock.getsockname()[1]
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     try:
-        yield Upstream(url=f"http://{consul.check_host}:{port}", port=port, host=consul.check_host)
+        yield Upstream(url=f"http://{consul.check_host}:{port}", port=port, host=consul.check_host, seen=seen)
     finally:
         await runner.cleanup()

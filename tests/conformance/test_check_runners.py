@@ -175,3 +175,51 @@ async def test_deregister_after_is_raised_to_one_minute(api: Client) -> None:
     await api.register_service({"Name": name, "Check": {"TTL": "30s", "DeregisterCriticalServiceAfter": "1s"}})
     await asyncio.sleep(3)
     assert name in (await api.get("/v1/agent/services")).json()
+
+
+# --------------------------------------------------------------------------------------------- check runner details
+
+
+async def test_http_check_interval_is_raised_to_one_second(api: Client, upstream: Any) -> None:
+    name = uid("floor1s")
+    await api.register_check({"Name": name, "HTTP": f"{upstream.url}/ok", "Interval": "100ms"})
+    await eventually(lambda: status_of(api, name), lambda s: s == "passing", timeout=5)
+    first = len(upstream.seen)
+    await asyncio.sleep(3.2)
+    runs = len(upstream.seen) - first
+    assert 1 <= runs <= 6, f"{runs} runs in 3.2 s: a 100ms interval must run at most about once a second"
+
+
+async def test_http_check_sends_method_header_and_body(api: Client, upstream: Any) -> None:
+    name = uid("httpdef")
+    await api.register_check(
+        {
+            "Name": name,
+            "HTTP": f"{upstream.url}/created",
+            "Method": "POST",
+            "Header": {"X-Probe": ["one"], "Authorization": ["Bearer probe-token"]},
+            "Body": "ping",
+            "Interval": "1s",
+        }
+    )
+    await eventually(lambda: status_of(api, name), lambda s: s == "passing", timeout=5)
+    request = upstream.seen[0]
+    assert (request.method, request.path, request.body) == ("POST", "/created", b"ping")
+    assert request.headers["X-Probe"] == "one"
+    assert request.headers["Authorization"] == "Bearer probe-token"
+
+
+async def test_http_check_default_request(api: Client, upstream: Any) -> None:
+    name = uid("httpget")
+    await api.register_check({"Name": name, "HTTP": f"{upstream.url}/ok", "Interval": "1s"})
+    await eventually(lambda: status_of(api, name), lambda s: s == "passing", timeout=5)
+    request = upstream.seen[0]
+    assert request.method == "GET"
+    assert request.headers.get("User-Agent") == "Consul Health Check"
+
+
+async def test_http_check_timeout_is_critical(api: Client, upstream: Any) -> None:
+    name = uid("httpslow")
+    await api.register_check({"Name": name, "HTTP": f"{upstream.url}/slow", "Interval": "1s", "Timeout": "300ms"})
+    check = await eventually(lambda: api.agent_checks(), lambda c: c[name]["Output"] != "", timeout=5, interval=0.1)
+    assert check[name]["Status"] == "critical"
