@@ -392,3 +392,62 @@ async def test_bad_requests_never_change_stored_state(api: Client, kv_prefix: st
     assert await api.agent_checks() == checks_before
     assert (await api.get(f"/v1/kv/{key}")).json() == kv_before
     assert (await api.get(f"/v1/catalog/service/{name}")).json() == catalog_before
+
+
+# --------------------------------------------------------------------------------------------- transport details
+
+
+async def test_large_responses_are_gzipped_on_request(api: Client, kv_prefix: str) -> None:
+    for i in range(30):
+        await api.kv_put(f"{kv_prefix}gz/{i:02d}", b"x" * 100)
+    big = await api.get(f"/v1/kv/{kv_prefix}gz/", [("recurse", None)], headers={"Accept-Encoding": "gzip"})
+    assert big.status == 200, big
+    assert big.headers.get("Content-Encoding") == "gzip"
+    assert len(big.json()) == 30  # aiohttp decompressed it
+    small = await api.get(f"/v1/kv/{kv_prefix}gz/00", headers={"Accept-Encoding": "gzip"})
+    assert small.status == 200, small
+    assert "Content-Encoding" not in small.headers
+    plain = await api.get(f"/v1/kv/{kv_prefix}gz/", [("recurse", None)], headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers
+
+
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [
+        pytest.param("/v1/catalog/service", "/v1/catalog/service/", id="catalog-service"),
+        pytest.param("/v1/health/service", "/v1/health/service/", id="health-service"),
+        pytest.param("/v1/kv", "/v1/kv/", id="kv"),
+    ],
+)
+async def test_subtree_root_without_slash_redirects(api: Client, path: str, location: str) -> None:
+    reply = await api.get(path)
+    assert reply.status == 301, reply
+    assert reply.headers["Location"] == location
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/v1/catalog/services", id="catalog-services"),
+        pytest.param("/v1/kv/conformance-never-written", id="kv"),
+        pytest.param("/v1/health/service/consul", id="health-service-non-blocking"),
+    ],
+)
+async def test_query_backend_header(api: Client, path: str) -> None:
+    reply = await api.get(path)
+    assert reply.headers["X-Consul-Query-Backend"] == "blocking-query"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/v1/catalog/services", id="catalog-services"),
+        pytest.param("/v1/health/service/consul", id="health-service"),
+    ],
+)
+async def test_cached_reads_report_cache_status(api: Client, path: str) -> None:
+    reply = await api.get(path, [("cached", None)])
+    assert reply.status == 200, reply
+    assert reply.headers["X-Cache"] in ("HIT", "MISS")
+    if reply.headers["X-Cache"] == "HIT":
+        assert int(reply.headers["Age"]) >= 0
