@@ -459,8 +459,7 @@ def _auth(doc: Mapping[str, Any]) -> AuthPolicy:
 
 def _jwt(doc: Mapping[str, Any]) -> JwtAuth:
     supported = jwt_algorithms()
-    algorithms = _unique(doc["algorithms"], fold=str)
-    for index, name in enumerate(algorithms):
+    for index, name in enumerate(doc["algorithms"]):
         if name.lower() == "none":
             raise _Invalid(("auth", "algorithms", index), "is never accepted (it means unsigned tokens)", value=name)
         if name not in supported:
@@ -469,6 +468,7 @@ def _jwt(doc: Mapping[str, Any]) -> JwtAuth:
                 f"is not a JWT algorithm (supported: {', '.join(sorted(supported))})",
                 value=name,
             )
+    algorithms = _unique(doc["algorithms"], fold=str)
     hmac_algs = [a for a in algorithms if a.startswith("HS")]
     public_algs = [a for a in algorithms if not a.startswith("HS")]
     if hmac_algs and public_algs:

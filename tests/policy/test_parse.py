@@ -348,6 +348,11 @@ def test_input_forms_are_equivalent() -> None:
             id="alg-unknown",
         ),
         pytest.param(
+            {"auth": {"type": "jwt", "algorithms": ["HS256", "HS256", "none"], "secret": keys.HS256_SECRET}},
+            "auth.algorithms[2]: 'none' is never accepted",
+            id="alg-index-counts-duplicates",
+        ),
+        pytest.param(
             {"auth": {"type": "jwt", "algorithms": ["HS256", "RS256"], "secret": keys.HS256_SECRET}},
             "auth.algorithms: mixes HMAC (HS256) with public-key algorithms (RS256)",
             id="alg-mix",

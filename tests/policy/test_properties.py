@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from consulgw.errors import PolicyError
 from consulgw.policy.book import build_policy_book
 from consulgw.policy.model import Consumer, PolicyBook, ServicePolicy
-from consulgw.policy.parse import parse_consumer, parse_policy
+from consulgw.policy.parse import merge_documents, parse_consumer, parse_policy
 from tests.policy import keys
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -151,3 +151,14 @@ def test_book_never_raises_and_keeps_invariants(snapshots: list[dict[str, bytes 
         assert again.consumers == book.consumers
         assert again.defaults == book.defaults
         assert again.errors == book.errors
+
+
+@SETTINGS
+@given(st.one_of(policy_like, st.sampled_from([{"lb": "ip_hash"}, {"rate_limit": {"requests": 1, "per": "1s"}}])))
+def test_merging_nothing_changes_nothing(doc: dict[str, Any]) -> None:
+    result = _outcome(lambda: parse_policy(doc, key="k"))
+    if isinstance(result, ServicePolicy):
+        assert parse_policy(merge_documents({}, doc), key="k") == result
+        assert parse_policy(merge_documents(doc, {}), key="k") == result
+        assert parse_policy(merge_documents(doc, doc), key="k") == result
+        assert parse_policy(json.dumps(doc), key="k") == result
