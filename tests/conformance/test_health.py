@@ -266,3 +266,65 @@ async def test_health_service_instance_order(api: Client) -> None:
         assert (await api.put(f"/v1/agent/check/pass/service:{sid}")).status == 200
     assert await ids(api, name, [("passing", None)]) == [f"{name}:1", f"{name}:2"]
     assert await ids(api, name, [("tag", "tag:foo:1")]) == [f"{name}:1"]
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        pytest.param("/v1/health/connect/NAME", [], id="connect-plain-service"),
+        pytest.param("/v1/health/ingress/NAME", [], id="ingress-none-configured"),
+        pytest.param("/v1/health/ingress/NAME", [("filter", "Node.Node != ``")], id="ingress-with-filter"),
+        pytest.param("/v1/catalog/connect/NAME", [], id="catalog-connect"),
+        pytest.param("/v1/health/service/NAME", [("peer", "non-existent-peer")], id="unknown-peer"),
+    ],
+)
+async def test_mesh_and_peer_views_of_a_plain_service_are_empty(
+    api: Client, path: str, params: list[tuple[str, str | None]]
+) -> None:
+    """criteo/py-consul test_health_connect / test_health_ingress / test_health_service_peer."""
+    name = uid("plainmesh")
+    await api.register_service({"Name": name, "ID": f"{name}:1", "Check": {"TTL": "10s"}})
+    reply = await api.get(path.replace("NAME", name), params)
+    assert reply.status == 200, reply
+    assert reply.json() == []
+    assert reply.index >= 1
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param([("merge-central-config", None)], id="merge-central-config"),
+        pytest.param([("near", "_agent")], id="near-agent"),
+        pytest.param([("stale", None)], id="stale"),
+        pytest.param([("consistent", None)], id="consistent"),
+        pytest.param([("cached", None)], id="cached"),
+    ],
+)
+async def test_accepted_parameters_do_not_change_identity(api: Client, params: list[tuple[str, str | None]]) -> None:
+    name = uid("params")
+    await api.register_service({"Name": name, "ID": f"{name}:1", "Check": {"TTL": "10s"}})
+    assert await ids(api, name, params) == [f"{name}:1"]
+
+
+async def test_node_meta_filter(api: Client) -> None:
+    svc = uid("nm")
+    for node, rack in ((uid("rack-a"), "a"), (uid("rack-b"), "b")):
+        reply = await api.put(
+            "/v1/catalog/register",
+            json_body={
+                "Node": node,
+                "Address": "10.6.0.1",
+                "NodeMeta": {"rack": rack, "tier": "x"},
+                "Service": {"Service": svc},
+            },
+        )
+        assert reply.status == 200, reply
+        api.cleanups.append(lambda node=node: api.put("/v1/catalog/deregister", json_body={"Node": node}))
+    entries = (await api.get(f"/v1/health/service/{svc}", [("node-meta", "rack:a")])).json()
+    assert [e["Node"]["Meta"]["rack"] for e in entries] == ["a"]
+    entries = (await api.get(f"/v1/health/service/{svc}", [("node-meta", "rack:a"), ("node-meta", "tier:x")])).json()
+    assert len(entries) == 1
+    entries = (await api.get(f"/v1/health/service/{svc}", [("node-meta", "rack:a"), ("node-meta", "tier:y")])).json()
+    assert entries == []
+    nodes = (await api.get(f"/v1/catalog/service/{svc}", [("node-meta", "tier:x")])).json()
+    assert len(nodes) == 2
