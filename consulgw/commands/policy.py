@@ -1,7 +1,8 @@
 """``consulgw policy validate|get|put``: per-service policies in Consul KV.
 
 - ``validate FILE`` checks a document offline (no Consul), as a complete policy: exit 0 and ``ok: <summary>``, or
-  exit 1 and the error naming the file, the JSON path and the value.
+  exit 1 and the error naming the file, the JSON path and the value. With an explicit ``--consul URL`` it checks
+  the document merged onto that Consul's stored ``defaults`` instead (nothing is written).
 - ``get SERVICE`` prints ``<prefix>services/SERVICE`` pretty-printed; exit 1 when there is none. A stored document
   the gateway would reject is still printed, with the reason as a warning on stderr.
 - ``put SERVICE FILE`` validates the document merged onto the stored ``defaults`` (exactly what the gateway will
@@ -97,7 +98,15 @@ def summarize(policy: ServicePolicy) -> str:
 
 def _validate(args: argparse.Namespace) -> int:
     raw, label = read_input(str(args.file))
-    policy = parse_policy(raw, key=label)
+    if getattr(args, "consul", None) is None:
+        policy = parse_policy(raw, key=label)  # offline: the document as a complete policy
+    else:
+        store = KvStore.from_args(args, os.environ)  # --consul given: as the gateway will see it, merged on defaults
+        try:
+            decode_document(raw, key=label)
+            policy = _effective(raw, _defaults_document(store, kv_prefix(args, os.environ)), label)
+        finally:
+            store.close()
     print(f"ok: {summarize(policy)}")
     return 0
 

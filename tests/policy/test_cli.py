@@ -146,6 +146,9 @@ async def test_put_validates_against_stored_defaults(dev_agent: DevAgent, tmp_pa
     alone = await run_cli("policy", "validate", str(path))
     assert alone.code == 1
     assert "cors: missing required key 'origins'" in alone.err
+    merged = await run_cli("policy", "validate", str(path), "--consul", dev_agent.url, "--kv-prefix", "edge")
+    assert merged.code == 0, merged.err
+    assert merged.out.startswith("ok: ")
     put = await run_cli("policy", "put", "users", str(path), "--consul", dev_agent.url, "--kv-prefix", "edge")
     assert put.code == 0, put.err
     assert put.out.startswith("ok: wrote edge/services/users: ")
