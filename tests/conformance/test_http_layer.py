@@ -451,3 +451,18 @@ async def test_cached_reads_report_cache_status(api: Client, path: str) -> None:
     assert reply.headers["X-Cache"] in ("HIT", "MISS")
     if reply.headers["X-Cache"] == "HIT":
         assert int(reply.headers["Age"]) >= 0
+
+
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [
+        pytest.param("/v1//catalog/services", "/v1/catalog/services", id="double-slash"),
+        pytest.param("/v1/./catalog/services", "/v1/catalog/services", id="dot-segment"),
+        pytest.param("/v1/kv/conformance/x/../y", "/v1/kv/conformance/y", id="dot-dot-segment"),
+    ],
+)
+async def test_non_canonical_paths_redirect_to_the_cleaned_path(api: Client, path: str, location: str) -> None:
+    """Go's ServeMux answers a non-canonical path with a 301 to the cleaned one (1.1); the handler never sees it."""
+    reply = await api.get(path)
+    assert reply.status == 301, reply
+    assert reply.headers["Location"] == location
