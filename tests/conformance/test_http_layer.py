@@ -425,14 +425,6 @@ async def test_subtree_root_without_slash_redirects(api: Client, path: str, loca
     assert reply.headers["Location"] == location
 
 
-async def test_non_canonical_kv_write_is_redirected_not_stored(api: Client, kv_prefix: str) -> None:
-    """ServeMux cleans the path for every method (not only GET), so a PUT to ``a/../b`` stores nothing."""
-    reply = await api.put(f"/v1/kv/{kv_prefix}a/../b", data=b"traversal")
-    assert reply.status == 301, reply
-    assert reply.headers["Location"] == f"/v1/kv/{kv_prefix}b"
-    assert (await api.get(f"/v1/kv/{kv_prefix}", [("recurse", None)])).status == 404
-
-
 @pytest.mark.parametrize(
     "path",
     [
