@@ -145,6 +145,14 @@ def test_book_never_raises_and_keeps_invariants(snapshots: list[dict[str, bytes 
             assert f"consumers/{name}" in kv
         for digest, consumer in book.consumers_by_key.items():
             assert digest in consumer.api_key_sha256
+        # a rejected service document never replaces the value in force before it
+        for key in book.errors:
+            if key.startswith("services/"):
+                name = key.removeprefix("services/")
+                before = previous.services.get(name) if previous is not None else None
+                assert book.services.get(name) == before
+        if "defaults" in book.errors:
+            assert book.defaults == (previous.defaults if previous is not None else PolicyBook().defaults)
         # building again from the same KV on top of itself changes nothing
         again = build_policy_book(kv, previous=book)
         assert again.services == book.services
