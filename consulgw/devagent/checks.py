@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import ssl
 from collections.abc import Awaitable, Callable
@@ -317,8 +318,9 @@ def http_probe(defn: CheckDef, session: aiohttp.ClientSession) -> Probe:
 def _reason(exc: OSError | None) -> str:
     if exc is None:
         return "connection refused"
-    text = (exc.strerror or str(exc)).lower()
-    return text
+    if exc.errno:
+        return os.strerror(exc.errno).lower()
+    return (exc.strerror or str(exc)).lower()
 
 
 def tcp_probe(defn: CheckDef) -> Probe:
