@@ -297,3 +297,35 @@ async def test_consumer_add_refuses_to_overwrite_a_concurrent_change(
     result = await run_cli("consumer", "add", "erin", "--api-key", "y" * 32, "--consul", proxy)
     assert result.code == 1
     assert "changed by someone else" in result.err
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        pytest.param(403, "Permission denied", "refused the request: permission denied (ACL)", id="acl"),
+        pytest.param(
+            500, "rpc error: No cluster leader", "answered with an error: 500 rpc error: No cluster leader", id="500"
+        ),
+    ],
+)
+async def test_consul_errors_are_one_line(
+    aiohttp_server: Callable[[web.Application], Awaitable[object]],
+    users_file: Path,
+    status: int,
+    body: str,
+    expected: str,
+) -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=status, text=body)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    server = await aiohttp_server(app)
+    address = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
+    for args in (("policy", "get", "users"), ("policy", "put", "users", str(users_file)), ("consumer", "add", "a")):
+        result = await run_cli(*args, "--consul", address, "--token", "tok-secret-123")
+        assert result.code == 1, result
+        assert result.err.count("\n") == 1, result.err
+        assert f"Consul at {address} {expected}" in result.err
+        assert "tok-secret-123" not in result.err
+        no_traceback(result.err)
