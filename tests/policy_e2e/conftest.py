@@ -93,9 +93,9 @@ async def make_gateway(dev_agent: Any) -> AsyncIterator[Callable[..., Awaitable[
 # -- policies -----------------------------------------------------------------------------------------------------
 
 
-async def put_policy(consul: Consul, service: str, doc: Mapping[str, Any] | str | bytes) -> None:
+async def put_policy(agent: Consul, service: str, doc: Mapping[str, Any] | str | bytes) -> None:
     value = doc if isinstance(doc, str | bytes) else json.dumps(doc)
-    await consul.kv_put(f"consulgw/services/{service}", value)
+    await agent.kv_put(f"consulgw/services/{service}", value)
 
 
 def policy_of(gateway: Gateway, service: str) -> ServicePolicy | None:
@@ -112,12 +112,12 @@ async def wait_policy(gateway: Gateway, service: str, doc: Mapping[str, Any], *,
 
 
 async def routed_service(
-    gateway: Gateway, consul: Consul, service: str, port: int, policy: Mapping[str, Any] | None = None
+    gateway: Gateway, agent: Consul, service: str, port: int, policy: Mapping[str, Any] | None = None
 ) -> None:
     """Register ``service`` (route ``/``) on ``port``, store its policy, and wait until the gateway runs both."""
     if policy is not None:
-        await put_policy(consul, service, policy)
-    await consul.register(service, port, tags=["gw.route=/"])
+        await put_policy(agent, service, policy)
+    await agent.register(service, port, tags=["gw.route=/"])
     await wait_for(lambda: routed(gateway, service, 1))
     if policy is not None:
         await wait_policy(gateway, service, policy)
@@ -126,17 +126,17 @@ async def routed_service(
 # -- admin API ----------------------------------------------------------------------------------------------------
 
 
-async def admin_routes(http: aiohttp.ClientSession, admin_url: str) -> dict[str, Any]:
-    async with http.get(f"{admin_url}/-/routes") as resp:
+async def admin_routes(session: aiohttp.ClientSession, admin_url: str) -> dict[str, Any]:
+    async with session.get(f"{admin_url}/-/routes") as resp:
         assert resp.status == 200
         body = json.loads(await resp.read())
         assert isinstance(body, dict)
         return body
 
 
-async def metric_value(http: aiohttp.ClientSession, admin_url: str, name: str, **labels: str) -> float | None:
+async def metric_value(session: aiohttp.ClientSession, admin_url: str, name: str, **labels: str) -> float | None:
     """The value of one sample in ``/metrics`` (parsed with prometheus_client's own parser), or None."""
-    async with http.get(f"{admin_url}/metrics") as resp:
+    async with session.get(f"{admin_url}/metrics") as resp:
         assert resp.status == 200
         text = await resp.text()
     for family in text_string_to_metric_families(text):
@@ -347,9 +347,9 @@ async def gateway_processes(
             await gw.proc.wait()
 
 
-async def is_ready(http: aiohttp.ClientSession, admin_url: str) -> bool:
+async def is_ready(session: aiohttp.ClientSession, admin_url: str) -> bool:
     try:
-        async with http.get(f"{admin_url}/-/ready") as resp:
+        async with session.get(f"{admin_url}/-/ready") as resp:
             return resp.status == 200
     except aiohttp.ClientError:
         return False
