@@ -12,13 +12,14 @@ import json
 import resource
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from types import FrameType
 
-from harness import discovery, report, stack
+from harness import discovery, report, stack, wrk
 from harness import profile as prof
 from harness.http import Client, Consul
 from harness.procs import ComponentFailed, Supervisor, http_status
@@ -51,6 +52,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", help=f"comma-separated subset of: {', '.join(SECTIONS)}")
     p.add_argument("--profile", action="store_true", help="also profile the gateway under load (py-spy)")
     p.add_argument("--profile-duration", type=float, default=10.0, help="seconds sampled per profile (default 10)")
+    p.add_argument(
+        "--profiler",
+        choices=("py-spy", "pyinstrument"),
+        default="py-spy",
+        help="py-spy attaches to the running gateway (default); pyinstrument runs a fresh gateway under it "
+        "(also the fallback when py-spy cannot attach)",
+    )
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis for the rate-limit target")
     p.add_argument("--shared", type=Path, help="directory with nginx.conf.template and naive_proxy.py")
     p.add_argument("--results", type=Path, default=REPO / "bench" / "results", help="profile output directory")
@@ -164,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; every started process was stopped", file=sys.stderr)
         return 130
-    settings = (
-        f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency, {args.rounds} alternating "
-        f"round(s) after a {args.warmup:g}s warm-up per target; gateway: `consulgw run` (1 worker, uvloop), "
-        f"open-file limit {nofile}."
-    )
+    settings = f"Gateway: `consulgw run` (1 worker, uvloop, JSON logs); open-file limit {nofile}."
+    if "throughput" in sections:
+        settings = (
+            f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency, {args.rounds} alternating "
+            f"round(s) after a {args.warmup:g}s warm-up per target. {settings}"
+        )
     block = report.render(
         command=command,
         info=info,
@@ -276,25 +285,28 @@ def run_data_path(
                 else None
             )
     if "profile" in sections:
-        parts["profile"] = run_profile(args, targets, gw, workdir)
+        parts["profile"] = run_profile(sup, args, targets, agent_url, workdir)
     for component in (gw.component, gw_log.component, agent, naive):
         sup.stop(component)
 
 
-def run_profile(args: argparse.Namespace, targets: list[Target], gw: stack.Gateway, workdir: Path) -> str | None:
+def run_profile(
+    sup: Supervisor, args: argparse.Namespace, targets: list[Target], agent_url: str, workdir: Path
+) -> str | None:
     results: Path = args.results
     results.mkdir(parents=True, exist_ok=True)
-    pyspy = prof.ensure_pyspy()
-    chosen = [t for t in targets if t.key in ("gw", "gw_policy", "naive")]
+    pyspy = prof.ensure_pyspy() if args.profiler == "py-spy" else None
+    chosen = [t for t in targets if t.key in ("naive", "gw", "gw_policy")]
     out: list[str] = []
     for target in chosen:
         assert target.pid is not None
         stem = f"profile-{target.key}"
         text = None
+        served: float | None = None
         if pyspy is not None:
             print(f"bench: profiling {target.label} with py-spy ({args.profile_duration:g}s under load)", flush=True)
             raw = results / f"{stem}.raw.txt"
-            proc = prof.record_pyspy(
+            proc, load = prof.record_pyspy(
                 pyspy,
                 target.pid,
                 url=target.url,
@@ -306,6 +318,7 @@ def run_profile(args: argparse.Namespace, targets: list[Target], gw: stack.Gatew
             )
             if proc.returncode == 0 and raw.exists():
                 text = raw.read_text(encoding="utf-8")
+                served = load.requests_per_s * args.profile_duration if load is not None else None
                 if target.key == "gw":
                     prof.record_pyspy(
                         pyspy,
@@ -320,12 +333,63 @@ def run_profile(args: argparse.Namespace, targets: list[Target], gw: stack.Gatew
             else:
                 print(f"bench: py-spy could not record ({proc.returncode}): {proc.stderr.strip()[-500:]}", flush=True)
         if text is None:
-            out.append(f"py-spy could not sample {target.label}; see `bench/profile.sh --pyinstrument`.\n")
+            if not target.key.startswith("gw"):
+                continue
+            summary = run_pyinstrument(sup, args, target, agent_url, results, workdir)
+            if summary is not None:
+                out.append(summary)
             continue
-        summary = prof.summary(prof.aggregate(text), title=f"{target.label} (py-spy, {args.profile_duration:g}s)")
+        rps = f", {served / args.profile_duration:,.0f} req/s while sampled" if served else ""
+        summary = prof.summary(
+            prof.aggregate(text),
+            title=f"{target.label} (py-spy, {args.profile_duration:g}s{rps})",
+            rate=prof.RATE,
+            requests=served,
+        )
         (results / f"{stem}.md").write_text(summary, encoding="utf-8")
         out.append(summary)
     return "\n".join(out) if out else None
+
+
+def run_pyinstrument(
+    sup: Supervisor, args: argparse.Namespace, target: Target, agent_url: str, results: Path, workdir: Path
+) -> str | None:
+    """The fallback: a fresh gateway started under pyinstrument, loaded by wrk, stopped; its text report kept."""
+    python = sys.executable
+    if subprocess.run([python, "-c", "import pyinstrument"], capture_output=True, check=False).returncode != 0:
+        print("bench: installing pyinstrument into the venv", flush=True)
+        proc = subprocess.run([python, "-m", "pip", "install", "-q", "pyinstrument"], capture_output=True, check=False)
+        if proc.returncode != 0:
+            print("bench: neither py-spy nor pyinstrument is usable; no profile", flush=True)
+            return None
+    report_file = results / f"profile-{target.key}.pyinstrument.txt"
+    print(f"bench: profiling {target.label} under pyinstrument ({args.profile_duration:g}s under load)", flush=True)
+    gw = stack.start_gateway(
+        sup,
+        consul_url=agent_url,
+        log=workdir / f"gateway-pyinstrument-{target.key}.log",
+        label=f"gateway (pyinstrument, {target.key})",
+        redis_url=args.redis,
+        wrapper=(python, "-m", "pyinstrument", "--renderer", "text", "--outfile", str(report_file)),
+    )
+    path = "/pol" if target.key == "gw_policy" else "/"
+    _wait_routes(gw, {"/": "bench", "/pol": "benchpol"}, "benchpol")
+    load, _ = wrk.run(
+        gw.url + path, duration=args.profile_duration, connections=args.connections, headers=target.headers
+    )
+    sup.stop(gw.component)  # SIGTERM: the gateway drains and exits, pyinstrument writes its report
+    if not report_file.exists():
+        print(f"bench: pyinstrument wrote no report; gateway log:\n{gw.component.tail()}", flush=True)
+        return None
+    text = report_file.read_text(encoding="utf-8")
+    summary = (
+        f"#### {target.label} (pyinstrument, {args.profile_duration:g}s, {load.requests_per_s:,.0f} req/s while "
+        f"profiled)\n\npyinstrument's call tree (it profiles the whole run, start-up included):\n\n```\n"
+        + "\n".join(text.splitlines()[:80])
+        + "\n```\n"
+    )
+    (results / f"profile-{target.key}.md").write_text(summary, encoding="utf-8")
+    return summary
 
 
 def run_discovery(
@@ -345,15 +409,21 @@ def run_discovery(
     runs: list[tuple[str, discovery.Convergence]] = []
     try:
         if "convergence" in sections:
-            print(f"bench: convergence, {args.trials} trials", flush=True)
-            runs.append(
-                (
-                    "empty catalog",
-                    discovery.convergence(
-                        consul, gw, upstream_port=nginx.upstream_port, trials=args.trials, routed_services=0
-                    ),
+            for label, pause, trials in (
+                ("isolated changes, 1.1 s apart", 1.1, args.trials),
+                ("back to back, 0.1 s apart", 0.1, max(1, args.trials // 2)),
+            ):
+                print(f"bench: convergence, {label}, {trials} trials", flush=True)
+                result = discovery.convergence(
+                    consul,
+                    gw,
+                    upstream_port=nginx.upstream_port,
+                    trials=trials,
+                    routed_services=0,
+                    pause=pause,
+                    prefix=f"c{len(runs)}x",
                 )
-            )
+                runs.append((label, result))
         if "scale" in sections and steps:
             points = discovery.scale(
                 sup,
@@ -376,17 +446,18 @@ def run_discovery(
                 "populated agent (process start -> `/-/ready` 200).\n"
             )
             if "convergence" in sections:
-                trials = min(args.trials, 20)
+                trials = max(1, min(args.trials, 20))
                 print(f"bench: convergence with {steps[-1]} services routed, {trials} trials", flush=True)
                 runs.append(
                     (
-                        f"{steps[-1]} services routed",
+                        "isolated changes, 1.1 s apart",
                         discovery.convergence(
                             consul,
                             gw,
                             upstream_port=nginx.upstream_port,
                             trials=trials,
                             routed_services=steps[-1],
+                            pause=1.1,
                             prefix="late",
                         ),
                     )
@@ -409,8 +480,9 @@ def discovery_text(runs: list[tuple[str, discovery.Convergence]], first: discove
         + f"\nThe clock starts when the dev agent has acknowledged the PUT (median PUT itself: {put:.1f} ms) and "
         "stops at the first answer from the gateway that is not 404 (registration) or is 404 (deregistration), "
         "polled in a tight loop of keep-alive GETs. First non-404 statuses: "
-        f"{statuses or 'none'}. The gateway coalesces changes for 50 ms (`--coalesce`, default).\n"
-        + ("\n" + "\n".join(failures) + "\n" if failures else "")
+        f"{statuses or 'none'}. The gateway coalesces changes for 50 ms (`--coalesce`, default), and each Consul "
+        "watch loop is paced by a token bucket (1 request/s, burst 2): changes closer together than that wait for "
+        "a token, which the back-to-back rows show.\n" + ("\n" + "\n".join(failures) + "\n" if failures else "")
     )
 
 

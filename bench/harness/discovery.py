@@ -62,7 +62,10 @@ def convergence(
     pause: float = 0.1,
 ) -> Convergence:
     """Register a new service with a new route, time until the gateway stops answering 404 on it; deregister it,
-    time until the gateway answers 404 again. The clock starts when Consul has acknowledged the change."""
+    time until the gateway answers 404 again. The clock starts when Consul has acknowledged the change.
+
+    ``pause`` is slept after every change: above 1 s each change finds the watches' token buckets (1 request/s,
+    burst 2) full, i.e. isolated changes; at 0.1 s the changes arrive back to back and the buckets pace them."""
     probe = Client(gateway.url, timeout=10)
     out = Convergence(routed_services=routed_services)
     try:
@@ -83,6 +86,7 @@ def convergence(
             else:
                 out.add_ms.append(ms)
                 out.first_status[status] = out.first_status.get(status, 0) + 1
+            time.sleep(pause)
             consul.deregister(f"{name}-1")
             ms, status, polls = _poll(probe, path, lambda s: s == 404, timeout)
             out.polls += polls
@@ -143,6 +147,9 @@ def _complete(admin: Client, names: set[str], instances: int) -> bool:
 
 
 def _one_swap(log: JsonLog, change: Callable[[], None], timeout: float = 20.0) -> tuple[dict[str, Any] | None, float]:
+    """One change from rest: sleep until the watches' token buckets (1 request/s) have refilled, make the change,
+    return the first route_table_swapped event after it and the wall-clock time the change was made."""
+    time.sleep(1.1)
     log.mark()
     t0 = time.time()
     change()
@@ -249,7 +256,6 @@ def scale(
                 )
                 if doc is not None:
                     point.route_change_ms.append(float(doc.get("build_ms", 0.0)))
-                time.sleep(1.1)  # the watch loops' token buckets refill (1 request/s): each probe starts from rest
             # A cold start against the populated Consul: the whole view built in one go.
             cold_log = workdir / f"gateway-cold-{target}.log"
             t_start = time.perf_counter()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harness import wrk
 
+RATE = 200  # py-spy samples per second
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 _SITE = re.compile(r".*/(?:site|dist)-packages/")
 _STDLIB = re.compile(r".*/lib/python3\.\d+/")
@@ -42,7 +43,7 @@ def short_file(path: str) -> str:
     marker = path.find("/consulgw/")
     if marker >= 0:
         path = path[marker + 1 :]
-    return path
+    return path.rsplit("/", 1)[-1] if path.startswith("/") else path
 
 
 def package(file: str) -> str:
@@ -99,28 +100,35 @@ def aggregate(raw: str) -> Profile:
     return prof
 
 
-def summary(prof: Profile, *, title: str, top: int = 25) -> str:
-    lines = [f"#### {title}", "", f"{prof.samples} samples.", ""]
-    lines += ["| self % | function (file) |", "|---:|---|"]
-    lines += [f"| {prof.pct(c):.1f} | `{name}` |" for name, c in prof.self_.most_common(top)]
-    lines += ["", "| inclusive % | function (file) |", "|---:|---|"]
-    lines += [f"| {prof.pct(c):.1f} | `{name}` |" for name, c in prof.total.most_common(top)]
-    lines += ["", "| package | self % | inclusive % |", "|---|---:|---:|"]
+def summary(prof: Profile, *, title: str, top: int = 25, rate: int, requests: float | None) -> str:
+    """Markdown tables; with ``requests`` (requests served while sampling) each row also gets CPU microseconds per
+    request: samples / rate / requests."""
+
+    def us(count: int) -> str:
+        return f"{count / rate / requests * 1e6:.1f}" if requests else "n/a"
+
+    per_req = f" CPU sampled: {prof.samples / rate:.2f} s for ~{requests:,.0f} requests." if requests else ""
+    lines = [f"#### {title}", "", f"{prof.samples} samples at {rate} Hz.{per_req}", ""]
+    lines += ["| self % | us/req | function (file) |", "|---:|---:|---|"]
+    lines += [f"| {prof.pct(c):.1f} | {us(c)} | `{name}` |" for name, c in prof.self_.most_common(top)]
+    lines += ["", "| inclusive % | us/req | function (file) |", "|---:|---:|---|"]
+    lines += [f"| {prof.pct(c):.1f} | {us(c)} | `{name}` |" for name, c in prof.total.most_common(top)]
+    lines += ["", "| package | self % | inclusive % | self us/req |", "|---|---:|---:|---:|"]
     lines += [
-        f"| {pkg} | {prof.pct(c):.1f} | {prof.pct(prof.packages_total[pkg]):.1f} |"
+        f"| {pkg} | {prof.pct(c):.1f} | {prof.pct(prof.packages_total[pkg]):.1f} | {us(c)} |"
         for pkg, c in prof.packages.most_common(15)
     ]
     return "\n".join(lines) + "\n"
 
 
-def _load(target_url: str, headers: tuple[str, ...], duration: float, connections: int) -> threading.Thread:
-    errors: list[BaseException] = []
-
+def _load(
+    target_url: str, headers: tuple[str, ...], duration: float, connections: int, into: list[wrk.WrkResult]
+) -> threading.Thread:
     def go() -> None:
         try:
-            wrk.run(target_url, duration=duration, connections=connections, headers=headers)
-        except BaseException as exc:  # reported by the caller through the thread's result
-            errors.append(exc)
+            into.append(wrk.run(target_url, duration=duration, connections=connections, headers=headers)[0])
+        except (wrk.WrkError, OSError, subprocess.SubprocessError) as exc:
+            print(f"bench: wrk under the profiler failed: {exc}", flush=True)
 
     thread = threading.Thread(target=go, name="wrk-load", daemon=True)
     thread.start()
@@ -137,10 +145,14 @@ def record_pyspy(
     connections: int,
     out: Path,
     fmt: str,
-    rate: int = 250,
-) -> subprocess.CompletedProcess[str]:
-    """py-spy record for ``duration`` seconds while wrk loads the target (wrk starts 1 s earlier, ends 1 s later)."""
-    load = _load(url, headers, duration + 2, connections)
+    rate: int = RATE,
+) -> tuple[subprocess.CompletedProcess[str], wrk.WrkResult | None]:
+    """py-spy record for ``duration`` seconds while wrk loads the target (wrk starts 1 s earlier, ends 1 s later).
+
+    py-spy pauses the process for each sample (its default, blocking mode): consistent stacks, a little overhead.
+    Idle samples (the loop waiting in epoll) are not recorded, so percentages are of the time the process ran."""
+    results: list[wrk.WrkResult] = []
+    load = _load(url, headers, duration + 2, connections, results)
     time.sleep(1.0)
     argv = [
         pyspy,
@@ -151,7 +163,7 @@ def record_pyspy(
         str(rate),
         "--duration",
         str(int(duration)),
-        "--nonblocking",
+        "--full-filenames",
         "--format",
         fmt,
         "--output",
@@ -159,4 +171,4 @@ def record_pyspy(
     ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
     load.join(timeout=duration + 30)
-    return proc
+    return proc, (results[0] if results else None)
