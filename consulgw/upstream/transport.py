@@ -41,6 +41,17 @@ def translate(exc: BaseException, endpoint: str) -> UpstreamError:
     """Map an aiohttp/OS error to the gateway's UpstreamError tree (messages carry no request data)."""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return UpstreamTimeout(f"connecting to {endpoint} timed out", kind="connect_timeout", connect_failed=True)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        # TCP connected but the upstream's certificate was refused: say so (the fix is --upstream-ca or the
+        # upstream's certificate, not the network). Nothing was sent, so another instance may be tried.
+        reason = _verify_reason(exc.certificate_error)
+        return UpstreamUnreachable(
+            f"TLS certificate of {endpoint} could not be verified ({reason})", kind="tls", connect_failed=True
+        )
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):  # e.g. the upstream does not speak TLS on that port
+        return UpstreamUnreachable(
+            f"TLS handshake with {endpoint} failed ({_ssl_reason(exc.os_error)})", kind="tls", connect_failed=True
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamUnreachable(f"could not connect to {endpoint}", kind="connect", connect_failed=True)
     if isinstance(exc, aiohttp.SocketTimeoutError | asyncio.TimeoutError):
@@ -48,6 +59,20 @@ def translate(exc: BaseException, endpoint: str) -> UpstreamError:
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.ClientPayloadError):
         return UpstreamUnreachable(f"{endpoint} closed the connection", kind="reset")
     return UpstreamUnreachable(f"request to {endpoint} failed", kind="error")
+
+
+def _verify_reason(error: BaseException) -> str:
+    """OpenSSL's short verification message ("unable to get local issuer certificate", "Hostname mismatch, ...")."""
+    if isinstance(error, ssl.SSLCertVerificationError) and error.verify_message:
+        return str(error.verify_message)
+    return _ssl_reason(error)
+
+
+def _ssl_reason(error: BaseException) -> str:
+    """The OpenSSL reason code of an SSL error (``WRONG_VERSION_NUMBER``), never a request detail."""
+    if isinstance(error, ssl.SSLError) and error.reason:
+        return str(error.reason)
+    return type(error).__name__
 
 
 @contextlib.contextmanager
