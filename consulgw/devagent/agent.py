@@ -39,6 +39,7 @@ from consulgw.devagent.records import (
     CRITICAL,
     NODE_MAINT_CHECK_ID,
     PASSING,
+    SERF_CHECK_ID,
     SERVICE_MAINT_PREFIX,
     STATUSES,
     WARNING,
@@ -144,8 +145,10 @@ class LocalAgent:
         enable_script_checks: bool = False,
         min_deregister_after: float = 60.0,
         reap_interval: float = 30.0,
+        ae_interval: float = 60.0,
     ) -> None:
         self.core = core
+        self.ae_interval = ae_interval
         self.enable_script_checks = enable_script_checks
         self.min_deregister_after = min_deregister_after
         self.reap_interval = reap_interval
@@ -153,6 +156,8 @@ class LocalAgent:
         self.checks: dict[str, LocalCheck] = {}
         self._session: aiohttp.ClientSession | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._anti_entropy: asyncio.Task[None] | None = None
+        self._own_node = core.store.nodes.get(core.node)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -161,11 +166,12 @@ class LocalAgent:
             connector=aiohttp.TCPConnector(force_close=True), auto_decompress=True, trust_env=False
         )
         self._reaper = asyncio.create_task(self._reap_loop(), name="devagent-reaper")
+        if self.ae_interval > 0:
+            self._anti_entropy = asyncio.create_task(self._ae_loop(), name="devagent-anti-entropy")
 
     async def stop(self) -> None:
         tasks = [lc.task for lc in self.checks.values() if lc.task is not None]
-        if self._reaper is not None:
-            tasks.append(self._reaper)
+        tasks.extend(t for t in (self._reaper, self._anti_entropy) if t is not None)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -173,7 +179,7 @@ class LocalAgent:
                 await task
         for lc in self.checks.values():
             lc.task = None
-        self._reaper = None
+        self._reaper = self._anti_entropy = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -396,6 +402,36 @@ class LocalAgent:
                 reaped.add(sid)
                 log.info("service_reaped", service_id=sid, check_id=lc.record.check_id)
                 self.remove_service(sid)
+
+    # ---- anti-entropy ----------------------------------------------------------------------------------------
+
+    async def _ae_loop(self) -> None:
+        while True:
+            # Consul: a full sync every ae_interval plus a random stagger of up to one more interval
+            await self.core.clock.sleep(self.ae_interval + self.core.rng.random() * self.ae_interval)
+            self.full_sync()
+
+    def full_sync(self) -> None:
+        """Make the catalog's view of this node match the agent: what was registered on this node through the
+        catalog API (except the ``consul`` service and ``serfHealth``) is removed, local state is re-written."""
+        store, node = self.core.store, self.core.node
+        with store.write() as tx:
+            if self._own_node is not None:
+                tx.put_node(self._own_node)
+            for (owner, service_id), _svc in list(store.services.items()):
+                if owner == node and service_id != "consul" and service_id not in self.services:
+                    tx.delete_service(node, service_id)
+            for (owner, check_id), _chk in list(store.checks.items()):
+                if owner == node and check_id != SERF_CHECK_ID and check_id not in self.checks:
+                    tx.delete_check(node, check_id)
+            for svc in self.services.values():
+                tx.put_service(svc)
+            for lc in self.checks.values():
+                lc.record = tx.put_check(lc.record)
+            changed = tx.changed
+        if changed:
+            log.info("anti_entropy_synced", node=node)
+            self.core.checks_changed()
 
     # ---- views ---------------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from aiohttp import web
 from consulgw.clock import Clock, SystemClock
 from consulgw.devagent.agent import AgentEndpoints, LocalAgent
 from consulgw.devagent.catalog import CatalogEndpoints
+from consulgw.devagent.cluster import ClusterEndpoints
 from consulgw.devagent.core import VERSION, Core, Identity
 from consulgw.devagent.health import HealthEndpoints
 from consulgw.devagent.http import HttpApi, Router
@@ -42,6 +43,7 @@ class DevAgent:
         rng: random.Random | None = None,
         reap_interval: float = 30.0,
         min_deregister_after: float = 60.0,
+        ae_interval: float = 60.0,
         enable_script_checks: bool = False,
         pretty: bool = True,
         start_index: int = 10,
@@ -55,6 +57,7 @@ class DevAgent:
         self._rng = rng or random.Random()
         self._reap_interval = reap_interval
         self._min_deregister_after = min_deregister_after
+        self._ae_interval = ae_interval
         self._enable_script_checks = enable_script_checks
         self._pretty = pretty
         self._start_index = start_index
@@ -119,6 +122,7 @@ class DevAgent:
             enable_script_checks=self._enable_script_checks,
             min_deregister_after=self._min_deregister_after,
             reap_interval=self._reap_interval,
+            ae_interval=self._ae_interval,
         )
         sessions = Sessions(core)
         core.checks_changed_hooks.append(sessions.revalidate)
@@ -130,6 +134,7 @@ class DevAgent:
         sessions.register(router)
         TxnEndpoint(core, sessions).register(router)
         StatusEndpoints(core).register(router)
+        ClusterEndpoints(core).register(router)
         await agent.start()
         server = web.Server(HttpApi(router, pretty=self._pretty), handler_cancellation=True)
         runner = web.ServerRunner(server, shutdown_timeout=self._shutdown_timeout)
@@ -191,7 +196,25 @@ class DevAgent:
                 )
             )
         with core.store.write() as tx:
-            tx.put_service(Service(node=ident.node, id="consul", name="consul", port=8300))
+            tx.put_service(
+                Service(
+                    node=ident.node,
+                    id="consul",
+                    name="consul",
+                    port=8300,
+                    meta={
+                        "grpc_port": "8502",
+                        "grpc_tls_port": "8503",
+                        "non_voter": "false",
+                        "raft_version": "3",
+                        "read_replica": "false",
+                        "serf_protocol_current": "2",
+                        "serf_protocol_max": "5",
+                        "serf_protocol_min": "1",
+                        "version": VERSION,
+                    },
+                )
+            )
 
 
 def server_socket(site: web.TCPSite) -> int | None:
