@@ -1,10 +1,15 @@
-"""``consulgw dev-agent``: run the in-memory Consul dev agent until SIGINT/SIGTERM."""
+"""``consulgw dev-agent``: run the in-memory Consul dev agent until SIGINT/SIGTERM.
+
+Like ``consul agent -dev`` it refuses script checks unless enabled; ``CONSULGW_DEV_SCRIPT_CHECKS=true`` is the
+equivalent of Consul's ``enable_script_checks = true`` (py-consul's own test fixture turns it on).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 
 import structlog
@@ -23,8 +28,15 @@ def main(args: argparse.Namespace) -> int:
     datacenter = str(args.datacenter or "dc1")
     if not datacenter or any(c.isspace() for c in datacenter):
         raise ConfigError(f"--datacenter: {datacenter!r} must be a single word")
+    script_checks = _env_bool("CONSULGW_DEV_SCRIPT_CHECKS", os.environ.get("CONSULGW_DEV_SCRIPT_CHECKS", ""))
     configure_logging(args.log_format or "console", args.log_level or "info")
-    agent = DevAgent(node=node, datacenter=datacenter, host=listen.host, port=listen.port)
+    agent = DevAgent(
+        node=node,
+        datacenter=datacenter,
+        host=listen.host,
+        port=listen.port,
+        enable_script_checks=script_checks,
+    )
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we ship
@@ -57,3 +69,12 @@ async def _serve(agent: DevAgent) -> int:
 
 def agent_address(agent: DevAgent) -> str:
     return agent.listen_address
+
+
+def _env_bool(key: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("", "0", "false", "no"):
+        return False
+    if text in ("1", "true", "yes"):
+        return True
+    raise ConfigError(f"{key}: {value!r} must be true or false")

@@ -257,8 +257,8 @@ class CatalogEndpoints:
     def _parse_service(self, f: Fields, node: str) -> Service:
         name = f.string("Service")
         service_id = f.string("ID") or name
-        if service_id and not name:
-            raise server_error("Must provide service name with ID")
+        if not name:
+            raise server_error("Must provide service name (Service.Service) when service ID is provided")
         address = f.string("Address")
         port = f.integer("Port")
         if address and is_unspecified(address):

@@ -163,3 +163,25 @@ async def test_stop_cancels_check_runners(
     seen = len(upstream.hits)
     await asyncio.sleep(1.3)
     assert len(upstream.hits) == seen
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [
+        pytest.param(["sh", "-c", "echo fine"], "passing", id="exit-0"),
+        pytest.param(["sh", "-c", "echo meh; exit 1"], "warning", id="exit-1"),
+        pytest.param(["sh", "-c", "echo bad; exit 2"], "critical", id="exit-2"),
+    ],
+)
+async def test_script_checks_when_enabled(
+    dev_agent_factory: Callable[..., Awaitable[DevAgent]],
+    session: aiohttp.ClientSession,
+    args: list[str],
+    status: str,
+) -> None:
+    agent = await dev_agent_factory(rng=NoJitter(), enable_script_checks=True)
+    api = Api(agent.url, session)
+    await api.put("/v1/agent/check/register", {"Name": "s", "Args": args, "Interval": "10s"})
+    found = await eventually(lambda: check(api, "s"), lambda c: c.get("Output", "") != "")
+    assert found["Status"] == status
+    assert found["Type"] == "script"

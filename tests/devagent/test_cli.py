@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -80,3 +81,17 @@ def test_listen_on_busy_port_names_the_flag(free_port: Callable[[], int]) -> Non
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("consulgw dev-agent: error: --listen: cannot listen on")
+
+
+def test_bad_script_checks_variable_names_it() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "consulgw", "dev-agent", "--listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "CONSULGW_DEV_SCRIPT_CHECKS": "maybe"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "consulgw dev-agent: error: CONSULGW_DEV_SCRIPT_CHECKS: 'maybe' must be true or false"
+    )
