@@ -23,6 +23,7 @@ from consulgw.devagent import checks as runners
 from consulgw.devagent.bexpr import schema_from_sample
 from consulgw.devagent.blocking import query_timeout, wait_for_topics
 from consulgw.devagent.checks import CHECK_ALIASES, NS, CheckDef, parse_check_def, truncate_output
+from consulgw.devagent.cluster import coordinate
 from consulgw.devagent.core import LEADER_ADDR, REVISION, VERSION, Core, apply_filter, filter_of, parse_bool
 from consulgw.devagent.decode import (
     CHECK_DEFINITION,
@@ -604,7 +605,7 @@ class AgentEndpoints:
                 "ACLsEnabled": False,
                 "ACLDefaultPolicy": "allow",
             },
-            "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
+            "Coord": coordinate(),
             "Member": member,
             "Stats": {
                 "agent": {

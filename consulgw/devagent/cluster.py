@@ -21,7 +21,8 @@ EVENTS_TOPIC = "events"
 
 
 def coordinate() -> dict[str, Any]:
-    return {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05}
+    # Go prints float64 zeros as 0; ints keep the bytes identical
+    return {"Vec": [0] * 8, "Error": 1.5, "Adjustment": 0, "Height": 1e-05}
 
 
 def uuid_to_uint64(uuid: str) -> int:

@@ -206,7 +206,7 @@ class KVEndpoints:
 
     async def put(self, call: Call) -> Reply:
         key = call.suffix
-        self.core.check_dc(call)
+        self.core.read_options(call)  # Consul's KV endpoint parses the common query options for every method
         if not key:
             raise bad_request("Missing key name")
         validate_key(key)
@@ -235,7 +235,7 @@ class KVEndpoints:
 
     async def delete(self, call: Call) -> Reply:
         key = call.suffix
-        self.core.check_dc(call)
+        self.core.read_options(call)
         conflicting(call, "recurse", "cas")
         recurse = call.has("recurse")
         if not recurse and not key:

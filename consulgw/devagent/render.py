@@ -12,7 +12,10 @@ from typing import Any
 
 from consulgw.devagent.records import Check, KVEntry, Node, Service, Session, TaggedAddress
 
-_EMPTY_PROXY: dict[str, Any] = {"Mode": "", "MeshGateway": {}, "Expose": {}}
+
+def empty_proxy() -> dict[str, Any]:
+    """What Consul shows as ``Proxy`` for a plain (non-mesh) service."""
+    return {"Mode": "", "MeshGateway": {}, "Expose": {}}
 
 
 def dumps(value: object, *, pretty: bool) -> bytes:
@@ -73,7 +76,7 @@ def node_service_json(svc: Service, *, indexes: bool = True) -> dict[str, Any]:
         out["SocketPath"] = svc.socket_path
     out["Weights"] = weights_json(svc)
     out["EnableTagOverride"] = svc.enable_tag_override
-    out["Proxy"] = dict(svc.proxy) if svc.proxy else dict(_EMPTY_PROXY)
+    out["Proxy"] = dict(svc.proxy) if svc.proxy else empty_proxy()
     out["Connect"] = dict(svc.connect) if svc.connect else {}
     if indexes:
         out["CreateIndex"] = svc.create_index
@@ -105,7 +108,7 @@ def service_node_json(svc: Service, node: Node) -> dict[str, Any]:
             "ServicePort": svc.port,
             "ServiceSocketPath": svc.socket_path,
             "ServiceEnableTagOverride": svc.enable_tag_override,
-            "ServiceProxy": dict(svc.proxy) if svc.proxy else dict(_EMPTY_PROXY),
+            "ServiceProxy": dict(svc.proxy) if svc.proxy else empty_proxy(),
             "ServiceConnect": dict(svc.connect) if svc.connect else {},
             "CreateIndex": svc.create_index,
             "ModifyIndex": svc.modify_index,
