@@ -365,7 +365,8 @@ class LocalAgent:
         return True
 
     def add_check(self, rec: Check, defn: CheckDef | None) -> None:
-        records = self._install_checks([(rec, defn)], keep_state=False)
+        # Consul snapshots an existing check's status/output and restores it after re-registration (no flapping)
+        records = self._install_checks([(rec, defn)], keep_state=True)
         self._sync(records, [])
         self._start_runner(self.checks[rec.check_id])
         self.core.store.watch.notify(["agent:checks"])

@@ -153,3 +153,11 @@ async def test_script_checks_are_refused_unless_enabled(api: Api) -> None:
     reply = await api.put("/v1/agent/check/register", {"Name": "s", "Args": ["/bin/true"], "Interval": "10s"})
     assert reply.status == 500
     assert reply.text.startswith("Scripts are disabled on this agent")
+
+
+async def test_check_reregistration_keeps_live_state(api: Api) -> None:
+    await api.put("/v1/agent/check/register", {"Name": "c", "TTL": "10s"})
+    await api.put("/v1/agent/check/warn/c", params={"note": "slow"})
+    await api.put("/v1/agent/check/register", {"Name": "c", "TTL": "20s", "Notes": "updated"})
+    check = (await api.get("/v1/agent/checks")).json()["c"]
+    assert (check["Status"], check["Output"], check["Notes"]) == ("warning", "slow", "updated")
