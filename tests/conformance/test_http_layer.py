@@ -167,10 +167,12 @@ async def test_blocking_reads_carry_query_meta(api: Client, path: str) -> None:
         pytest.param("stale", "stale", id="stale"),
         pytest.param("consistent", "consistent", id="consistent"),
         pytest.param("leader", "leader", id="leader"),
+        pytest.param("max_stale=5s", "stale", id="max-stale"),
     ],
 )
 async def test_effective_consistency_header(api: Client, flag: str, consistency: str) -> None:
-    reply = await api.get("/v1/catalog/services", [(flag, None)])
+    key, _, value = flag.partition("=")
+    reply = await api.get("/v1/catalog/services", [(key, value or None)])
     assert reply.status == 200, reply
     assert reply.headers["X-Consul-Effective-Consistency"] == consistency
 
@@ -235,6 +237,7 @@ async def test_tokens_accepted_when_acls_disabled(
     assert put.json() is True
     got = await api.get(f"/v1/kv/{key}", params, headers=headers)
     assert got.status == 200, got
+    assert "X-Consul-Results-Filtered-By-ACLs" not in got.headers  # ACLs disabled: nothing is ever filtered
     me = await api.get("/v1/agent/self", params, headers=headers)
     assert me.status == 200, me
     name = uid("tok")
