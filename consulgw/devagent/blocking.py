@@ -13,7 +13,7 @@ import asyncio
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from consulgw.clock import Clock
@@ -39,14 +39,19 @@ class QueryOptions:
 
 @dataclass(slots=True, kw_only=True)
 class Answer:
-    value: Any
+    """A query's index and watch topics; the body is rendered only when the answer is returned, so a parked
+    query holds no copy of its result and a spurious wake-up costs an index lookup, not a render."""
+
     index: int
     topics: tuple[str, ...]
+    render: Callable[[], Any] | None = None
     found: bool = True
     # KV single-key reads: while the key stays missing, wake-ups do not end the wait (section 2.2)
     block_while_missing: bool = False
-    status: int = 200
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def value(self) -> Any:
+        return self.render() if self.render is not None else None
 
 
 def parse_uint64(text: str) -> int | None:

@@ -76,9 +76,12 @@ class CatalogEndpoints:
         meta = node_meta_filters(call)
         store = self.core.store
 
-        def query() -> Answer:
+        def render() -> list[Any]:
             nodes = [n for _, n in sorted(store.nodes.items()) if node_meta_matches(n.meta, meta)]
-            return Answer(value=apply_filter(expr, nodes, node_json), index=store.max_index("nodes"), topics=("nodes",))
+            return apply_filter(expr, nodes, node_json)
+
+        def query() -> Answer:
+            return Answer(index=store.max_index("nodes"), topics=("nodes",), render=render)
 
         answer = await self.core.blocking(opts, query)
         return call.reply_meta(answer.value, answer.index, opts)
@@ -89,7 +92,7 @@ class CatalogEndpoints:
         meta = node_meta_filters(call)
         store = self.core.store
 
-        def query() -> Answer:
+        def render() -> dict[str, list[str]]:
             out: dict[str, list[str]] = {}
             for svc in sorted(store.services.values(), key=lambda s: (s.name, s.node, s.id)):
                 node = store.nodes.get(svc.node)
@@ -101,7 +104,10 @@ class CatalogEndpoints:
                 for tag in svc.tags:
                     if tag not in tags:
                         tags.append(tag)
-            return Answer(value=dict(sorted(out.items())), index=store.max_index("services"), topics=("services",))
+            return dict(sorted(out.items()))
+
+        def query() -> Answer:
+            return Answer(index=store.max_index("services"), topics=("services",), render=render)
 
         answer = await self.core.blocking(opts, query)
         return call.reply_meta(answer.value, answer.index, opts)
@@ -125,7 +131,7 @@ class CatalogEndpoints:
         tags = call.params("tag")
         store = self.core.store
 
-        def query() -> Answer:
+        def render() -> list[dict[str, Any]]:
             items: list[dict[str, Any]] = []
             for svc in connect_instances(store.services.values(), name) if connect else store.instances(name):
                 node = store.nodes.get(svc.node)
@@ -134,7 +140,10 @@ class CatalogEndpoints:
                 rendered = service_node_json(svc, node)
                 if expr is None or expr.evaluate(rendered):
                     items.append(rendered)
-            return Answer(value=items, index=store.service_query_index(name), topics=("svc:" + name,))
+            return items
+
+        def query() -> Answer:
+            return Answer(index=store.service_query_index(name), topics=("svc:" + name,), render=render)
 
         answer = await self.core.blocking(opts, query)
         return call.reply_meta(answer.value, answer.index, opts)
@@ -147,14 +156,16 @@ class CatalogEndpoints:
         expr = filter_of(call, self.node_service_schema)
         store = self.core.store
 
-        def query() -> Answer:
+        def render() -> dict[str, Any] | None:
             node = store.nodes.get(name)
-            index = store.max_index("nodes", "services", "checks")
             if node is None:
-                return Answer(value=None, index=index, topics=("nodes", "services", "checks"))
+                return None
             services = apply_filter(expr, store.services_on_node(name), node_service_json)
-            value = {"Node": node_json(node), "Services": {s["ID"]: s for s in services}}
-            return Answer(value=value, index=index, topics=("nodes", "services", "checks"))
+            return {"Node": node_json(node), "Services": {s["ID"]: s for s in services}}
+
+        def query() -> Answer:
+            index = store.max_index("nodes", "services", "checks")
+            return Answer(index=index, topics=("nodes", "services", "checks"), render=render)
 
         answer = await self.core.blocking(opts, query)
         return call.reply_meta(answer.value, answer.index, opts)
@@ -167,17 +178,17 @@ class CatalogEndpoints:
         expr = filter_of(call, self.node_service_schema)
         store = self.core.store
 
-        def query() -> Answer:
+        def render() -> dict[str, Any] | None:
             node = store.nodes.get(name)
-            index = store.max_index("nodes", "services", "checks")
             if node is None:
-                return Answer(value=None, index=index, topics=("nodes", "services", "checks"), found=False)
+                return None
             services = apply_filter(expr, store.services_on_node(name), node_service_json)
-            return Answer(
-                value={"Node": node_json(node), "Services": services},
-                index=index,
-                topics=("nodes", "services", "checks"),
-            )
+            return {"Node": node_json(node), "Services": services}
+
+        def query() -> Answer:
+            index = store.max_index("nodes", "services", "checks")
+            found = name in store.nodes
+            return Answer(index=index, topics=("nodes", "services", "checks"), render=render, found=found)
 
         answer = await self.core.blocking(opts, query)
         if not answer.found:

@@ -61,9 +61,12 @@ class ClusterEndpoints:
 
     def _coordinates(self, only: str | None) -> Answer:
         store = self.core.store
-        nodes = [name for name in sorted(store.nodes) if only is None or name == only]
-        value = [{"Node": name, "Segment": "", "Partition": "", "Coord": coordinate()} for name in nodes]
-        return Answer(value=value, index=store.max_index("nodes"), topics=("nodes",))
+
+        def render() -> list[dict[str, Any]]:
+            nodes = [name for name in sorted(store.nodes) if only is None or name == only]
+            return [{"Node": name, "Segment": "", "Partition": "", "Coord": coordinate()} for name in nodes]
+
+        return Answer(index=store.max_index("nodes"), topics=("nodes",), render=render)
 
     async def coordinate_nodes(self, call: Call) -> Reply:
         opts = self.core.read_options(call)
@@ -123,7 +126,7 @@ class ClusterEndpoints:
         def query() -> Answer:
             found = [e for e in self.events if not name or e["Name"] == name]
             index = uuid_to_uint64(found[-1]["ID"]) if found else 1
-            return Answer(value=found, index=index, topics=(EVENTS_TOPIC,))
+            return Answer(index=index, topics=(EVENTS_TOPIC,), render=lambda: found)
 
         # The index is not monotonic, so Consul blocks only while it equals the client's (no ordering).
         answer = query()

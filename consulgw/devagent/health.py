@@ -96,7 +96,7 @@ class HealthEndpoints:
         peer = call.param("peer")
         store = self.core.store
 
-        def query() -> Answer:
+        def render() -> list[dict[str, Any]]:
             items: list[dict[str, Any]] = []
             if kind == "service":
                 instances = store.instances(name)
@@ -111,8 +111,10 @@ class HealthEndpoints:
                 if node is None or not node_meta_matches(node.meta, meta) or not tags_match(svc, tags):
                     continue
                 items.append(entry_json(store, svc, node))
-            items = apply_filter(expr, items, lambda e: e)
-            return Answer(value=items, index=store.service_query_index(name), topics=("svc:" + name,))
+            return apply_filter(expr, items, lambda e: e)
+
+        def query() -> Answer:
+            return Answer(index=store.service_query_index(name), topics=("svc:" + name,), render=render)
 
         answer = await self.core.blocking(opts, query)
         value = filter_non_passing(answer.value) if passing else answer.value
@@ -127,7 +129,7 @@ class HealthEndpoints:
         meta = node_meta_filters(call)
         store = self.core.store
 
-        def query() -> Answer:
+        def render() -> list[Any]:
             found = [
                 c
                 for c in store.checks_sorted()
@@ -135,11 +137,10 @@ class HealthEndpoints:
                 and c.service_name == name
                 and (not meta or node_meta_matches(_node_meta(store, c.node), meta))
             ]
-            return Answer(
-                value=apply_filter(expr, found, check_json),
-                index=store.service_query_index(name),
-                topics=("svc:" + name,),
-            )
+            return apply_filter(expr, found, check_json)
+
+        def query() -> Answer:
+            return Answer(index=store.service_query_index(name), topics=("svc:" + name,), render=render)
 
         answer = await self.core.blocking(opts, query)
         return call.reply_meta(answer.value, answer.index, opts)
@@ -153,16 +154,17 @@ class HealthEndpoints:
         meta = node_meta_filters(call)
         store = self.core.store
 
-        def query() -> Answer:
+        def render() -> list[Any]:
             found = [
                 c
                 for c in store.checks_sorted()
                 if (state == "any" or c.status == state)
                 and (not meta or node_meta_matches(_node_meta(store, c.node), meta))
             ]
-            return Answer(
-                value=apply_filter(expr, found, check_json), index=store.max_index("checks"), topics=("checks",)
-            )
+            return apply_filter(expr, found, check_json)
+
+        def query() -> Answer:
+            return Answer(index=store.max_index("checks"), topics=("checks",), render=render)
 
         answer = await self.core.blocking(opts, query)
         return call.reply_meta(answer.value, answer.index, opts)
@@ -175,13 +177,12 @@ class HealthEndpoints:
         expr = filter_of(call, self.check_schema)
         store = self.core.store
 
+        def render() -> list[Any]:
+            return apply_filter(expr, [c for c in store.checks_sorted() if c.node == name], check_json)
+
         def query() -> Answer:
-            found = [c for c in store.checks_sorted() if c.node == name]
-            return Answer(
-                value=apply_filter(expr, found, check_json),
-                index=store.max_index("nodes", "services", "checks"),
-                topics=("nodes", "services", "checks"),
-            )
+            index = store.max_index("nodes", "services", "checks")
+            return Answer(index=index, topics=("nodes", "services", "checks"), render=render)
 
         answer = await self.core.blocking(opts, query)
         return call.reply_meta(answer.value, answer.index, opts)

@@ -149,12 +149,11 @@ class KVEndpoints:
             sep = call.param("separator") if call.has("separator") else call.param("seperator")
 
             def keys_query() -> Answer:
-                keys = list_keys(store, key, sep)
                 return Answer(
-                    value=keys,
                     index=store.kv_prefix_index(key),
                     topics=(KV_PREFIX + key,),
-                    found=bool(keys) or key == "",
+                    found=key == "" or next(store.kv_range(key), None) is not None,
+                    render=lambda: list_keys(store, key, sep),
                 )
 
             answer = await self.core.blocking(opts, keys_query)
@@ -164,9 +163,11 @@ class KVEndpoints:
         if call.has("recurse"):
 
             def list_query() -> Answer:
-                entries = [kv_json(e) for e in store.kv_range(key)]
                 return Answer(
-                    value=entries, index=store.kv_prefix_index(key), topics=(KV_PREFIX + key,), found=bool(entries)
+                    index=store.kv_prefix_index(key),
+                    topics=(KV_PREFIX + key,),
+                    found=next(store.kv_range(key), None) is not None,
+                    render=lambda: [kv_json(e) for e in store.kv_range(key)],
                 )
 
             answer = await self.core.blocking(opts, list_query)
@@ -180,13 +181,9 @@ class KVEndpoints:
             entry = store.kv.get(key)
             if entry is None:
                 return Answer(
-                    value=None,
-                    index=store.kv_store_index(),
-                    topics=(KV_KEY + key,),
-                    found=False,
-                    block_while_missing=True,
+                    index=store.kv_store_index(), topics=(KV_KEY + key,), found=False, block_while_missing=True
                 )
-            return Answer(value=entry, index=entry.modify_index, topics=(KV_KEY + key,))
+            return Answer(index=entry.modify_index, topics=(KV_KEY + key,), render=lambda: entry)
 
         answer = await self.core.blocking(opts, get_query)
         if not answer.found:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import structlog
 
@@ -183,15 +184,16 @@ class Sessions:
         opts = self.core.read_options(call)
         store = self.core.store
 
-        def query() -> Answer:
+        def render() -> list[dict[str, Any]]:
             found = [s for _, s in sorted(store.sessions.items())]
             if select == "id":
                 found = [s for s in found if s.id == arg]
             elif select == "node":
                 found = [s for s in found if s.node == arg]
-            return Answer(
-                value=[session_json(s) for s in found], index=store.max_index("sessions"), topics=("sessions",)
-            )
+            return [session_json(s) for s in found]
+
+        def query() -> Answer:
+            return Answer(index=store.max_index("sessions"), topics=("sessions",), render=render)
 
         answer = await self.core.blocking(opts, query)
         return call.reply_meta(answer.value, answer.index, opts)
