@@ -151,7 +151,10 @@ async def metric_value(session: aiohttp.ClientSession, admin_url: str, name: str
 
 @dataclass
 class Switchable:
-    """An upstream answering ``status`` (200 with a JSON echo, or the status with an empty JSON error)."""
+    """An upstream answering ``status`` (200 with ``{"upstream": name}``, else the status with a JSON error body).
+
+    While ``hold`` is set, requests wait for that event after being recorded (a request kept in flight at will).
+    """
 
     name: str
     runner: web.AppRunner | None = None
@@ -159,12 +162,17 @@ class Switchable:
     status: int = 200
     hits: int = 0
     received: list[dict[str, Any]] = field(default_factory=list)
+    hold: asyncio.Event | None = None
 
     async def start(self) -> None:
         async def handle(request: web.Request) -> web.Response:
             self.hits += 1
             body = await request.read()
-            self.received.append({"method": request.method, "headers": list(request.headers.items()), "body": body})
+            self.received.append(
+                {"method": request.method, "path": request.path, "headers": list(request.headers.items()), "body": body}
+            )
+            if self.hold is not None:
+                await self.hold.wait()
             if self.status == 200:
                 return web.json_response({"upstream": self.name}, headers={"X-Upstream": self.name})
             return web.json_response({"upstream": self.name, "failing": True}, status=self.status)
@@ -194,6 +202,8 @@ async def switchables() -> AsyncIterator[Callable[[str], Awaitable[Switchable]]]
 
     yield factory
     for upstream in started:
+        if upstream.hold is not None:
+            upstream.hold.set()
         with contextlib.suppress(Exception):
             await upstream.stop()
 
