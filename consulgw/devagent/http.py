@@ -210,9 +210,7 @@ class HttpApi:
     async def _dispatch(self, request: web.BaseRequest) -> Reply:
         path = request.path
         if path == "/":
-            if request.method in ("GET", "HEAD"):
-                return _redirect("/ui/", request)
-            return text(404, NOT_V1_TEXT)
+            return _redirect("/ui/", request)  # Consul's index handler redirects whatever the method
         cleaned = clean_path(path)
         if cleaned != path:
             return _redirect(cleaned, request)
