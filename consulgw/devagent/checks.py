@@ -293,10 +293,13 @@ def http_probe(defn: CheckDef, session: aiohttp.ClientSession) -> Probe:
                 data=defn.body.encode() if defn.body else None,
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 ssl=tls,
+                server_hostname=defn.tls_server_name or None,
                 allow_redirects=not defn.disable_redirects,
             ) as resp:
-                body = await resp.content.read(defn.output_max_size)
-                text = body.decode("utf-8", errors="replace")
+                tail = b""  # Consul keeps the last OutputMaxSize bytes (a circular buffer)
+                async for chunk in resp.content.iter_chunked(65536):
+                    tail = (tail + chunk)[-defn.output_max_size :] if defn.output_max_size else b""
+                text = tail.decode("utf-8", errors="replace")
                 output = f"HTTP {method} {defn.http}: {resp.status} {resp.reason or ''} Output: {text}"
                 if 200 <= resp.status < 300:
                     return PASSING, output
