@@ -21,7 +21,7 @@ from types import FrameType
 
 from harness import discovery, report, stack, wrk
 from harness import profile as prof
-from harness.http import Client, Consul
+from harness.http import Client, Consul, HttpError
 from harness.procs import ComponentFailed, Supervisor, http_status
 from harness.throughput import Target, ratio, run_rounds
 
@@ -39,8 +39,14 @@ POLICY = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds over all targets (default 3)")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load per target first (default 2)")
+    p.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
+    p.add_argument(
+        "--max-extra-rounds",
+        type=int,
+        default=3,
+        help="extra rounds run when someone else's load generator overlapped a round (default 3)",
+    )
+    p.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load per target first (default 2)")
     p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
     p.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
     p.add_argument("--trials", type=int, default=50, help="convergence trials (default 50)")
@@ -51,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--probes", type=int, default=5, help="single-change probes per scale step (default 5)")
     p.add_argument("--only", help=f"comma-separated subset of: {', '.join(SECTIONS)}")
     p.add_argument("--profile", action="store_true", help="also profile the gateway under load (py-spy)")
-    p.add_argument("--profile-duration", type=float, default=10.0, help="seconds sampled per profile (default 10)")
+    p.add_argument("--profile-duration", type=int, default=10, help="seconds sampled per profile (default 10)")
     p.add_argument(
         "--profiler",
         choices=("py-spy", "pyinstrument"),
@@ -138,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     steps = [int(x) for x in args.scale.split(",") if x]
     command = "python bench/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    # Ctrl-C raises KeyboardInterrupt even when started from a non-interactive shell (where SIGINT starts ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _terminate)
 
@@ -165,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_data_path(sup, args, sections, shared, workdir, nginx, parts)
             if sections & {"convergence", "scale"}:
                 run_discovery(sup, args, sections, steps, workdir, nginx, parts)
-    except ComponentFailed as exc:
+    except (ComponentFailed, wrk.WrkError, HttpError, stack.SetupError) as exc:
         print(f"bench: FAILED: {exc}", file=sys.stderr)
         print(f"bench: logs kept in {workdir}", file=sys.stderr)
         return 1
@@ -258,20 +266,24 @@ def run_data_path(
             sup.check(component)
 
     if "throughput" in sections:
-        series = run_rounds(
+        series, rounds = run_rounds(
             targets,
             rounds=args.rounds,
             duration=args.duration,
             threads=args.threads,
             connections=args.connections,
             warmup=args.warmup,
+            max_extra=args.max_extra_rounds,
             between=alive,
+            ours=sup.groups,
         )
         parts["throughput"] = (
             report.throughput_table(series, naive="naive", nginx="nginx")
             + "\nRatios are medians of per-round ratios (each target against the reference measured in the same "
-            "round); the range is min-max over rounds. Target CPU is the target process's CPU time during the run "
-            "(nginx: master only, its worker is not counted, so it reads ~0).\n"
+            "round); the range is min-max over rounds. Target CPU: CPU time of the target's process group during its "
+            "run, % of one core (nginx's one worker serves both the upstream and the proxy, so the nginx proxy row "
+            "counts both). Other CPU: the machine's busy CPU minus wrk, the target and the nginx upstream, % of one "
+            f"core (other engineers' work on the shared machine; the harness's own bookkeeping is a few %). {rounds.describe()}.\n"
         )
         per_req = series["gw_log"].median(lambda s: s.log_bytes_per_request)
         r = ratio(series, "gw_log", "gw")

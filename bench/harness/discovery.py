@@ -263,9 +263,11 @@ def scale(
                 sup, consul_url=consul_url, log=cold_log, label=f"gateway (cold start, {target})", timeout=300
             )
             point.cold_ready_s = time.perf_counter() - t_start
-            first = JsonLog(cold_log).read("route_table_swapped")
-            if first:
-                point.cold_build_ms = float(first[0].get("build_ms", 0.0))
+            first = JsonLog(cold_log).wait_for("route_table_swapped", lambda _d: True, timeout=10)
+            if first is not None:
+                point.cold_build_ms = float(first.get("build_ms", 0.0))
+            else:
+                point.notes.append("the cold-start gateway logged no route_table_swapped event")
             time.sleep(settle)
             point.cold_rss_kib = rss_kib(cold.component.pid)["VmRSS"]
             sup.stop(cold.component)

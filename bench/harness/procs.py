@@ -180,6 +180,10 @@ class Supervisor:
         if component in self._components:
             self._components.remove(component)
 
+    def groups(self) -> frozenset[int]:
+        """Process-group ids of the running components (each leads its own session)."""
+        return frozenset(c.pid for c in self._components if c.alive())
+
     def close(self) -> None:
         while self._components:
             self.stop(self._components[-1])

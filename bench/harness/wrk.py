@@ -63,7 +63,8 @@ def parse(text: str) -> WrkResult:
 
 
 def command(url: str, *, duration: float, threads: int, connections: int, headers: Sequence[str] = ()) -> list[str]:
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency"]
+    seconds = max(1, round(duration))  # wrk takes whole seconds only
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
     for header in headers:
         argv += ["-H", header]
     return [*argv, url]
