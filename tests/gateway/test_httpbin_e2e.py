@@ -552,6 +552,14 @@ CASES = [
     pytest.param(Case("OPTIONS", "/anything"), id="options-anything"),
     pytest.param(Case("HEAD", "/get"), id="head-get"),
     pytest.param(Case("HEAD", "/html"), id="head-html"),
+    pytest.param(Case("HEAD", "/bytes/100000?seed=1"), id="head-large-content-length"),
+    pytest.param(
+        Case("POST", "/anything", "echo", headers=(("Content-Length", "0"),), skip_auto_headers=("Content-Type",)),
+        id="post-empty-body",
+    ),
+    pytest.param(
+        Case("GET", "/anything/%7Euser/a+b;c=d/%25?x=a%2Bb&y=&z", "echo"), id="anything-reserved-and-empty-query"
+    ),
     pytest.param(Case("GET", "/status/204", status=204), id="status-204"),
     pytest.param(Case("GET", "/status/304", status=304), id="status-304"),
     pytest.param(Case("GET", "/status/418", status=418), id="status-418"),
@@ -561,6 +569,11 @@ CASES = [
     pytest.param(Case("GET", "/cookies/set?a=1&b=2", status=302), id="set-cookies-redirect-not-followed"),
     pytest.param(Case("GET", "/redirect/2", status=302), id="redirect"),
     pytest.param(Case("GET", "/absolute-redirect/1", status=302), id="absolute-redirect"),
+    pytest.param(
+        Case("GET", "/redirect-to?url=http%3A%2F%2Fexample.com%2Fx%3Fy%3D1&status_code=307", status=307),
+        id="redirect-to-elsewhere-307",
+    ),
+    pytest.param(Case("GET", "/cookies", headers=(("Cookie", "a=1; b=two"),)), id="cookies-reach-upstream"),
     pytest.param(Case("GET", "/gzip", "gzip", headers=(("Accept-Encoding", "gzip"),)), id="gzip"),
     pytest.param(Case("GET", "/deflate", "deflate", headers=(("Accept-Encoding", "deflate"),)), id="deflate"),
     pytest.param(Case("GET", "/brotli", "br", headers=(("Accept-Encoding", "br"),)), id="brotli"),
@@ -578,6 +591,7 @@ CASES = [
         id="basic-auth-reaches-upstream",
     ),
     pytest.param(Case("GET", "/bearer", headers=(("Authorization", "Bearer t0k3n"),)), id="bearer"),
+    pytest.param(Case("GET", "/basic-auth/u/p", status=401), id="basic-auth-challenge-passed-on"),
     pytest.param(Case("GET", "/drip?duration=1&numbytes=5"), id="drip-slow-stream"),
     pytest.param(Case("GET", "/delay/1", "echo"), id="delay"),
     pytest.param(Case("GET", "/uuid", "uuid"), id="uuid"),
