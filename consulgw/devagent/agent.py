@@ -159,6 +159,8 @@ class LocalAgent:
         self._reaper: asyncio.Task[None] | None = None
         self._anti_entropy: asyncio.Task[None] | None = None
         self._own_node = core.store.nodes.get(core.node)
+        self._refreshing_aliases = False
+        core.store.commit_hooks.append(self._on_commit)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -343,6 +345,7 @@ class LocalAgent:
                 lc.record = replace(lc.record, service_name=svc.name)
                 records.append(lc.record)
         self._sync(records, removed, [svc])
+        self.refresh_aliases()
         for rec in records:
             if rec.check_id in new_ids:
                 self._start_runner(self.checks[rec.check_id])
@@ -368,6 +371,7 @@ class LocalAgent:
         # Consul snapshots an existing check's status/output and restores it after re-registration (no flapping)
         records = self._install_checks([(rec, defn)], keep_state=True)
         self._sync(records, [])
+        self.refresh_aliases()
         self._start_runner(self.checks[rec.check_id])
         self.core.store.watch.notify(["agent:checks"])
         if rec.status == CRITICAL:
@@ -404,6 +408,55 @@ class LocalAgent:
                 reaped.add(sid)
                 log.info("service_reaped", service_id=sid, check_id=lc.record.check_id)
                 self.remove_service(sid)
+
+    # ---- alias checks ------------------------------------------------------------------------------------------
+
+    def _on_commit(self, topics: set[str]) -> None:
+        if "checks" in topics and not self._refreshing_aliases:
+            self.refresh_aliases()
+
+    def refresh_aliases(self) -> None:
+        """Alias checks mirror the health of another service (or node), as Consul's CheckAlias does."""
+        aliases = [lc for lc in self.checks.values() if lc.defn is not None and lc.defn.is_alias]
+        if not aliases:
+            return
+        self._refreshing_aliases = True
+        try:
+            for _ in range(4):  # aliases of aliases settle in a few rounds
+                changed = False
+                for lc in aliases:
+                    status, output = self._alias_status(lc)
+                    if (status, output) != (lc.record.status, lc.record.output):
+                        self.update_check(lc.record.check_id, status, output)
+                        changed = True
+                if not changed:
+                    break
+        finally:
+            self._refreshing_aliases = False
+
+    def _alias_status(self, lc: LocalCheck) -> tuple[str, str]:
+        defn = lc.defn
+        if defn is None:
+            return lc.record.status, lc.record.output
+        store = self.core.store
+        node = defn.alias_node or self.core.node
+        health, msg, found = PASSING, "No checks found.", False
+        for (owner, check_id), chk in sorted(store.checks.items()):
+            if owner != node or (owner == self.core.node and check_id == lc.record.check_id):
+                continue
+            match = chk.service_id == defn.alias_service
+            if chk.service_id and not match:
+                continue
+            found = found or match
+            if chk.status in (CRITICAL, WARNING):
+                health, msg = chk.status, f'Aliased check "{chk.name}" failing: {chk.output}'
+                if chk.status == CRITICAL:
+                    break
+            elif health == PASSING:
+                msg = "All checks passing."
+        if defn.alias_service and not found and (node, defn.alias_service) not in store.services:
+            return CRITICAL, f"Service {defn.alias_service} could not be found on node {defn.alias_node}"
+        return health, msg
 
     # ---- anti-entropy ----------------------------------------------------------------------------------------
 

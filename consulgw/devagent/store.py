@@ -13,7 +13,7 @@ topics it touched when it closes.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from types import TracebackType
 
@@ -37,6 +37,8 @@ class Store:
         self.service_index: dict[str, int] = {}
         self.extinction_index = 0
         self.watch = Watch()
+        # called with the touched topics after every effective write (e.g. alias checks re-evaluate)
+        self.commit_hooks: list[Callable[[set[str]], None]] = []
 
     def write(self) -> Txn:
         return Txn(self)
@@ -119,6 +121,8 @@ class Txn:
         if self.topics:
             topics, self.topics = self.topics, set()
             self.store.watch.notify(topics)
+            for hook in list(self.store.commit_hooks):
+                hook(topics)
 
     @property
     def index(self) -> int:

@@ -185,3 +185,21 @@ async def test_script_checks_when_enabled(
     found = await eventually(lambda: check(api, "s"), lambda c: c.get("Output", "") != "")
     assert found["Status"] == status
     assert found["Type"] == "script"
+
+
+async def test_alias_check_follows_the_aliased_service(agent_api: Api) -> None:
+    await agent_api.register({"Name": "web", "Check": {"TTL": "30s"}})
+    await agent_api.register({"Name": "sidecar", "Check": {"AliasService": "web"}})
+    alias = await check(agent_api, "service:sidecar")
+    assert (alias["Status"], alias["Type"]) == ("critical", "alias")
+    assert alias["Output"] == "Aliased check \"Service 'web' check\" failing: "
+    await agent_api.put("/v1/agent/check/pass/service:web")
+    alias = await check(agent_api, "service:sidecar")
+    assert (alias["Status"], alias["Output"]) == ("passing", "All checks passing.")
+    await agent_api.put("/v1/agent/check/warn/service:web", params={"note": "slow"})
+    alias = await check(agent_api, "service:sidecar")
+    assert (alias["Status"], alias["Output"]) == ("warning", "Aliased check \"Service 'web' check\" failing: slow")
+    await agent_api.put("/v1/agent/service/deregister/web")
+    alias = await check(agent_api, "service:sidecar")
+    assert alias["Status"] == "critical"
+    assert alias["Output"].startswith("Service web could not be found on node")
