@@ -7,6 +7,8 @@ leave the table are removed by ``forget_service``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -25,6 +27,7 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         r = self.registry
         self.requests = Counter(
             "consulgw_requests_total",
@@ -98,11 +101,18 @@ class GatewayMetrics:
         )
 
     def observe_request(self, service: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(service, route, status_class(status)).inc()
-        self.latency.labels(service, route).observe(seconds)
+        key = (service, route, status // 100)
+        children = self._request_children.get(key)
+        if children is None:  # label lookups take a lock and hash a tuple: do them once per label set
+            children = (self.requests.labels(service, route, status_class(status)), self.latency.labels(service, route))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def forget_service(self, service: str) -> None:
         """Drop every label set of a service that left the route table."""
+        for key in [k for k in self._request_children if k[0] == service]:
+            del self._request_children[key]
         for collector in (
             self.requests,
             self.latency,

@@ -12,55 +12,76 @@ import time
 
 import structlog
 
-from consulgw.logs import configure_logging
+from consulgw.logs import BufferedLines, configure_logging
 from consulgw.server.gateway import Gateway
 from consulgw.settings import GatewaySettings, gateway_settings
+
+_LOG_FLUSH_INTERVAL = 0.2  # seconds a log line may wait in the buffer
 
 
 def main(args: argparse.Namespace) -> int:
     settings = gateway_settings(args, os.environ)
-    configure_logging(settings.log_format, settings.log_level)
-    if settings.workers == 1:
-        return serve(settings)
-    return supervise(settings)
+    sink = configure_logging(settings.log_format, settings.log_level, buffered=True)
+    assert sink is not None
+    try:
+        if settings.workers == 1:
+            return serve(settings, sink)
+        return supervise(settings, sink)
+    finally:
+        sink.drain()
 
 
-def serve(settings: GatewaySettings, *, worker_index: int = 0, worker_count: int = 1) -> int:
+def serve(settings: GatewaySettings, sink: BufferedLines, *, worker_index: int = 0, worker_count: int = 1) -> int:
     """Run one gateway process until SIGTERM/SIGINT; SIGHUP reloads TLS certificates."""
     _install_uvloop()
-    return asyncio.run(_serve(settings, worker_index, worker_count))
+    return asyncio.run(_serve(settings, sink, worker_index, worker_count))
 
 
-async def _serve(settings: GatewaySettings, worker_index: int, worker_count: int) -> int:
+async def _serve(settings: GatewaySettings, sink: BufferedLines, worker_index: int, worker_count: int) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    gateway = Gateway(settings, reuse_port=worker_count > 1, worker_index=worker_index, worker_count=worker_count)
-    async with gateway:
-        loop.add_signal_handler(signal.SIGHUP, gateway.reload_tls)
-        await stop.wait()
+
+    async def flush_logs() -> None:
+        while True:
+            await asyncio.sleep(_LOG_FLUSH_INTERVAL)
+            sink.drain()
+
+    flusher = asyncio.create_task(flush_logs(), name="consulgw-log-flush")
+    try:
+        gateway = Gateway(settings, reuse_port=worker_count > 1, worker_index=worker_index, worker_count=worker_count)
+        async with gateway:
+            loop.add_signal_handler(signal.SIGHUP, gateway.reload_tls)
+            await stop.wait()
+    finally:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        sink.drain()
     return 0
 
 
-def supervise(settings: GatewaySettings) -> int:
+def supervise(settings: GatewaySettings, sink: BufferedLines) -> int:
     """Fork ``settings.workers`` processes bound with SO_REUSEPORT; restart one that crashes; forward signals."""
     log = structlog.get_logger("consulgw.supervisor")
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
     def spawn(index: int) -> None:
+        sink.drain()  # a child must not inherit (and print again) lines pending in the parent
         pid = os.fork()
         if pid == 0:  # child
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
-                code = serve(settings, worker_index=index, worker_count=settings.workers)
+                code = serve(settings, sink, worker_index=index, worker_count=settings.workers)
             finally:
                 os._exit(code)
         children[pid] = index
         log.info("worker_started", worker=index, pid=pid)
+        sink.drain()
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -86,6 +107,7 @@ def supervise(settings: GatewaySettings) -> int:
             continue
         index = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
+        sink.drain()
         if stopping:
             log.info("worker_stopped", worker=index, pid=pid, exit_code=code)
             failures += code != 0

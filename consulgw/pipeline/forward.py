@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ from consulgw.errors import CircuitOpen, NoHealthyUpstream, PayloadTooLarge, Ups
 from consulgw.metrics import GatewayMetrics
 from consulgw.model.snapshot import Instance
 from consulgw.pipeline.context import RequestContext
-from consulgw.policy.model import IDEMPOTENT_METHODS, Fallback, ServicePolicy
+from consulgw.policy.model import IDEMPOTENT_METHODS, Fallback, ServicePolicy, Timeouts
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.headers import IDENTITY_HEADERS, end_to_end
 from consulgw.upstream.pool import ServicePool
@@ -85,9 +86,7 @@ class Forwarder:
         idempotent = method in IDEMPOTENT_METHODS
         attempts = 1 + (policy.retries.attempts if idempotent else 0)
         retry_on = policy.retries.on
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=policy.timeouts.connect, sock_read=policy.timeouts.read
-        )
+        timeout = _client_timeout(policy.timeouts)
         tried: set[str] = set()
         last_error: UpstreamError | None = None
         service = target.service
@@ -177,6 +176,8 @@ class Forwarder:
         return _stream(request.content), False
 
     def _pick(self, ctx: RequestContext, target: Target, tried: frozenset[str]) -> Instance | None:
+        if target.policy.circuit_breaker is None:  # no breaker: the balancer's fast path
+            return target.pool.pick(ctx.client_ip, exclude=tried)
         service = target.service
 
         def available(instance: Instance) -> bool:
@@ -290,6 +291,12 @@ class Forwarder:
         finally:
             target.pool.release(instance.id)
             await upstream.close()
+
+
+@functools.lru_cache(maxsize=1024)
+def _client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout value for a policy's timeouts (built once per distinct policy, not per request)."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.read)
 
 
 def _retryable(exc: UpstreamError, retry_on: frozenset[str], replayable: bool) -> bool:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import random
 import ssl
-import uuid
 from collections.abc import Callable
 from types import TracebackType
 
@@ -25,6 +24,7 @@ from consulgw.auth.jwks import JwksCache
 from consulgw.clock import Clock, SystemClock
 from consulgw.discovery.consul_api import ConsulClient
 from consulgw.discovery.watcher import CatalogWatcher, WatcherStatus
+from consulgw.ids import RequestIds
 from consulgw.metrics import GatewayMetrics
 from consulgw.pipeline.forward import Forwarder
 from consulgw.pipeline.stages.deps import StageDeps
@@ -57,7 +57,7 @@ class Gateway:
         self.settings = settings
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()
-        self._new_request_id = new_request_id or (lambda: uuid.uuid4().hex)
+        self._new_request_id = new_request_id or RequestIds()
         self._reuse_port = reuse_port
         self._worker_index = worker_index
         self._worker_count = worker_count

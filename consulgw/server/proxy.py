@@ -16,6 +16,7 @@ from aiohttp import web
 
 from consulgw.clock import Clock
 from consulgw.errors import GatewayError, MethodNotAllowed, NoHealthyUpstream, NoRoute
+from consulgw.logs import access_logger
 from consulgw.metrics import GatewayMetrics
 from consulgw.pipeline.context import NO_EDITS, HeaderEdits, RequestContext, build_chain
 from consulgw.pipeline.forward import Forwarder, Outcome, Target
@@ -48,8 +49,10 @@ class ProxyHandler:
         self._clock = clock
         self._new_request_id = new_request_id
         self._scheme = scheme
-        self._log = structlog.get_logger("consulgw.access")
+        self._log = access_logger()
+        self._errors = structlog.get_logger("consulgw.proxy")
         self.inflight = 0
+        metrics.inflight.set_function(lambda: self.inflight)  # read at scrape time, not updated per request
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -57,10 +60,13 @@ class ProxyHandler:
         started = self._clock.monotonic()
         self.inflight += 1
         self.idle.clear()
-        self._metrics.inflight.inc()
         request_id = request_id_from(request.headers.get("X-Request-ID")) or self._new_request_id()
         peer = request.remote or ""
-        client_ip = self._trusted.client_ip(peer, request.headers.getall("X-Forwarded-For", []))
+        client_ip = (
+            self._trusted.client_ip(peer, request.headers.getall("X-Forwarded-For", []))
+            if self._trusted.networks
+            else peer
+        )
         service, route_label = _NO_SERVICE, "no_route"
         outcome = Outcome()
         response_edits: HeaderEdits = NO_EDITS
@@ -111,7 +117,8 @@ class ProxyHandler:
                 response_edits = final.response_edits
                 return await forwarder.forward(final, request, target, outcome)
 
-            response = await build_chain(entry.stages, terminal, request)(ctx)
+            handler = build_chain(entry.stages, terminal, request) if entry.stages else terminal
+            response = await handler(ctx)
             return response
         except GatewayError as exc:
             error_code = exc.code
@@ -122,14 +129,13 @@ class ProxyHandler:
             raise
         except Exception:  # noqa: BLE001 - the one place where an unexpected failure becomes a 500
             error_code = "internal_error"
-            self._log.exception("request_failed", request_id=request_id, service=service)
+            self._errors.exception("request_failed", request_id=request_id, service=service)
             response = _json_error(500, "internal_error", "internal gateway error", request_id)
             return response
         finally:
             elapsed = self._clock.monotonic() - started
             status = response.status if response is not None else 499
             self._metrics.observe_request(service, route_label, status, elapsed)
-            self._metrics.inflight.dec()
             self.inflight -= 1
             if self.inflight == 0:
                 self.idle.set()

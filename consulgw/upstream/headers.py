@@ -8,7 +8,7 @@ header lines are joined, not collapsed).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -35,6 +35,9 @@ IDENTITY_HEADERS: Final = ("X-Consumer-ID", "X-User-ID", "X-User-Scopes")
 _MAX_REQUEST_ID = 200
 
 
+_HOP_BY_HOP_NAMES: Final = tuple(sorted(HOP_BY_HOP))
+
+
 def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set[str]:
     """Header names listed in ``Connection`` (they are hop-by-hop too), lower-cased."""
     getall = getattr(headers, "getall", None)
@@ -42,13 +45,23 @@ def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set
     return {token.strip().lower() for value in values for token in value.split(",") if token.strip()}
 
 
-def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str], *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
-    """A copy without hop-by-hop headers (including those named in ``Connection``) and without ``drop``."""
-    excluded = HOP_BY_HOP | connection_tokens(headers) | {name.lower() for name in drop}
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        if name.lower() not in excluded:
-            out.add(name, value)
+def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str], *, drop: tuple[str, ...] = ()) -> CIMultiDict[str]:
+    """A copy without hop-by-hop headers (including those named in ``Connection``) and without ``drop``.
+
+    Copy first, then delete the few names that must go: a C-level copy and a dozen lookups cost far less than
+    filtering every header in Python (this runs twice per proxied request).
+    """
+    out: CIMultiDict[str] = CIMultiDict(headers)
+    if "Connection" in out:
+        for name in connection_tokens(out):
+            if name in out:
+                del out[name]
+    for name in _HOP_BY_HOP_NAMES:
+        if name in out:
+            del out[name]
+    for name in drop:
+        if name in out:
+            del out[name]
     return out
 
 

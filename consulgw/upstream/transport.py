@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import aiohttp
 
@@ -16,6 +16,16 @@ def upstream_ssl_context(ca_file: str | None) -> ssl.SSLContext:
     """Verify HTTPS upstreams against the system CAs, or against ``--upstream-ca`` when given."""
     context = ssl.create_default_context(cafile=ca_file)
     return context
+
+
+class ProxyRequest(aiohttp.ClientRequest):
+    """An upstream request that carries exactly the headers the gateway chose: aiohttp adds no Accept,
+    Accept-Encoding or User-Agent of its own (and skips the per-request ``skip_auto_headers`` copy)."""
+
+    DEFAULT_HEADERS = {}
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        return None
 
 
 def create_upstream_session(*, ca_file: str | None = None) -> aiohttp.ClientSession:
@@ -31,7 +41,7 @@ def create_upstream_session(*, ca_file: str | None = None) -> aiohttp.ClientSess
         connector=connector,
         auto_decompress=False,  # Content-Encoding and Content-Length pass through as the upstream sent them
         cookie_jar=aiohttp.DummyCookieJar(),  # never share cookies between clients
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        request_class=ProxyRequest,
         timeout=aiohttp.ClientTimeout(total=None),
         raise_for_status=False,
     )
