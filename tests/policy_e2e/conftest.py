@@ -41,8 +41,8 @@ from tests.gateway.conftest import (  # noqa: F401 - fixtures re-exported for th
     http,
     routed,
     upstreams,
-    wait_for,
 )
+from tests.gateway.conftest import wait_for as _wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,6 +51,13 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]] | Callable[[], bool], *, timeout: float = 20.0, interval: float = 0.02
+) -> None:
+    """``tests.gateway.conftest.wait_for`` with a roomier default: two cores are shared with other test runs."""
+    await _wait_for(predicate, timeout=timeout, interval=interval)
 
 
 def unique(prefix: str) -> str:
