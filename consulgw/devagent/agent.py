@@ -760,7 +760,7 @@ class AgentEndpoints:
             remaining = loop_deadline - now
             if remaining <= 0:
                 break
-            await wait_for_topics(self.core.store.watch, ("agentsvc:" + service_id,), remaining)
+            await wait_for_topics(self.core.store.watch, ("agentsvc:" + service_id,), remaining, self.core.clock)
         body = agent_service_json(svc, self.core.datacenter, content_hash=current)
         return call.reply(body, headers={"X-Consul-ContentHash": current})
 

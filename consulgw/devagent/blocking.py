@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from consulgw.clock import Clock
+from consulgw.clock import Clock, SystemClock
 from consulgw.devagent.errors import ApiError, bad_request
 from consulgw.devagent.watch import Watch
 from consulgw.duration import parse_go_duration
@@ -108,13 +108,24 @@ def query_timeout(wait: float, rng: random.Random) -> float:
     return timeout + rng.random() * (timeout / JITTER_FRACTION)
 
 
-async def wait_for_topics(watch: Watch, topics: tuple[str, ...], timeout: float) -> None:
-    """Return when any topic is notified or ``timeout`` seconds pass."""
+async def wait_for_topics(watch: Watch, topics: tuple[str, ...], timeout: float, clock: Clock) -> None:
+    """Return when any topic is notified or ``timeout`` seconds (of ``clock``) pass.
+
+    With the real clock the timeout is a plain loop timer; an injected clock gets one ``clock.sleep`` task, so
+    simulated time drives the wait too.
+    """
     all_topics = (*topics, SHUTDOWN_TOPIC)
-    futures = [watch.acquire(t) for t in all_topics]
+    futures: list[asyncio.Future[None]] = [watch.acquire(t) for t in all_topics]
+    sleeper: asyncio.Task[None] | None = None
     try:
-        await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if isinstance(clock, SystemClock):
+            await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            sleeper = asyncio.ensure_future(clock.sleep(timeout))
+            await asyncio.wait([*futures, sleeper], return_when=asyncio.FIRST_COMPLETED)
     finally:
+        if sleeper is not None:
+            sleeper.cancel()
         for topic, fut in zip(all_topics, futures, strict=True):
             watch.release(topic, fut)
 
@@ -146,7 +157,7 @@ async def block(
         remaining = deadline - clock.monotonic()
         if remaining <= 0 or is_closing():
             return answer
-        await wait_for_topics(watch, answer.topics, remaining)
+        await wait_for_topics(watch, answer.topics, remaining, clock)
         answer = query()
         answer.index = max(answer.index, 1)
 

@@ -136,6 +136,6 @@ class ClusterEndpoints:
                 remaining = deadline - self.core.clock.monotonic()
                 if remaining <= 0:
                     break
-                await wait_for_topics(self.core.store.watch, (EVENTS_TOPIC,), remaining)
+                await wait_for_topics(self.core.store.watch, (EVENTS_TOPIC,), remaining, self.core.clock)
                 answer = query()
         return call.reply_meta(answer.value, answer.index, opts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from dataclasses import dataclass, field
@@ -68,3 +69,35 @@ class Api:
     async def register(self, body: dict[str, Any], **params: str) -> None:
         reply = await self.put("/v1/agent/service/register", body, params or None)
         assert reply.status == 200, reply
+
+
+class ManualClock:
+    """A clock that only moves when told to: ``advance(seconds)`` wakes the sleepers that are due."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1_800_000_000.0 + self.now
+
+    async def sleep(self, seconds: float) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (self.now + seconds, fut)
+        self._sleepers.append(entry)
+        try:
+            await fut
+        finally:
+            if entry in self._sleepers:
+                self._sleepers.remove(entry)
+
+    async def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for due, fut in list(self._sleepers):
+            if due <= self.now and not fut.done():
+                fut.set_result(None)
+        for _ in range(5):  # let the woken tasks run
+            await asyncio.sleep(0)
