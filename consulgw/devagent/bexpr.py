@@ -185,10 +185,8 @@ class _Match(Expression):
         if self.op == "in":
             return any(_contains(v, self.value) for v in found)
         if self.op == "matches":
-            assert_pattern = self.pattern
-            return assert_pattern is not None and any(
-                isinstance(v, str) and assert_pattern.search(v) is not None for v in found
-            )
+            pattern = self.pattern
+            return pattern is not None and any(isinstance(v, str) and pattern.search(v) is not None for v in found)
         return False
 
 
@@ -249,7 +247,7 @@ class _Parser:
         return left
 
     def parse_not(self) -> Expression:
-        if self.is_word("not") and not self._not_is_operator():
+        if self.is_word("not"):
             self.pos += 1
             return _Not(self.parse_not())
         tok = self.peek()
@@ -262,9 +260,6 @@ class _Parser:
             self.pos += 1
             return inner
         return self.parse_match()
-
-    def _not_is_operator(self) -> bool:
-        return False
 
     def selector(self) -> tuple[str, ...]:
         tok = self.peek()
