@@ -11,18 +11,32 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from consulgw.policy.consumers import api_key_digest
 from consulgw.server.gateway import Gateway
 
-from .conftest import Consul, routed_service, unique
+from .conftest import Consul, routed_service, unique, wait_for
 
 APP = "https://app.example.com"
+KEY = "page-key-0123456789abcdef0123456789"
 
 
 async def test_cors_preflight_is_answered_by_the_gateway(
     make_gateway: Any, consul: Consul, upstreams: Any, http: aiohttp.ClientSession
 ) -> None:
+    generous_hits: list[str] = []
+
+    def routes(app: web.Application) -> None:
+        async def generous(request: web.Request) -> web.Response:  # a backend with its own, wider CORS answer
+            generous_hits.append(request.method)
+            return web.json_response(
+                {"ok": True},
+                headers={"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "X-Internal"},
+            )
+
+        app.router.add_get("/generous", generous)
+
     gateway: Gateway = await make_gateway()
-    up = await upstreams("api")
+    up = await upstreams("api", extra_routes=routes)
     service = unique("api")
     policy = {
         "cors": {
@@ -70,6 +84,22 @@ async def test_cors_preflight_is_answered_by_the_gateway(
         assert resp.headers["Access-Control-Allow-Origin"] == APP
         assert resp.headers["Access-Control-Allow-Credentials"] == "true"
     assert up.received == []
+
+    # The backend's own CORS headers never widen the policy: replaced for an allowed origin, dropped for others.
+    await consul.kv_put("consulgw/consumers/page", json.dumps({"api_key_sha256": [api_key_digest(KEY)]}))
+    await wait_for(lambda: "page" in gateway.view().book.consumers)  # type: ignore[union-attr]
+    async with http.get(f"{gateway.url}/generous", headers={"Origin": APP, "X-API-Key": KEY}) as resp:
+        assert resp.status == 200
+        assert resp.headers.getall("Access-Control-Allow-Origin") == [APP]
+        assert resp.headers.getall("Access-Control-Expose-Headers") == ["X-Request-ID"]
+        assert "Origin" in resp.headers["Vary"]
+    async with http.get(
+        f"{gateway.url}/generous", headers={"Origin": "https://evil.example", "X-API-Key": KEY}
+    ) as resp:
+        assert resp.status == 200
+        assert "Access-Control-Allow-Origin" not in resp.headers
+        assert "Access-Control-Expose-Headers" not in resp.headers
+    assert generous_hits == ["GET", "GET"]
 
 
 async def test_header_transforms_on_request_and_response(

@@ -72,6 +72,12 @@ async def test_redis_limit_is_exact_across_three_gateway_processes(
         before = len(up.received)
 
         answers = await asyncio.gather(*(get(f"{gws[i % len(gws)].url}/api/x") for i in range(limit + extra)))
+        for gw in gws:  # every decision came from Redis: no process fell back to on_backend_error
+            for outcome in ("allowed", "denied"):
+                errors = await metric_value(
+                    http, gw.admin_url, "consulgw_rate_limit_backend_errors_total", service=service, outcome=outcome
+                )
+                assert not errors, (gw.log.read_text(), outcome)
 
     statuses = sorted(status for status, _, _ in answers)
     assert statuses == [200] * limit + [429] * extra
