@@ -230,12 +230,20 @@ def run_data_path(
         sup, consul_url=agent_url, log=workdir / "gateway.log", label="gateway (log to file)", redis_url=args.redis
     )
     gw = stack.start_gateway(sup, consul_url=agent_url, log=None, label="gateway", redis_url=args.redis)
+    gw2 = stack.start_gateway(
+        sup,
+        consul_url=agent_url,
+        log=workdir / "gateway-2-workers.log",
+        label="gateway (2 workers)",
+        redis_url=args.redis,
+        extra=("--workers", "2"),
+    )
     want = {"/": "bench", "/pol": "benchpol"}
-    _wait_routes(gw_log, want, "benchpol")
-    _wait_routes(gw, want, "benchpol")
+    for started in (gw_log, gw, gw2):
+        _wait_routes(started, want, "benchpol")
     token = _token()
     auth = {"Authorization": f"Bearer {token}"}
-    for url in (nginx.proxy_url + "/", naive_url + "/", gw.url + "/", gw_log.url + "/"):
+    for url in (nginx.proxy_url + "/", naive_url + "/", gw.url + "/", gw_log.url + "/", gw2.url + "/"):
         _expect(url, 200)
     _expect(gw.url + "/pol", 401)
     _expect(gw.url + "/pol", 200, auth)
@@ -259,10 +267,16 @@ def run_data_path(
             pid=gw_log.component.pid,
             log_file=str(gw_log.log),
         ),
+        Target(
+            key="gw_2w",
+            label="consulgw, no policy, --workers 2 (2 processes)",
+            url=gw2.url + "/",
+            pid=gw2.component.pid,
+        ),
     ]
 
     def alive() -> None:
-        for component in (nginx.component, naive, agent, gw.component, gw_log.component):
+        for component in (nginx.component, naive, agent, gw.component, gw_log.component, gw2.component):
             sup.check(component)
 
     if "throughput" in sections:
@@ -298,7 +312,7 @@ def run_data_path(
             )
     if "profile" in sections:
         parts["profile"] = run_profile(sup, args, targets, agent_url, workdir)
-    for component in (gw.component, gw_log.component, agent, naive):
+    for component in (gw2.component, gw.component, gw_log.component, agent, naive):
         sup.stop(component)
 
 

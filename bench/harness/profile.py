@@ -65,6 +65,7 @@ class Profile:
     total: Counter[str] = field(default_factory=Counter)
     packages: Counter[str] = field(default_factory=Counter)  # self time by package
     packages_total: Counter[str] = field(default_factory=Counter)  # inclusive time by package
+    stacks: list[tuple[tuple[str, ...], int]] = field(default_factory=list)  # root-first function keys, count
 
     def pct(self, count: int) -> float:
         return 100.0 * count / self.samples if self.samples else 0.0
@@ -97,7 +98,38 @@ def aggregate(raw: str) -> Profile:
             prof.total[name] += count
         for pkg in {pkg for _, pkg in frames}:
             prof.packages_total[pkg] += count
+        prof.stacks.append((tuple(name for name, _ in frames), count))
     return prof
+
+
+def breakdown(prof: Profile, parent: str) -> tuple[int, Counter[str]]:
+    """Where the time of the outermost frame whose key starts with ``parent`` goes: its direct callees (inclusive)
+    and ``(self)``. Returns the parent's inclusive count and the split."""
+    split: Counter[str] = Counter()
+    total = 0
+    for frames, count in prof.stacks:
+        at = next((i for i, f in enumerate(frames) if f.startswith(parent)), None)
+        if at is None:
+            continue
+        total += count
+        # Skip frames of the parent itself (recursion, nested closures of the same method).
+        nxt = next((f for f in frames[at + 1 :] if not f.startswith(parent)), "(self)")
+        split[nxt] += count
+    return total, split
+
+
+# The gateway's request path, outermost first: each gets a "where its time goes" table when it was sampled.
+BREAKDOWNS = (
+    "ProxyHandler.__call__ ",
+    "Forwarder.forward ",
+    "Forwarder._relay ",
+    "AuthStage.__call__ ",
+    "RateLimitStage.__call__ ",
+    "JwtVerifier.check ",
+    "RedisLimiter.acquire ",
+    "BoundLoggerBase._proxy_to_logger ",
+    "RequestHandler._handle_request ",
+)
 
 
 def summary(prof: Profile, *, title: str, top: int = 25, rate: int, requests: float | None) -> str:
@@ -113,6 +145,13 @@ def summary(prof: Profile, *, title: str, top: int = 25, rate: int, requests: fl
     lines += [f"| {prof.pct(c):.1f} | {us(c)} | `{name}` |" for name, c in prof.self_.most_common(top)]
     lines += ["", "| inclusive % | us/req | function (file) |", "|---:|---:|---|"]
     lines += [f"| {prof.pct(c):.1f} | {us(c)} | `{name}` |" for name, c in prof.total.most_common(top)]
+    for parent in BREAKDOWNS:
+        total, split = breakdown(prof, parent)
+        if not total:
+            continue
+        lines += ["", f"Where `{parent.strip()}` ({prof.pct(total):.1f}%, {us(total)} us/req) goes:", ""]
+        lines += ["| % of all | us/req | callee |", "|---:|---:|---|"]
+        lines += [f"| {prof.pct(c):.1f} | {us(c)} | `{name}` |" for name, c in split.most_common(12)]
     lines += ["", "| package | self % | inclusive % | self us/req |", "|---|---:|---:|---:|"]
     lines += [
         f"| {pkg} | {prof.pct(c):.1f} | {prof.pct(prof.packages_total[pkg]):.1f} | {us(c)} |"
