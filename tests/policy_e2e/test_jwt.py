@@ -247,7 +247,11 @@ _JSON_SEGMENT = st.dictionaries(
     st.one_of(st.none(), st.integers(), st.text(max_size=10), st.sampled_from(["RS256", "HS256", "none", "ES256"])),
     max_size=5,
 ).map(lambda d: b64url(json.dumps(d).encode()))
-_HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80)
+# Any text a client can put in a header: printable ASCII mostly, plus any non-control Unicode (sent as UTF-8).
+_HEADER_TEXT = st.text(
+    st.one_of(st.characters(min_codepoint=0x20, max_codepoint=0x7E), st.characters(exclude_categories=("Cc", "Cs"))),
+    max_size=80,
+)
 authorization_values = st.one_of(
     _HEADER_TEXT,
     st.builds(lambda s: "Bearer " + s, _HEADER_TEXT),
