@@ -204,6 +204,7 @@ class Forwarder:
             ctx.response_edits.apply(headers)
         length = response.content_length
         no_body = request.method == "HEAD" or response.status in (204, 304) or 100 <= response.status < 200
+        untyped = "Content-Type" not in headers
         if no_body:
             out = web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
             await out.prepare(request)
@@ -214,8 +215,10 @@ class Forwarder:
                 payload = await response.read()
             headers.pop("Content-Length", None)
             outcome.bytes_sent = len(payload)
-            return web.Response(status=response.status, reason=response.reason, headers=headers, body=payload)
-        out = web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
+            response_class = _UntypedResponse if untyped else web.Response
+            return response_class(status=response.status, reason=response.reason, headers=headers, body=payload)
+        stream_class = _UntypedStreamResponse if untyped else web.StreamResponse
+        out = stream_class(status=response.status, reason=response.reason, headers=headers)
         if length is not None:
             out.content_length = length
         await out.prepare(request)
@@ -308,6 +311,23 @@ def _retryable(exc: UpstreamError, retry_on: frozenset[str], replayable: bool) -
     if exc.kind == "reset":  # closed before any response byte: the request may not have been processed
         return "connect_failure" in retry_on
     return exc.kind == "timeout" and "timeout" in retry_on
+
+
+class _UntypedResponse(web.Response):
+    """A relayed response whose upstream sent no Content-Type: aiohttp would add application/octet-stream,
+    which a proxy must not invent (guarded by the httpbin test ``status-418``)."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self._headers.popall("Content-Type", None)
+
+
+class _UntypedStreamResponse(web.StreamResponse):
+    """The streaming twin of _UntypedResponse."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self._headers.popall("Content-Type", None)
 
 
 def _failure_statuses(policy: ServicePolicy) -> frozenset[int]:
