@@ -161,3 +161,44 @@ async def test_open_breaker_moves_traffic_to_the_other_instance_without_client_e
     assert {body["upstream"] for _, _, body in answers} == {"well"}
     assert well.hits - well_before == 30
     assert sick.hits == 3
+
+
+async def test_half_open_lets_exactly_one_probe_through_while_it_is_in_flight(
+    make_gateway: Any, consul: Consul, switchables: Any, http: aiohttp.ClientSession
+) -> None:
+    gateway: Gateway = await make_gateway()
+    up: Switchable = await switchables("flaky")
+    service = unique("flaky")
+    policy = {"circuit_breaker": {**BREAKER, "fallback": FALLBACK}, "retries": {"attempts": 0}}
+    await routed_service(gateway, consul, service, up.port, policy)
+    url = f"{gateway.url}/"
+
+    up.status = 503
+    for _ in range(3):
+        assert (await _get(http, url))[0] == 503
+    assert list((await _breaker_states(http, gateway, service)).values()) == ["open"]
+
+    # Healthy again, but the upstream holds every request: the probe stays in flight as long as the test wants.
+    up.status = 200
+    up.hold = asyncio.Event()
+    pending: list[asyncio.Task[tuple[int, dict[str, str], Any]]] = []
+
+    def probe_in_flight() -> bool:
+        if up.hits == 3:
+            pending.append(asyncio.create_task(_get(http, url)))
+        return up.hits == 4
+
+    await wait_for(probe_in_flight, interval=0.05)
+    assert list((await _breaker_states(http, gateway, service)).values()) == ["half_open"]
+
+    # While the probe is out, everyone else gets the fallback; the upstream sees nobody else.
+    answers = await asyncio.gather(*(_get(http, url) for _ in range(10)))
+    assert all(headers.get("X-Fallback") == "1" for _, headers, _ in answers)
+    assert up.hits == 4
+
+    up.hold.set()
+    up.hold = None
+    results = await asyncio.gather(*pending)
+    assert sum(1 for _, headers, _ in results if headers.get("X-Fallback") != "1") == 1  # the probe
+    assert list((await _breaker_states(http, gateway, service)).values()) == ["closed"]
+    assert (await _get(http, url))[2] == {"upstream": "flaky"}
