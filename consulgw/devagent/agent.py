@@ -441,8 +441,8 @@ class LocalAgent:
         store = self.core.store
         node = defn.alias_node or self.core.node
         health, msg, found = PASSING, "No checks found.", False
-        for (owner, check_id), chk in sorted(store.checks.items()):
-            if owner != node or (owner == self.core.node and check_id == lc.record.check_id):
+        for chk in store.checks_on_node(node):
+            if node == self.core.node and chk.check_id == lc.record.check_id:
                 continue
             match = chk.service_id == defn.alias_service
             if chk.service_id and not match:
@@ -473,12 +473,12 @@ class LocalAgent:
         with store.write() as tx:
             if self._own_node is not None:
                 tx.put_node(self._own_node)
-            for (owner, service_id), _svc in list(store.services.items()):
-                if owner == node and service_id != "consul" and service_id not in self.services:
-                    tx.delete_service(node, service_id)
-            for (owner, check_id), _chk in list(store.checks.items()):
-                if owner == node and check_id != SERF_CHECK_ID and check_id not in self.checks:
-                    tx.delete_check(node, check_id)
+            for svc in store.services_on_node(node):
+                if svc.id != "consul" and svc.id not in self.services:
+                    tx.delete_service(node, svc.id)
+            for chk in store.checks_on_node(node):
+                if chk.check_id != SERF_CHECK_ID and chk.check_id not in self.checks:
+                    tx.delete_check(node, chk.check_id)
             for svc in self.services.values():
                 tx.put_service(svc)
             for lc in self.checks.values():

@@ -29,6 +29,10 @@ class Store:
         self.nodes: dict[str, Node] = {}
         self.services: dict[tuple[str, str], Service] = {}
         self.checks: dict[tuple[str, str], Check] = {}
+        # secondary indexes, maintained by Txn, so per-service and per-node reads never scan the whole catalog
+        self.services_by_name: dict[str, dict[tuple[str, str], Service]] = {}
+        self.services_by_node: dict[str, dict[str, Service]] = {}
+        self.checks_by_node: dict[str, dict[str, Check]] = {}
         self.kv: dict[str, KVEntry] = {}
         self.kv_keys: list[str] = []  # sorted, for prefix scans
         self.tombstones: dict[str, int] = {}
@@ -80,22 +84,48 @@ class Store:
             yield self.kv[key]
 
     def services_on_node(self, node: str) -> list[Service]:
-        return sorted((s for (n, _), s in self.services.items() if n == node), key=lambda s: s.id)
+        return sorted(self.services_by_node.get(node, {}).values(), key=lambda s: s.id)
 
     def instances(self, name: str) -> list[Service]:
         """Instances of a service, ordered by node name then service ID (MemDB order)."""
-        return sorted((s for s in self.services.values() if s.name == name), key=lambda s: (s.node, s.id))
+        return [svc for _, svc in sorted(self.services_by_name.get(name, {}).items())]
+
+    def checks_on_node(self, node: str) -> list[Check]:
+        return sorted(self.checks_by_node.get(node, {}).values(), key=lambda c: c.check_id)
 
     def node_checks(self, node: str) -> list[Check]:
-        return sorted(
-            (c for (n, _), c in self.checks.items() if n == node and not c.service_id), key=lambda c: c.check_id
-        )
+        return [c for c in self.checks_on_node(node) if not c.service_id]
 
     def service_checks(self, node: str, service_id: str) -> list[Check]:
-        return sorted(
-            (c for (n, _), c in self.checks.items() if n == node and c.service_id == service_id),
-            key=lambda c: c.check_id,
-        )
+        return [c for c in self.checks_on_node(node) if c.service_id == service_id]
+
+    def _index_service(self, svc: Service, old: Service | None) -> None:
+        key = (svc.node, svc.id)
+        if old is not None and old.name != svc.name:
+            self._unindex_service(old)
+        self.services[key] = svc
+        self.services_by_name.setdefault(svc.name, {})[key] = svc
+        self.services_by_node.setdefault(svc.node, {})[svc.id] = svc
+
+    def _unindex_service(self, svc: Service) -> None:
+        by_name = self.services_by_name.get(svc.name, {})
+        by_name.pop((svc.node, svc.id), None)
+        if not by_name:
+            self.services_by_name.pop(svc.name, None)
+        by_node = self.services_by_node.get(svc.node, {})
+        by_node.pop(svc.id, None)
+        if not by_node:
+            self.services_by_node.pop(svc.node, None)
+
+    def _index_check(self, chk: Check) -> None:
+        self.checks[(chk.node, chk.check_id)] = chk
+        self.checks_by_node.setdefault(chk.node, {})[chk.check_id] = chk
+
+    def _unindex_check(self, chk: Check) -> None:
+        by_node = self.checks_by_node.get(chk.node, {})
+        by_node.pop(chk.check_id, None)
+        if not by_node:
+            self.checks_by_node.pop(chk.node, None)
 
     def checks_sorted(self) -> list[Check]:
         return [self.checks[k] for k in sorted(self.checks)]
@@ -166,8 +196,8 @@ class Txn:
             return False
         for svc in self.store.services_on_node(name):
             self.delete_service(name, svc.id)
-        for key in [k for k in self.store.checks if k[0] == name]:
-            self.delete_check(*key)
+        for chk in self.store.checks_on_node(name):
+            self.delete_check(name, chk.check_id)
         for sess in [s for s in self.store.sessions.values() if s.node == name]:
             self.delete_session(sess.id)
         del self.store.nodes[name]
@@ -183,7 +213,7 @@ class Txn:
             return old
         idx = self._touch("services")
         new = replace(svc, create_index=old.create_index if old else idx, modify_index=idx)
-        self.store.services[key] = new
+        self.store._index_service(new, old)
         self._touch_service(svc.name)
         if old is not None and old.name != svc.name:
             self._retire_service_name(old.name)
@@ -193,6 +223,7 @@ class Txn:
         old = self.store.services.pop((node, service_id), None)
         if old is None:
             return False
+        self.store._unindex_service(old)
         for chk in self.store.service_checks(node, service_id):
             self.delete_check(node, chk.check_id)
         self._touch("services")
@@ -201,7 +232,7 @@ class Txn:
         return True
 
     def _retire_service_name(self, name: str) -> None:
-        if not any(s.name == name for s in self.store.services.values()):
+        if name not in self.store.services_by_name:
             self.store.service_index.pop(name, None)
             self.store.extinction_index = self.index
 
@@ -214,7 +245,7 @@ class Txn:
             return old
         idx = self._touch("checks")
         new = replace(chk, create_index=old.create_index if old else idx, modify_index=idx)
-        self.store.checks[key] = new
+        self.store._index_check(new)
         self._touch_check_owners(new)
         if old is not None and old.service_id != new.service_id:
             self._touch_check_owners(old)
@@ -224,6 +255,7 @@ class Txn:
         old = self.store.checks.pop((node, check_id), None)
         if old is None:
             return False
+        self.store._unindex_check(old)
         self._touch("checks")
         self._touch_check_owners(old)
         return True

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from consulgw.devagent.records import Check, KVEntry, Node, Service
 from consulgw.devagent.store import Store
 
@@ -87,3 +90,44 @@ def test_deleting_a_node_removes_its_services_and_checks() -> None:
     assert not store.services
     assert not store.checks
     assert not store.nodes
+
+
+_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["put_service", "delete_service", "put_check", "delete_check", "delete_node"]),
+        st.sampled_from(["n1", "n2"]),
+        st.sampled_from(["a", "b", "c"]),
+        st.sampled_from(["web", "db"]),
+    ),
+    max_size=40,
+)
+
+
+@given(_ops)
+def test_secondary_indexes_match_a_full_scan(ops: list[tuple[str, str, str, str]]) -> None:
+    store = Store(start_index=10)
+    for op, node, ident, name in ops:
+        with store.write() as tx:
+            if node not in store.nodes:
+                tx.put_node(Node(id=node, name=node, address="10.0.0.1", datacenter="dc1"))
+            if op == "put_service":
+                tx.put_service(Service(node=node, id=ident, name=name))
+            elif op == "delete_service":
+                tx.delete_service(node, ident)
+            elif op == "put_check":
+                sid = ident if (node, ident) in store.services else ""
+                tx.put_check(Check(node=node, check_id=f"c-{ident}", name="c", service_id=sid))
+            elif op == "delete_check":
+                tx.delete_check(node, f"c-{ident}")
+            else:
+                tx.delete_node(node)
+    for name in ("web", "db"):
+        scan = sorted((s for s in store.services.values() if s.name == name), key=lambda s: (s.node, s.id))
+        assert store.instances(name) == scan
+    for node in ("n1", "n2"):
+        assert store.services_on_node(node) == sorted(
+            (s for (n, _), s in store.services.items() if n == node), key=lambda s: s.id
+        )
+        assert store.checks_on_node(node) == sorted(
+            (c for (n, _), c in store.checks.items() if n == node), key=lambda c: c.check_id
+        )
