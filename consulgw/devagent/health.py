@@ -132,11 +132,11 @@ class HealthEndpoints:
         def render() -> list[Any]:
             found = [
                 c
-                for c in store.checks_sorted()
-                if c.service_id
-                and c.service_name == name
-                and (not meta or node_meta_matches(_node_meta(store, c.node), meta))
+                for svc in store.instances(name)
+                if not meta or node_meta_matches(_node_meta(store, svc.node), meta)
+                for c in store.service_checks(svc.node, svc.id)
             ]
+            found.sort(key=lambda c: (c.node, c.check_id))
             return apply_filter(expr, found, check_json)
 
         def query() -> Answer:
@@ -178,7 +178,7 @@ class HealthEndpoints:
         store = self.core.store
 
         def render() -> list[Any]:
-            return apply_filter(expr, [c for c in store.checks_sorted() if c.node == name], check_json)
+            return apply_filter(expr, store.checks_on_node(name), check_json)
 
         def query() -> Answer:
             index = store.max_index("nodes", "services", "checks")
