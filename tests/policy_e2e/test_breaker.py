@@ -1,5 +1,12 @@
 """Circuit breakers through a real gateway: open after N failures, refuse (or serve the fallback) without touching the
-upstream, one half-open probe after recovery_timeout, and traffic moved to a healthy instance with no client error."""
+upstream, one half-open probe after recovery_timeout, and traffic moved to a healthy instance with no client error.
+
+A breaker that is open must stay open while the test looks at it, and become due for a probe only when the test says
+so. With a 1 s recovery_timeout on the real clock, a policy edit (the Consul watch may take a second) or a slow moment
+on a shared machine lets a probe through in the middle of an "it is open" assertion. So the gateway runs on a
+``SkewedClock``, the timeout is 30 s, and "wait past recovery_timeout" is ``clock.offset += 31``: deterministic, and
+no duration is asserted.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ from consulgw.server.gateway import Gateway
 
 from .conftest import (
     Consul,
+    SkewedClock,
     Switchable,
     admin_routes,
     metric_value,
@@ -24,7 +32,8 @@ from .conftest import (
     wait_policy,
 )
 
-BREAKER = {"failure_threshold": 3, "recovery_timeout": "1s"}
+BREAKER = {"failure_threshold": 3, "recovery_timeout": "30s"}
+PAST_RECOVERY = 31.0
 FALLBACK = {"status": 200, "body": '{"degraded": true}', "headers": {"X-Fallback": "1"}}
 
 
@@ -47,7 +56,8 @@ async def _breakers_by_port(http: aiohttp.ClientSession, gateway: Gateway, servi
 async def test_breaker_opens_serves_fallback_probes_and_recovers(
     make_gateway: Any, consul: Consul, switchables: Any, http: aiohttp.ClientSession
 ) -> None:
-    gateway: Gateway = await make_gateway()
+    clock = SkewedClock()
+    gateway: Gateway = await make_gateway(clock=clock)
     up: Switchable = await switchables("flaky")
     service = unique("flaky")
     policy: dict[str, Any] = {"circuit_breaker": dict(BREAKER), "retries": {"attempts": 0}}
@@ -86,18 +96,13 @@ async def test_breaker_opens_serves_fallback_probes_and_recovers(
     assert (status, body, headers.get("X-Fallback")) == (200, {"degraded": True}, "1")
     assert headers["Content-Type"].startswith("application/json")
     assert up.hits == 4
+    assert await _breaker_states(http, gateway, service) == {instance: "open"}
 
-    # Upstream healthy again; once recovery_timeout has passed, one probe goes through and closes the breaker.
+    # Upstream healthy again; past recovery_timeout one probe goes through and closes the breaker.
     up.status = 200
-
-    async def probe_answered() -> bool:
-        status, headers, body = await _get(http, url)
-        if headers.get("X-Fallback") == "1":
-            return False
-        assert (status, body) == (200, {"upstream": "flaky"})
-        return True
-
-    await wait_for(probe_answered, timeout=10, interval=0.05)
+    clock.offset += PAST_RECOVERY
+    status, headers, body = await _get(http, url)
+    assert (status, body, headers.get("X-Fallback")) == (200, {"upstream": "flaky"}, None)
     assert up.hits == 5  # exactly one probe
     assert await _breaker_states(http, gateway, service) == {instance: "closed"}
     assert await state_gauge() == 0.0
@@ -110,22 +115,16 @@ async def test_breaker_opens_serves_fallback_probes_and_recovers(
     for _ in range(3):
         assert (await _get(http, url))[0] == 503
     assert await _breaker_states(http, gateway, service) == {instance: "open"}
-    hits = up.hits
-
-    async def probe_failed() -> bool:
-        status, headers, body = await _get(http, url)
-        if headers.get("X-Fallback") == "1":
-            return False
-        assert (status, body.get("failing")) == (503, True)  # the probe's own answer
-        return True
-
-    await wait_for(probe_failed, timeout=10, interval=0.05)
-    assert up.hits == hits + 1
+    assert up.hits == 11
+    clock.offset += PAST_RECOVERY
+    status, headers, body = await _get(http, url)
+    assert (status, body.get("failing"), headers.get("X-Fallback")) == (503, True, None)  # the probe's own answer
+    assert up.hits == 12
     assert await _breaker_states(http, gateway, service) == {instance: "open"}
     assert await state_gauge() == 2.0
     status, headers, _ = await _get(http, url)
     assert headers.get("X-Fallback") == "1"
-    assert up.hits == hits + 1
+    assert up.hits == 12
 
 
 async def test_open_breaker_moves_traffic_to_the_other_instance_without_client_errors(
@@ -166,7 +165,8 @@ async def test_open_breaker_moves_traffic_to_the_other_instance_without_client_e
 async def test_half_open_lets_exactly_one_probe_through_while_it_is_in_flight(
     make_gateway: Any, consul: Consul, switchables: Any, http: aiohttp.ClientSession
 ) -> None:
-    gateway: Gateway = await make_gateway()
+    clock = SkewedClock()
+    gateway: Gateway = await make_gateway(clock=clock)
     up: Switchable = await switchables("flaky")
     service = unique("flaky")
     policy = {"circuit_breaker": {**BREAKER, "fallback": FALLBACK}, "retries": {"attempts": 0}}
@@ -181,14 +181,9 @@ async def test_half_open_lets_exactly_one_probe_through_while_it_is_in_flight(
     # Healthy again, but the upstream holds every request: the probe stays in flight as long as the test wants.
     up.status = 200
     up.hold = asyncio.Event()
-    pending: list[asyncio.Task[tuple[int, dict[str, str], Any]]] = []
-
-    def probe_in_flight() -> bool:
-        if up.hits == 3:
-            pending.append(asyncio.create_task(_get(http, url)))
-        return up.hits == 4
-
-    await wait_for(probe_in_flight, interval=0.05)
+    clock.offset += PAST_RECOVERY
+    probe = asyncio.create_task(_get(http, url))
+    await wait_for(lambda: up.hits == 4)
     assert list((await _breaker_states(http, gateway, service)).values()) == ["half_open"]
 
     # While the probe is out, everyone else gets the fallback; the upstream sees nobody else.
@@ -198,7 +193,8 @@ async def test_half_open_lets_exactly_one_probe_through_while_it_is_in_flight(
 
     up.hold.set()
     up.hold = None
-    results = await asyncio.gather(*pending)
-    assert sum(1 for _, headers, _ in results if headers.get("X-Fallback") != "1") == 1  # the probe
+    status, headers, body = await probe
+    assert (status, body, headers.get("X-Fallback")) == (200, {"upstream": "flaky"}, None)
     assert list((await _breaker_states(http, gateway, service)).values()) == ["closed"]
     assert (await _get(http, url))[2] == {"upstream": "flaky"}
+    assert up.hits == 5
