@@ -19,6 +19,7 @@ from consulgw.clock import Clock, SystemClock
 from consulgw.devagent.agent import AgentEndpoints, LocalAgent
 from consulgw.devagent.catalog import CatalogEndpoints
 from consulgw.devagent.cluster import ClusterEndpoints
+from consulgw.devagent.config import ConfigEndpoints
 from consulgw.devagent.core import VERSION, Core, Identity
 from consulgw.devagent.health import HealthEndpoints
 from consulgw.devagent.http import HttpApi, Router
@@ -135,6 +136,7 @@ class DevAgent:
         TxnEndpoint(core, sessions).register(router)
         StatusEndpoints(core).register(router)
         ClusterEndpoints(core).register(router)
+        ConfigEndpoints(core).register(router)
         await agent.start()
         server = web.Server(HttpApi(router, pretty=self._pretty), handler_cancellation=True)
         runner = web.ServerRunner(server, shutdown_timeout=self._shutdown_timeout)
