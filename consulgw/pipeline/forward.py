@@ -22,10 +22,11 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from consulgw.errors import CircuitOpen, NoHealthyUpstream, PayloadTooLarge, UpstreamError
+from consulgw.errors import CircuitOpen, NoHealthyUpstream, UpstreamError
 from consulgw.metrics import GatewayMetrics
 from consulgw.model.snapshot import Instance
 from consulgw.pipeline.context import RequestContext
+from consulgw.pipeline.stages.body_limit import LimitedBody, too_large
 from consulgw.policy.model import IDEMPOTENT_METHODS, Fallback, ServicePolicy, Timeouts
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.headers import IDENTITY_HEADERS, end_to_end
@@ -114,6 +115,8 @@ class Forwarder:
                     )
             except UpstreamError as exc:
                 target.pool.release(instance.id)
+                if isinstance(body, LimitedBody) and body.exceeded:
+                    raise body.error() from exc  # the client's fault, not the instance's: no breaker, no retry
                 self._breakers.record(service, instance.id, ok=False)
                 self._metrics.upstream_errors.labels(service, exc.kind).inc()
                 outcome.errors.append(exc.kind)
@@ -162,17 +165,13 @@ class Forwarder:
         length = request.content_length
         limit = policy.max_body_bytes
         if length is not None:
-            if limit is not None and length > limit:
-                raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
+            if limit is not None and length > limit:  # BodyLimitStage refuses this first; kept for direct callers
+                raise too_large(limit, length)
             if length <= self._buffer_limit:
                 return await request.read(), True
             return _stream(request.content), False
         if limit is not None:
-            # Chunked body under a limit: read at most limit+1 bytes (bounded by the operator's own limit).
-            data = await request.content.read(limit + 1)
-            if len(data) > limit or not request.content.at_eof():
-                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-            return data, True
+            return LimitedBody(request.content, limit), False  # streamed; the chunk crossing the limit is never sent
         return _stream(request.content), False
 
     def _pick(self, ctx: RequestContext, target: Target, tried: frozenset[str]) -> Instance | None:

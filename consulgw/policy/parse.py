@@ -334,7 +334,10 @@ def _path_text(path: Iterable[object]) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
-            text += ("." if text else "") + _truncate(str(part), 64)
+            name = str(part)
+            if not name.isprintable() or not name:  # keep the message on one line and the key visible
+                name = repr(name)
+            text += ("." if text else "") + _truncate(name, 64)
     return text
 
 

@@ -115,6 +115,7 @@ class Gateway:
         builder = ViewBuilder(
             tag_prefix=s.tag_prefix,
             compat=compat,
+            kv_prefix=s.kv_prefix,
             pools=pools,
             breakers=breakers,
             metrics=self.metrics,

@@ -76,7 +76,11 @@ class ProxyHandler:
             view = self._view()
             if view is None:
                 raise NoHealthyUpstream("the gateway has not loaded its first view of Consul yet")
-            match = view.table.lookup(request.host, request.raw_path, request.method)
+            method = request.method
+            if method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                # A CORS preflight belongs to the route of the method it asks about; its CORS stage answers it.
+                method = request.headers["Access-Control-Request-Method"]
+            match = view.table.lookup(request.host, request.raw_path, method)
             if match.kind is MatchKind.METHOD_NOT_ALLOWED:
                 allowed = ", ".join(match.allowed)
                 raise MethodNotAllowed(f"{request.method} is not allowed here", headers={"Allow": allowed})

@@ -16,12 +16,13 @@ from types import MappingProxyType
 import structlog
 
 from consulgw.clock import Clock
+from consulgw.errors import PolicyError
 from consulgw.metrics import GatewayMetrics
 from consulgw.model.snapshot import CatalogSnapshot, ServiceSnapshot
 from consulgw.pipeline.context import Stage
 from consulgw.pipeline.stages import build_stages
 from consulgw.pipeline.stages.deps import StageDeps
-from consulgw.policy.book import build_policy_book
+from consulgw.policy.book import build_policy_book, changed_services
 from consulgw.policy.model import LbAlgorithm, PolicyBook, ServicePolicy
 from consulgw.routing.rules import ServiceRoutes, parse_service_routes
 from consulgw.routing.table import RouteTable
@@ -58,6 +59,7 @@ class ViewBuilder:
         *,
         tag_prefix: str,
         compat: frozenset[str],
+        kv_prefix: str = "consulgw/",
         pools: UpstreamPools,
         breakers: BreakerBoard,
         metrics: GatewayMetrics,
@@ -65,6 +67,7 @@ class ViewBuilder:
         clock: Clock,
     ) -> None:
         self._tag_prefix = tag_prefix
+        self._kv_prefix = kv_prefix
         self._compat = compat
         self._pools = pools
         self._breakers = breakers
@@ -86,16 +89,12 @@ class ViewBuilder:
         old_book = previous.book if previous is not None else None
         book = old_book
         if book is None or snapshot.kv_changed:
-            book = build_policy_book(snapshot.kv, previous=old_book)
+            book = build_policy_book(snapshot.kv, previous=old_book, prefix=self._kv_prefix)
             self._report_policy_errors(old_book, book)
         services = dict(previous.services) if previous is not None else {}
         first = previous is None
         changed_catalog = set(snapshot.services) if first else set(snapshot.changed)
-        changed_policy = {
-            name
-            for name in snapshot.services
-            if old_book is None or old_book.for_service(name) != book.for_service(name)
-        }
+        changed_policy = set(changed_services(old_book, book, snapshot.services)) if book is not old_book else set()
         # Services that left the snapshot.
         removed = False
         for name in [n for n in services if n not in snapshot.services]:
@@ -118,9 +117,15 @@ class ViewBuilder:
                 for error in routes.errors:
                     self._log.warning("route_tag_rejected", service=name, tag=error.tag, reason=error.reason)
             policy = book.for_service(name)
-            stages = (
-                old.stages if old is not None and old.policy == policy else build_stages(policy, self._stage_deps(name))
-            )
+            if old is not None and old.policy == policy:
+                stages = old.stages
+            else:
+                try:
+                    stages = build_stages(policy, self._stage_deps(name))
+                except PolicyError as exc:  # the parser should have caught it; one service never breaks the view
+                    self._log.warning("policy_rejected", service=name, reason=str(exc))
+                    policy = old.policy if old is not None else book.defaults
+                    stages = old.stages if old is not None else build_stages(policy, self._stage_deps(name))
             lb: LbAlgorithm = policy.lb or _lb(routes.lb) or "round_robin"
             self._pools.update(name, svc.instances, lb)
             self._breakers.configure(name, policy.circuit_breaker)
