@@ -14,7 +14,7 @@ from aiohttp import web
 from consulgw.policy.consumers import api_key_digest
 from consulgw.server.gateway import Gateway
 
-from .conftest import Consul, routed_service, unique, wait_for
+from .conftest import Consul, put_policy, routed, routed_service, unique, wait_for, wait_policy
 
 APP = "https://app.example.com"
 KEY = "page-key-0123456789abcdef0123456789"
@@ -100,6 +100,38 @@ async def test_cors_preflight_is_answered_by_the_gateway(
         assert "Access-Control-Allow-Origin" not in resp.headers
         assert "Access-Control-Expose-Headers" not in resp.headers
     assert generous_hits == ["GET", "GET"]
+
+
+async def test_cors_preflight_on_a_route_restricted_to_other_methods(
+    make_gateway: Any, consul: Consul, upstreams: Any, http: aiohttp.ClientSession
+) -> None:
+    """A route that allows only POST still gets its preflight (an OPTIONS) answered by CORS, not 405."""
+    gateway: Gateway = await make_gateway()
+    up = await upstreams("api")
+    service = unique("api")
+    policy = {"cors": {"origins": [APP], "methods": ["POST"], "headers": ["Content-Type"]}}
+    await put_policy(consul, service, policy)
+    await consul.register(service, up.port, tags=["gw.route=/submit methods=POST"])
+    await wait_for(lambda: routed(gateway, service, 1))
+    await wait_policy(gateway, service, policy)
+
+    preflight = {
+        "Origin": APP,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+    }
+    async with http.options(f"{gateway.url}/submit", headers=preflight) as resp:
+        assert resp.status == 204, await resp.text()
+        assert resp.headers["Access-Control-Allow-Origin"] == APP
+        assert resp.headers["Access-Control-Allow-Methods"] == "POST"
+    async with http.options(
+        f"{gateway.url}/submit", headers={**preflight, "Access-Control-Request-Method": "GET"}
+    ) as r:
+        assert r.status in (403, 405)  # GET is neither routed nor allowed by the policy
+        assert "Access-Control-Allow-Origin" not in r.headers
+    async with http.options(f"{gateway.url}/submit") as resp:  # a plain OPTIONS is still subject to the route
+        assert resp.status == 405
+    assert up.received == []
 
 
 async def test_header_transforms_on_request_and_response(
