@@ -7,7 +7,7 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from consulgw.devagent.agent import default_tagged_addresses, is_unspecified, tagged_service_addresses
+from consulgw.devagent.agent import is_unspecified, tagged_service_addresses
 from consulgw.devagent.bexpr import schema_from_sample
 from consulgw.devagent.blocking import Answer
 from consulgw.devagent.checks import CHECK_ALIASES, parse_check_def
@@ -285,7 +285,7 @@ class CatalogEndpoints:
             address=address,
             port=port,
             meta=f.str_map("Meta"),
-            tagged_addresses=tagged_service_addresses(f) or default_tagged_addresses("", port, {}),
+            tagged_addresses=tagged_service_addresses(f),  # the catalog API fills nothing in (only the agent does)
             weights_passing=weights.integer("Passing", 1) if weights else 1,
             weights_warning=weights.integer("Warning", 1) if weights else 1,
             enable_tag_override=f.boolean("EnableTagOverride"),
