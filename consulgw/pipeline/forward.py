@@ -47,6 +47,7 @@ class Target:
     pool: ServicePool
     path_qs: str  # raw (still percent-encoded) path after strip, plus "?query" if any
     forwarded: tuple[tuple[str, str], ...]  # X-Forwarded-* for this request
+    drop: tuple[str, ...] = IDENTITY_HEADERS  # client headers never forwarded (+ SPOOFABLE_HEADERS if untrusted)
 
 
 @dataclass(slots=True)
@@ -147,7 +148,7 @@ class Forwarder:
     # -- request side -------------------------------------------------------------------------------------------
 
     def _upstream_headers(self, ctx: RequestContext, request: web.BaseRequest, target: Target) -> CIMultiDict[str]:
-        headers = end_to_end(request.headers, drop=IDENTITY_HEADERS)
+        headers = end_to_end(request.headers, drop=target.drop)
         for name, value in target.forwarded:
             headers[name] = value
         headers["X-Request-ID"] = ctx.request_id
@@ -203,9 +204,9 @@ class Forwarder:
             ctx.response_edits.apply(headers)
         length = response.content_length
         no_body = request.method == "HEAD" or response.status in (204, 304) or 100 <= response.status < 200
-        untyped = "Content-Type" not in headers
+        absent = tuple(name for name in _SERVER_DEFAULTS if name not in headers)
         if no_body:
-            out = web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
+            out = _stream_response(response, headers, absent)
             await out.prepare(request)
             await out.write_eof()
             return out
@@ -214,10 +215,12 @@ class Forwarder:
                 payload = await response.read()
             headers.pop("Content-Length", None)
             outcome.bytes_sent = len(payload)
-            response_class = _UntypedResponse if untyped else web.Response
-            return response_class(status=response.status, reason=response.reason, headers=headers, body=payload)
-        stream_class = _UntypedStreamResponse if untyped else web.StreamResponse
-        out = stream_class(status=response.status, reason=response.reason, headers=headers)
+            if not absent:
+                return web.Response(status=response.status, reason=response.reason, headers=headers, body=payload)
+            relayed = _RelayedResponse(status=response.status, reason=response.reason, headers=headers, body=payload)
+            relayed.absent_headers = absent
+            return relayed
+        out = _stream_response(response, headers, absent)
         if length is not None:
             out.content_length = length
         await out.prepare(request)
@@ -312,21 +315,41 @@ def _retryable(exc: UpstreamError, retry_on: frozenset[str], replayable: bool) -
     return exc.kind == "timeout" and "timeout" in retry_on
 
 
-class _UntypedResponse(web.Response):
-    """A relayed response whose upstream sent no Content-Type: aiohttp would add application/octet-stream,
-    which a proxy must not invent (guarded by the httpbin test ``status-418``)."""
+# Headers aiohttp's server fills in when a response lacks them; a proxy passes the upstream's or none.
+_SERVER_DEFAULTS = ("Content-Type", "Server")
+
+
+class _RelayedResponse(web.Response):
+    """A relayed response that keeps aiohttp from inventing headers the upstream did not send (guarded by the
+    httpbin tests ``status-418`` and friends). Used only when the upstream lacked one of _SERVER_DEFAULTS."""
+
+    absent_headers: tuple[str, ...] = ()
 
     async def _prepare_headers(self) -> None:
         await super()._prepare_headers()
-        self._headers.popall("Content-Type", None)
+        for name in self.absent_headers:
+            self._headers.popall(name, None)
 
 
-class _UntypedStreamResponse(web.StreamResponse):
-    """The streaming twin of _UntypedResponse."""
+class _RelayedStreamResponse(web.StreamResponse):
+    """The streaming twin of _RelayedResponse."""
+
+    absent_headers: tuple[str, ...] = ()
 
     async def _prepare_headers(self) -> None:
         await super()._prepare_headers()
-        self._headers.popall("Content-Type", None)
+        for name in self.absent_headers:
+            self._headers.popall(name, None)
+
+
+def _stream_response(
+    response: aiohttp.ClientResponse, headers: CIMultiDict[str], absent: tuple[str, ...]
+) -> web.StreamResponse:
+    if not absent:
+        return web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
+    out = _RelayedStreamResponse(status=response.status, reason=response.reason, headers=headers)
+    out.absent_headers = absent
+    return out
 
 
 def _failure_statuses(policy: ServicePolicy) -> frozenset[int]:

@@ -22,10 +22,17 @@ from consulgw.pipeline.context import NO_EDITS, HeaderEdits, RequestContext, bui
 from consulgw.pipeline.forward import Forwarder, Outcome, Target
 from consulgw.routing.table import MatchKind
 from consulgw.server.view import GatewayView
-from consulgw.upstream.headers import TrustedProxies, forwarded_headers, request_id_from
+from consulgw.upstream.headers import (
+    IDENTITY_HEADERS,
+    SPOOFABLE_HEADERS,
+    TrustedProxies,
+    forwarded_headers,
+    request_id_from,
+)
 from consulgw.upstream.pool import UpstreamPools
 
 _NO_SERVICE = "-"
+_UNTRUSTED_DROP = IDENTITY_HEADERS + SPOOFABLE_HEADERS
 
 
 class ProxyHandler:
@@ -62,10 +69,9 @@ class ProxyHandler:
         self.idle.clear()
         request_id = request_id_from(request.headers.get("X-Request-ID")) or self._new_request_id()
         peer = request.remote or ""
+        trusted_peer = self._trusted.trusts(peer)
         client_ip = (
-            self._trusted.client_ip(peer, request.headers.getall("X-Forwarded-For", []))
-            if self._trusted.networks
-            else peer
+            self._trusted.client_ip(peer, request.headers.getall("X-Forwarded-For", [])) if trusted_peer else peer
         )
         service, route_label = _NO_SERVICE, "no_route"
         outcome = Outcome()
@@ -97,6 +103,7 @@ class ProxyHandler:
                 policy=entry.policy,
                 pool=pool,
                 path_qs=match.upstream_path,
+                drop=IDENTITY_HEADERS if trusted_peer else _UNTRUSTED_DROP,
                 forwarded=tuple(
                     forwarded_headers(
                         incoming=request.headers,

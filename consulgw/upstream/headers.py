@@ -32,6 +32,9 @@ HOP_BY_HOP: Final = frozenset(
 )
 # Identity headers only the gateway may set (after authentication); whatever a client sends is dropped.
 IDENTITY_HEADERS: Final = ("X-Consumer-ID", "X-User-ID", "X-User-Scopes")
+# Other client-address headers an upstream might believe: dropped unless they come from a trusted proxy
+# (X-Forwarded-* are replaced instead, see forwarded_headers).
+SPOOFABLE_HEADERS: Final = ("Forwarded", "X-Real-IP")
 _MAX_REQUEST_ID = 200
 
 

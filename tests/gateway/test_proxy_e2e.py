@@ -207,13 +207,22 @@ async def test_forwarded_for_is_only_believed_from_trusted_proxies(
     trusted = await gateway_factory(trusted_proxies="127.0.0.0/8")
     await wait_for(lambda: routed(untrusted, "svc", 1))
     await wait_for(lambda: routed(trusted, "svc", 1))
-    spoof = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    spoof = {
+        "X-Forwarded-For": "203.0.113.9",
+        "X-Forwarded-Proto": "https",
+        "Forwarded": "for=203.0.113.9",
+        "X-Real-IP": "203.0.113.9",
+    }
     _, _, body = await get_json(http, f"{untrusted.url}/", headers=spoof)
     assert body["headers"]["X-Forwarded-For"] == "127.0.0.1"
     assert body["headers"]["X-Forwarded-Proto"] == "http"
+    assert "Forwarded" not in body["headers"]
+    assert "X-Real-IP" not in body["headers"]
     _, _, body = await get_json(http, f"{trusted.url}/", headers=spoof)
     assert body["headers"]["X-Forwarded-For"] == "203.0.113.9, 127.0.0.1"
     assert body["headers"]["X-Forwarded-Proto"] == "https"
+    assert body["headers"]["Forwarded"] == "for=203.0.113.9"
+    assert body["headers"]["X-Real-IP"] == "203.0.113.9"
 
 
 async def test_response_details_pass_through(
@@ -365,3 +374,33 @@ def _policy_read_timeout(gateway: Gateway, service: str) -> float | None:
     if view is None or service not in view.services:
         return None
     return view.services[service].policy.timeouts.read
+
+
+async def test_proxy_invents_no_server_or_content_type(
+    gateway: Gateway, consul: Consul, http: aiohttp.ClientSession
+) -> None:
+    """An upstream answering without Server and Content-Type: the client gets neither (aiohttp would add both)."""
+
+    async def bare(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(bare, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await consul.register("bare", port, tags=["gw.route=/bare"])
+        await wait_for(lambda: routed(gateway, "bare", 1))
+        async with http.get(f"{gateway.url}/bare") as resp:
+            assert resp.status == 200
+            assert await resp.read() == b"plain"
+            assert "Server" not in resp.headers
+            assert "Content-Type" not in resp.headers
+            assert resp.headers["X-Request-ID"]
+    finally:
+        server.close()
+        await server.wait_closed()
