@@ -220,7 +220,11 @@ _SECTIONS = st.fixed_dictionaries(
         "headers": st.fixed_dictionaries({"response": st.fixed_dictionaries({"set": st.dictionaries(
             st.sampled_from(["X-Test", "Host", "Bad Name", "Server"]), st.text(max_size=8), max_size=2)})}),
         "max_body_bytes": st.one_of(st.none(), st.integers(-1, 10)),
-        "cors": st.fixed_dictionaries({"origins": st.lists(st.sampled_from(["*", "https://a.example", "x"]))}),
+        "cors": st.fixed_dictionaries(
+            {"origins": st.lists(st.sampled_from(["*", "https://a.example", "https://*.example", "x"]))},
+            optional={"methods": st.lists(st.sampled_from(["*", "GET", "PUT", "get"])), "credentials": st.booleans(),
+                      "headers": st.lists(st.sampled_from(["*", "Content-Type", "Bad Name"])), "max_age": _json},
+        ),
         "auth": st.sampled_from([{"type": "api_key"}, {"type": "basic"}, {"type": "jwt"}, None]),
     },
 )  # fmt: skip
@@ -247,11 +251,17 @@ async def test_arbitrary_policy_documents_never_make_the_gateway_answer_500(
         routes = await admin_routes(http, gateway.admin_url)  # valid JSON, or admin_routes fails
         assert service in routes["services"]
         outcomes["rejected" if rel in routes["policy_errors"] else "accepted"] += 1
-        async with http.get(f"{gateway.url}/probe") as resp:
-            body = await resp.read()
-            assert resp.status != 500, (document, body)
-            if resp.status >= 400 and resp.headers.get("X-Upstream") is None:
-                assert set(json.loads(body)) == {"error", "message", "request_id"}, body
+        requests: list[tuple[str, dict[str, str], bytes | None]] = [
+            ("GET", {}, None),
+            ("POST", {"Origin": "https://app.example.com", "Content-Type": "application/json"}, b'{"a": 1}'),
+            ("OPTIONS", {"Origin": "https://a.example", "Access-Control-Request-Method": "PUT"}, None),
+        ]
+        for method, headers, data in requests:  # enough to run every stage a policy can switch on
+            async with http.request(method, f"{gateway.url}/probe", headers=headers, data=data) as resp:
+                body = await resp.read()
+                assert resp.status != 500, (document, method, body)
+                if resp.status >= 400 and resp.headers.get("X-Upstream") is None:
+                    assert set(json.loads(body)) == {"error", "message", "request_id"}, body
 
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(policy_documents)
