@@ -251,6 +251,11 @@ class LocalAgent:
                 runners.run_interval(defn, runners.tcp_probe(defn), update, clock=core.clock, rng=core.rng),
                 f"tcp:{check_id}",
             )
+        elif defn.udp:
+            lc.task = self._spawn(
+                runners.run_interval(defn, runners.udp_probe(defn), update, clock=core.clock, rng=core.rng),
+                f"udp:{check_id}",
+            )
         elif defn.args and not defn.docker_container_id:
             lc.task = self._spawn(
                 runners.run_interval(defn, runners.script_probe(defn), update, clock=core.clock, rng=core.rng),

@@ -233,8 +233,9 @@ class StatusFilter:
     def __init__(self, defn: CheckDef, update: Update) -> None:
         self.defn = defn
         self.update = update
-        self.successes = 0
-        self.failures = 0
+        # Consul starts the counters at their thresholds, so the very first result is applied at once
+        self.successes = defn.success_before_passing
+        self.failures = defn.failures_before_critical
 
     def __call__(self, status: str, output: str) -> None:
         d = self.defn
@@ -348,6 +349,52 @@ def tcp_probe(defn: CheckDef) -> Probe:
         with contextlib.suppress(OSError):
             await writer.wait_closed()
         return PASSING, f"TCP connect {defn.tcp}: Success"
+
+    return probe
+
+
+UDP_MESSAGE = b"Hello from Consul"
+
+
+class _UdpProbeProtocol(asyncio.DatagramProtocol):
+    def __init__(self, answer: asyncio.Future[None]) -> None:
+        self.answer = answer
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if not self.answer.done():
+            self.answer.set_result(None)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(exc)
+
+
+def udp_probe(defn: CheckDef) -> Probe:
+    """Consul's UDP check: send a datagram; an ICMP error is critical, an answer or silence is passing."""
+    timeout = defn.effective_timeout_ns / NS
+    host, _, port_text = defn.udp.rpartition(":")
+    host = host.strip("[]")
+    success = f"UDP connect {defn.udp}: Success"
+
+    async def probe() -> tuple[str, str]:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[None] = loop.create_future()
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProbeProtocol(answer), remote_addr=(host, int(port_text))
+            )
+        except (OSError, ValueError) as exc:
+            return CRITICAL, f"dial udp {defn.udp}: {exc}"
+        try:
+            transport.sendto(UDP_MESSAGE)
+            await asyncio.wait_for(answer, timeout)
+        except TimeoutError:
+            return PASSING, success
+        except OSError as exc:
+            return CRITICAL, f"read udp {defn.udp}: {_reason(exc)}"
+        finally:
+            transport.close()
+        return PASSING, success
 
     return probe
 

@@ -203,3 +203,29 @@ async def test_alias_check_follows_the_aliased_service(agent_api: Api) -> None:
     alias = await check(agent_api, "service:sidecar")
     assert alias["Status"] == "critical"
     assert alias["Output"].startswith("Service web could not be found on node")
+
+
+async def test_udp_check(agent_api: Api, free_port: Callable[[], int]) -> None:
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            self.transport.sendto(data, addr)  # type: ignore[attr-defined]
+
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    try:
+        body = {"Name": "u", "UDP": f"127.0.0.1:{port}", "Interval": "1s", "Timeout": "500ms"}
+        await agent_api.put("/v1/agent/check/register", body)
+        up = await eventually(lambda: check(agent_api, "u"), lambda c: c.get("Status") == "passing")
+        assert up["Output"] == f"UDP connect 127.0.0.1:{port}: Success"
+    finally:
+        transport.close()
+    closed = free_port()
+    body = {"Name": "d", "UDP": f"127.0.0.1:{closed}", "Interval": "1s", "Timeout": "500ms"}
+    await agent_api.put("/v1/agent/check/register", body)
+    down = await eventually(lambda: check(agent_api, "d"), lambda c: c.get("Output", "") != "")
+    assert down["Status"] == "critical"
+    assert "connection refused" in down["Output"]
