@@ -70,6 +70,9 @@ class Call:
             length = self.request.content_length
             if limit is not None and too_large is not None and length is not None and length > limit:
                 raise too_large(length)
+            if self.request.headers.get(hdrs.EXPECT, "").lower() == "100-continue" and self.request.version >= (1, 1):
+                # Go's server answers 100 Continue when the handler starts reading the body; so do we
+                await self.request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             chunks: list[bytes] = []
             size = 0
             async for chunk in self.request.content.iter_chunked(65536):

@@ -130,3 +130,8 @@ async def test_compact_json_when_pretty_is_off(
     api = Api(agent.url, session)
     assert (await api.get("/v1/catalog/datacenters")).text == '["dc1"]'
     assert (await api.get("/v1/catalog/datacenters", {"pretty": ""})).text == '[\n    "dc1"\n]\n'
+
+
+async def test_expect_100_continue_is_answered(dev_agent: DevAgent, session: aiohttp.ClientSession) -> None:
+    async with session.put(dev_agent.url + "/v1/kv/big", data=b"x" * 5000, expect100=True) as resp:
+        assert (resp.status, await resp.text()) == (200, "true\n")
