@@ -142,7 +142,9 @@ class DevAgent:
         runner = web.ServerRunner(server, shutdown_timeout=self._shutdown_timeout)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self._host, self._requested_port, reuse_address=True)
+            # "localhost" may resolve to two families; with port 0 each would get its own port, so pick one
+            bind_host = "127.0.0.1" if self._host == "localhost" else self._host
+            site = web.TCPSite(runner, bind_host, self._requested_port, reuse_address=True)
             await site.start()
         except BaseException:
             await runner.cleanup()
