@@ -88,7 +88,7 @@ class RateLimitStage:
         deps = self._deps
         kind, value = self._key(ctx, request)
         quota = self._quota_for(kind, value)
-        key = limit_key(deps.service, kind, value)
+        key = limit_key(deps.service, kind, value, quota=f"{quota.capacity}c{quota.interval_us}us")
         decision: Decision | None
         if self._policy.backend == "local":
             decision = deps.local_limits.acquire(key, quota.for_worker(deps.worker_index, deps.worker_count))
