@@ -31,7 +31,7 @@ unit: $(STAMP)
 test: $(STAMP) services lint typecheck unit
 
 demo: $(STAMP)
-	$(BIN)/consulgw demo
+	$(BIN)/consulgw demo $(DEMO_ARGS)
 
 bench: $(STAMP) services
 	$(BIN)/python bench/run.py

@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--exit-after", type=float, metavar="SECONDS", help="stop by itself after this long (used by tests)"
     )
+    demo.add_argument(
+        "--services-only",
+        action="store_true",
+        help="run only the demo services against an existing Consul (--consul); used by the Procfile",
+    )
+    demo.add_argument("--consul", metavar="URL", help="with --services-only: the Consul to register in")
     demo.set_defaults(handler="demo")
     return parser
 

@@ -1,0 +1,183 @@
+"""The demo: a dev agent, three self-registering services with different balancing and policies, the gateway.
+
+Everything printed by ``consulgw demo`` comes from ``demo_steps``, which the test-suite runs line by line, so the
+printed ``curl`` lines always give the answers they promise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+DEMO_JWT_SECRET = "consulgw-demo-secret-at-least-32-bytes"
+DEMO_ISSUER = "consulgw-demo"
+
+POLICIES: dict[str, dict[str, object]] = {
+    "orders": {
+        "auth": {
+            "type": "jwt",
+            "algorithms": ["HS256"],
+            "secret": DEMO_JWT_SECRET,
+            "issuer": DEMO_ISSUER,
+            "required_scopes": ["orders:read"],
+        }
+    },
+    "search": {"rate_limit": {"requests": 5, "per": "30s", "key": "ip"}},
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DemoInstance:
+    service: str
+    instance: str
+    tags: tuple[str, ...]
+    weight: int = 1
+
+
+INSTANCES = (
+    DemoInstance(service="users", instance="users-1", tags=("gw.route=/users",), weight=1),
+    DemoInstance(service="users", instance="users-2", tags=("gw.route=/users",), weight=3),
+    DemoInstance(service="orders", instance="orders-1", tags=("gw.route=/orders", "gw.lb=least_conn")),
+    DemoInstance(service="orders", instance="orders-2", tags=("gw.route=/orders", "gw.lb=least_conn")),
+    DemoInstance(service="search", instance="search-1", tags=("gw.route=/search", "gw.lb=ip_hash")),
+    DemoInstance(service="search", instance="search-2", tags=("gw.route=/search", "gw.lb=ip_hash")),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DemoStep:
+    """One thing to try: what it shows, the shell line, and the answer it gives (checked by the tests)."""
+
+    title: str
+    command: str
+    expect: str  # the HTTP status codes printed, space-separated, or a substring of the output
+
+
+def mint_token_command() -> str:
+    claims = f'{{"sub": "demo-user", "iss": "{DEMO_ISSUER}", "scope": "orders:read", "exp": int(time.time()) + 3600}}'
+    return (
+        "TOKEN=$(.venv/bin/python -c 'import jwt, time; "
+        f'print(jwt.encode({claims}, "{DEMO_JWT_SECRET}", algorithm="HS256"))\')'
+    )
+
+
+def demo_steps(gateway: int, admin: int, consul: int) -> tuple[DemoStep, ...]:
+    gw = f"http://127.0.0.1:{gateway}"
+    code = "curl -s -o /dev/null -w '%{http_code}\\n'"
+    return (
+        DemoStep(
+            title="Weighted round-robin (users-2 has Weights.Passing=3): 8 requests, about 6 go to users-2",
+            command=f"for i in $(seq 8); do curl -s {gw}/users/42 | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)[\"instance\"])'; done | sort | uniq -c",
+            expect="users-2",
+        ),
+        DemoStep(title="No route: a JSON error", command=f"curl -s {gw}/nope", expect='"error": "no_route"'),
+        DemoStep(title="orders needs a JWT: without one, 401", command=f"{code} {gw}/orders/7", expect="401"),
+        DemoStep(title="Mint a demo token (HS256, scope orders:read)", command=mint_token_command(), expect=""),
+        DemoStep(
+            title="With the token: 200, and the service sees who you are (X-User-ID)",
+            command=f'curl -s -H "Authorization: Bearer $TOKEN" {gw}/orders/7',
+            expect='"x-user-id": "demo-user"',
+        ),
+        DemoStep(
+            title="search is limited to 5 requests per 30s per client IP: the 6th and 7th get 429",
+            command=f"for i in $(seq 7); do {code} {gw}/search?q=consul; done | tr '\\n' ' '; echo",
+            expect="200 200 200 200 200 429 429",
+        ),
+        DemoStep(
+            title="Rate-limit headers on every answer",
+            command=f"curl -s -D - -o /dev/null {gw}/search?q=x | grep -i '^ratelimit-limit'",
+            expect="RateLimit-Limit: 5",
+        ),
+        DemoStep(
+            title="Change policy live through Consul KV: lift the limit to 100 per 30s",
+            command=f'curl -s -X PUT --data \'{{"rate_limit": {{"requests": 100, "per": "30s"}}}}\' '
+            f"http://127.0.0.1:{consul}/v1/kv/consulgw/services/search && sleep 1 && {code} {gw}/search?q=x",
+            expect="200",
+        ),
+        DemoStep(
+            title="What the gateway thinks (routes, instances, health, weights)",
+            command=f"curl -s http://127.0.0.1:{admin}/-/routes | .venv/bin/python -m json.tool | head -40",
+            expect='"routes"',
+        ),
+        DemoStep(
+            title="The dev agent speaks Consul's HTTP API",
+            command=f"curl -s http://127.0.0.1:{consul}/v1/catalog/services",
+            expect='"users"',
+        ),
+    )
+
+
+def demo_app(instance: DemoInstance) -> web.Application:
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "service": instance.service,
+                "instance": instance.instance,
+                "path": request.path,
+                "headers": {k.lower(): v for k, v in request.headers.items()},
+            },
+            dumps=lambda value: json.dumps(value, indent=1),
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def demo_services(session: aiohttp.ClientSession, consul_url: str) -> AsyncIterator[list[str]]:
+    """Start every demo instance on an ephemeral port and register it with a TTL check it keeps passing."""
+    runners: list[web.AppRunner] = []
+    ids: list[str] = []
+    heartbeat: asyncio.Task[None] | None = None
+    try:
+        for inst in INSTANCES:
+            runner = web.AppRunner(demo_app(inst), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            runners.append(runner)
+            port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+            body = {
+                "Name": inst.service,
+                "ID": inst.instance,
+                "Address": "127.0.0.1",
+                "Port": port,
+                "Tags": list(inst.tags),
+                "Weights": {"Passing": inst.weight, "Warning": 1},
+                "Check": {"CheckID": f"ttl:{inst.instance}", "TTL": "15s", "Status": "passing"},
+            }
+            async with session.put(f"{consul_url}/v1/agent/service/register", json=body) as resp:
+                resp.raise_for_status()
+            ids.append(inst.instance)
+        for service, policy in POLICIES.items():
+            async with session.put(f"{consul_url}/v1/kv/consulgw/services/{service}", data=json.dumps(policy)) as resp:
+                resp.raise_for_status()
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(5)
+                for sid in ids:
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with session.put(f"{consul_url}/v1/agent/check/pass/ttl:{sid}") as resp:
+                            await resp.read()
+
+        heartbeat = asyncio.create_task(beat(), name="demo-heartbeat")
+        yield ids
+    finally:
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        for sid in ids:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.put(f"{consul_url}/v1/agent/service/deregister/{sid}") as resp:
+                    await resp.read()
+        for runner in runners:
+            await runner.cleanup()
