@@ -36,7 +36,7 @@ from consulgw.errors import ConfigError, DiscoveryError
 from consulgw.model.snapshot import Instance, ServiceSnapshot
 from consulgw.policy.book import build_policy_book
 from consulgw.policy.model import PolicyBook
-from consulgw.routing.rules import FABIO, ServiceRoutes, has_route_tags, parse_service_routes
+from consulgw.routing.rules import FABIO, FABIO_TAG_PREFIX, ServiceRoutes, has_route_tags, parse_service_routes
 from consulgw.routing.table import RouteTable
 from consulgw.settings import ConsulSettings, consul_settings
 
@@ -56,6 +56,7 @@ class RoutesReport:
     table: RouteTable
     book: PolicyBook
     kv_error: str | None  # the KV policies could not be read (balancers then come from tags only)
+    fabio_ignored: tuple[str, ...] = ()  # services with urlprefix- tags, ignored because compat lacks "fabio"
 
     def lb(self, service: str) -> str:
         """The balancer the gateway uses: the KV policy's ``lb``, else the ``gw.lb`` tag, else round_robin."""
@@ -109,6 +110,13 @@ async def read_routes(
         routed = sorted(
             name for name, tags in catalog.value.items() if has_route_tags(tags, tag_prefix=tag_prefix, compat=compat)
         )
+        fabio_ignored = tuple(
+            sorted(
+                name
+                for name, tags in catalog.value.items()
+                if FABIO not in compat and any(t.startswith(FABIO_TAG_PREFIX) for t in tags)
+            )
+        )
         healths = await asyncio.gather(*(client.health_service(name, wait=_NO_WAIT) for name in routed))
         kv_error: str | None = None
         kv: dict[str, bytes] = {}
@@ -136,6 +144,7 @@ async def read_routes(
         table=RouteTable.build(parsed),
         book=build_policy_book(kv, previous=None, prefix=kv_prefix),
         kv_error=kv_error,
+        fabio_ignored=fabio_ignored,
     )
 
 
@@ -175,6 +184,7 @@ def as_json(report: RoutesReport) -> dict[str, Any]:
             "services_total": report.services_total,
             "services_routed": len(report.snapshots),
             "kv_error": report.kv_error,
+            "fabio_tags_ignored": list(report.fabio_ignored),
         },
         "routes": [
             {
@@ -230,6 +240,9 @@ def as_text(report: RoutesReport) -> str:
     if report.book.errors:
         lines += ["", f"Rejected policies ({len(report.book.errors)}):"]
         lines += [f"  {key}: {reason}" for key, reason in sorted(report.book.errors.items())]
+    if report.fabio_ignored:
+        names = ", ".join(report.fabio_ignored)
+        lines += ["", f"Note: Fabio urlprefix- tags on {names} are ignored; add --tag-compat fabio to read them"]
     if report.kv_error:
         lines += ["", f"Note: KV policies not read ({report.kv_error}); balancers shown come from tags only"]
     return "\n".join(lines) + "\n"

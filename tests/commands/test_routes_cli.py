@@ -55,6 +55,7 @@ async def test_bad_tags_are_explained_next_to_the_routes_that_work(dev_agent: De
     assert "  billing: 'gw.rout=/billing': unknown key 'rout' (did you mean 'gw.route'?)" in out
     assert "billing: every route tag was rejected or lost a conflict" in out
     assert "plain" not in out
+    assert "Note:" not in out
     assert "Conflicts (0):" in out
 
 
@@ -138,7 +139,9 @@ async def test_tag_prefix_and_compat_like_the_gateway(
     await consul.register("edgy", 9003, tags=["edge.route=/edge"])
     result = await consulgw("routes", "--json", *args, env=clean_env(CONSUL_HTTP_ADDR=dev_agent.url, **env))
     assert result.code == 0, result.err
-    assert [r["route"] for r in json.loads(result.out)["routes"]] == routed
+    report = json.loads(result.out)
+    assert [r["route"] for r in report["routes"]] == routed
+    assert report["consul"]["fabio_tags_ignored"] == ([] if "*/legacy" in routed else ["legacy"])
 
 
 async def test_unreachable_consul_is_one_line_and_exit_1(free_port: Any) -> None:
