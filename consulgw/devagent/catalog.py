@@ -7,7 +7,7 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from consulgw.devagent.agent import is_unspecified, tagged_service_addresses
+from consulgw.devagent.agent_api import is_unspecified, tagged_service_addresses
 from consulgw.devagent.bexpr import schema_from_sample
 from consulgw.devagent.blocking import Answer
 from consulgw.devagent.checks import CHECK_ALIASES, parse_check_def

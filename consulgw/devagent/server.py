@@ -16,7 +16,8 @@ import structlog
 from aiohttp import web
 
 from consulgw.clock import Clock, SystemClock
-from consulgw.devagent.agent import AgentEndpoints, LocalAgent
+from consulgw.devagent.agent import LocalAgent
+from consulgw.devagent.agent_api import AgentEndpoints
 from consulgw.devagent.catalog import CatalogEndpoints
 from consulgw.devagent.cluster import ClusterEndpoints
 from consulgw.devagent.config import ConfigEndpoints
