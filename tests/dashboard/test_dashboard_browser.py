@@ -1,0 +1,147 @@
+"""The dashboard in a real headless Chromium: it follows Consul live (register, fail a check) and renders.
+
+The gateway runs in process against the dev agent; Chromium loads the admin listener's ``/`` and the test reads
+the DOM through ``Runtime.evaluate`` (the page marks its parts with ``data-testid``, ``data-service`` and
+``data-instance``). A screenshot is left in ``test-artifacts/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import time
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from consulgw.devagent import DevAgent
+from consulgw.server.gateway import Gateway
+from tests.gateway.conftest import Consul, Upstream, gateway_settings_for, start_upstream
+
+from .cdp import Chromium, Page, find_chromium
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed (make test installs it)"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture
+async def consul(dev_agent: DevAgent) -> AsyncIterator[Consul]:
+    async with aiohttp.ClientSession() as session:
+        yield Consul(session, dev_agent.url)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    up = await start_upstream("users")
+    yield up
+    await up.stop()
+
+
+@pytest.fixture
+async def gateway(dev_agent: DevAgent) -> AsyncIterator[Gateway]:
+    async with Gateway(gateway_settings_for(dev_agent.url), consul_wait=5.0) as gw:
+        await gw.wait_ready()
+        yield gw
+
+
+@pytest.fixture
+async def page(tmp_path: Path) -> AsyncIterator[Page]:
+    async with Chromium.launch(tmp_path / "chromium-profile") as browser:
+        yield await browser.new_page()
+
+
+async def poll(page: Page, expression: str, expected: Any, *, timeout: float) -> float:
+    """Evaluate ``expression`` until it equals ``expected``; return the seconds it took."""
+    started = time.monotonic()
+    last: Any = None
+    while True:
+        last = await page.evaluate(expression)
+        if last == expected:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"after {timeout}s, {expression} is {last!r}, expected {expected!r}")
+        await asyncio.sleep(0.05)
+
+
+def js(selector: str) -> str:
+    """A JavaScript string literal for ``selector``."""
+    return json.dumps(selector)
+
+
+def instance_health(instance: str) -> str:
+    cell = f'[data-instance="{instance}"] [data-testid="health"] .pill'
+    return (
+        f"(() => {{ const p = document.querySelector({js(cell)}); return p ? [p.textContent, p.className] : null; }})()"
+    )
+
+
+def png_facts(data: bytes) -> tuple[int, int, int]:
+    """(width, height, distinct sampled bytes of the decoded image) of a PNG, with the standard library."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    idat, offset = b"", 8
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        if kind == b"IDAT":
+            idat += data[offset + 8 : offset + 8 + length]
+        offset += 12 + length
+    raw = zlib.decompress(idat)
+    return width, height, len(set(raw[::7]))
+
+
+async def test_dashboard_follows_consul_live(page: Page, gateway: Gateway, consul: Consul, upstream: Upstream) -> None:
+    await page.navigate(f"{gateway.admin_url}/")
+    await poll(page, "document.title", "consulgw", timeout=10)
+    await poll(page, "document.querySelector('#services .empty')?.textContent ?? null", "no routed services", timeout=5)
+
+    # Register an instance: it appears (the page polls /-/routes every 500 ms).
+    tags = ["gw.route=/users strip=/users methods=GET,POST", "gw.lbb=ip_hash"]
+    sid = await consul.register("users", upstream.port, service_id="users-1", tags=tags)
+    instance = f"test-node/{sid}"
+    appeared = await poll(page, instance_health(instance), ["passing", "pill passing"], timeout=5)
+    await consul.register("users", upstream.port, service_id="users-2", tags=tags)  # a second, healthy one
+    await poll(page, "document.querySelectorAll('[data-service=\"users\"] [data-instance]').length", 2, timeout=5)
+
+    # Fail its TTL check: its health pill turns critical, and its weight to 0.
+    await consul.check(sid, "critical")
+    turned = await poll(page, instance_health(instance), ["critical", "pill critical"], timeout=5)
+    row = f'[data-instance="{instance}"]'
+    cells = await page.evaluate(f"[...document.querySelector({js(row)}).cells].map(c => c.textContent)")
+    assert cells[1] == f"127.0.0.1:{upstream.port}"
+    assert cells[3] == "0"  # effective weight
+    assert await page.evaluate(instance_health("test-node/users-2")) == ["passing", "pill passing"]
+
+    # The rest of the page: the route, the rejected tag, the sync state.
+    route = await page.evaluate(
+        "[...document.querySelectorAll('#routes tbody tr[data-route]')].map(r => [...r.cells].map(c => c.textContent))"
+    )
+    assert route == [["*/users", "users", "GET, HEAD, POST", "/users", "gw.route=/users strip=/users methods=GET,POST"]]
+    problems = await page.evaluate("document.querySelector('[data-testid=problems]').textContent")
+    assert "gw.lbb=ip_hash" in problems
+    assert "did you mean 'gw.lb'?" in problems
+    assert (await page.evaluate("document.querySelector('[data-testid=sync] .pill').textContent")) == (
+        "in sync with Consul"
+    )
+    assert page.events("Runtime.exceptionThrown") == []
+    assert [e for e in page.events("Runtime.consoleAPICalled") if e.get("type") == "error"] == []
+
+    png = await page.screenshot()
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "dashboard.png").write_bytes(png)
+    width, height, variety = png_facts(png)
+    assert width == 1280
+    assert height >= 600
+    assert len(png) > 20_000
+    assert variety > 20  # text, pills, lines: not a blank page
+    print(f"instance shown after {appeared:.2f}s, critical after {turned:.2f}s; screenshot {len(png)} bytes")
