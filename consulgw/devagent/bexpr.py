@@ -171,22 +171,27 @@ def _empty(value: Any) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class _Match(Expression):
+    """One match; ``negate`` is the operator's ``!=`` / ``not ...`` form, applied per value (go-bexpr evaluates
+    a selector that passes through a list element by element and matches when any element does)."""
+
     op: str
     path: tuple[str, ...]
     value: str
+    negate: bool = False
     pattern: re.Pattern[str] | None = None
 
     def evaluate(self, value: Any) -> bool:
-        found = _resolve(value, list(self.path))
+        return any(self._one(v) != self.negate for v in _resolve(value, list(self.path)))
+
+    def _one(self, found: Any) -> bool:
         if self.op == "==":
-            return any(_equal(v, self.value) for v in found)
+            return _equal(found, self.value)
         if self.op == "is empty":
-            return all(_empty(v) for v in found) if found else True
+            return _empty(found)
         if self.op == "in":
-            return any(_contains(v, self.value) for v in found)
+            return _contains(found, self.value)
         if self.op == "matches":
-            pattern = self.pattern
-            return pattern is not None and any(isinstance(v, str) and pattern.search(v) is not None for v in found)
+            return self.pattern is not None and isinstance(found, str) and self.pattern.search(found) is not None
         return False
 
 
@@ -291,14 +296,12 @@ class _Parser:
             if not self.is_word("in"):
                 raise self.fail('"in" or "not in"')
             self.pos += 1
-            expr: Expression = _Match("in", self.selector(), value)
-            return _Not(expr) if negate else expr
+            return _Match("in", self.selector(), value, negate)
         path = self.selector()
         tok = self.peek()
         if tok is not None and tok.kind == "op":
             self.pos += 1
-            match: Expression = _Match("==", path, self.value())
-            return _Not(match) if tok.text == "!=" else match
+            return _Match("==", path, self.value(), tok.text == "!=")
         if self.is_word("is"):
             self.pos += 1
             negate = False
@@ -308,16 +311,14 @@ class _Parser:
             if not self.is_word("empty"):
                 raise self.fail('"empty" or "not empty"')
             self.pos += 1
-            match = _Match("is empty", path, "")
-            return _Not(match) if negate else match
+            return _Match("is empty", path, "", negate)
         negate = False
         if self.is_word("not"):
             negate = True
             self.pos += 1
         if self.is_word("contains"):
             self.pos += 1
-            match = _Match("in", path, self.value())
-            return _Not(match) if negate else match
+            return _Match("in", path, self.value(), negate)
         if self.is_word("matches"):
             self.pos += 1
             pattern_text = self.value()
@@ -325,8 +326,7 @@ class _Parser:
                 pattern = re.compile(pattern_text)
             except re.error as exc:
                 raise ValueError(f"error parsing regexp: {exc}") from exc
-            match = _Match("matches", path, pattern_text, pattern)
-            return _Not(match) if negate else match
+            return _Match("matches", path, pattern_text, negate, pattern)
         raise self.fail('"!=", "==", "contains", "in", "is", "matches" or "not"')
 
     def _value_in_form(self) -> bool:

@@ -49,6 +49,8 @@ SCHEMA = schema_from_sample(ENTRY, maps=frozenset({"Meta"}))
         pytest.param('not (Node.Node == "x" or Service.Port == 1)', True, id="not-parens"),
         pytest.param('Checks.Status == "critical"', True, id="any-element"),
         pytest.param('Checks.Status == "warning"', False, id="any-element-none"),
+        pytest.param('Checks.Status != "passing"', True, id="negation-per-element"),
+        pytest.param('Checks.CheckID not contains "serf"', True, id="not-contains-per-element"),
         pytest.param('Service.Service matches "^w.b$"', True, id="matches"),
         pytest.param('Service.Service not matches "^x"', True, id="not-matches"),
         pytest.param('(Service.Service == "web") and ("v1" in Service.Tags)', True, id="grouping"),
