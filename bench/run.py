@@ -296,8 +296,9 @@ def run_data_path(
             + "\nRatios are medians of per-round ratios (each target against the reference measured in the same "
             "round); the range is min-max over rounds. Target CPU: CPU time of the target's process group during its "
             "run, % of one core (nginx's one worker serves both the upstream and the proxy, so the nginx proxy row "
-            "counts both). Other CPU: the machine's busy CPU minus wrk, the target and the nginx upstream, % of one "
-            f"core (other engineers' work on the shared machine; the harness's own bookkeeping is a few %). {rounds.describe()}.\n"
+            "counts both). Others' CPU: CPU time of every process this harness did not start, % of one core: "
+            "other engineers' work on the shared machine (and Redis, for the rate-limited row). "
+            f"{rounds.describe()}.\n"
         )
         per_req = series["gw_log"].median(lambda s: s.log_bytes_per_request)
         r = ratio(series, "gw_log", "gw")
@@ -329,10 +330,11 @@ def run_profile(
         stem = f"profile-{target.key}"
         text = None
         served: float | None = None
+        cpu: float | None = None
         if pyspy is not None:
             print(f"bench: profiling {target.label} with py-spy ({args.profile_duration:g}s under load)", flush=True)
             raw = results / f"{stem}.raw.txt"
-            proc, load = prof.record_pyspy(
+            proc, load, cpu = prof.record_pyspy(
                 pyspy,
                 target.pid,
                 url=target.url,
@@ -371,6 +373,7 @@ def run_profile(
             title=f"{target.label} (py-spy, {args.profile_duration:g}s{rps})",
             rate=prof.RATE,
             requests=served,
+            cpu=cpu,
         )
         (results / f"{stem}.md").write_text(summary, encoding="utf-8")
         out.append(summary)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import wrk
+from harness.throughput import cpu_seconds
 
 RATE = 200  # py-spy samples per second
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
@@ -132,15 +133,28 @@ BREAKDOWNS = (
 )
 
 
-def summary(prof: Profile, *, title: str, top: int = 25, rate: int, requests: float | None) -> str:
-    """Markdown tables; with ``requests`` (requests served while sampling) each row also gets CPU microseconds per
-    request: samples / rate / requests."""
+def summary(prof: Profile, *, title: str, top: int = 25, rate: int, requests: float | None, cpu: float | None) -> str:
+    """Markdown tables. With ``requests`` (served while sampling) and ``cpu`` (the process's CPU seconds over the
+    same window, from /proc) each row also gets CPU microseconds per request: its share of the samples x cpu /
+    requests. (Sample counts alone would count time spent runnable but waiting for a core as work.)"""
 
     def us(count: int) -> str:
-        return f"{count / rate / requests * 1e6:.1f}" if requests else "n/a"
+        if not requests or not cpu or not prof.samples:
+            return "n/a"
+        return f"{count / prof.samples * cpu / requests * 1e6:.1f}"
 
-    per_req = f" CPU sampled: {prof.samples / rate:.2f} s for ~{requests:,.0f} requests." if requests else ""
-    lines = [f"#### {title}", "", f"{prof.samples} samples at {rate} Hz.{per_req}", ""]
+    per_req = (
+        f" The process used {cpu:.2f} CPU-seconds for ~{requests:,.0f} requests: "
+        f"{cpu / requests * 1e6:.0f} us of CPU per request."
+        if requests and cpu
+        else ""
+    )
+    lines = [
+        f"#### {title}",
+        "",
+        f"{prof.samples} samples at {rate} Hz ({prof.samples / rate:.1f} s not idle).{per_req}",
+        "",
+    ]
     lines += ["| self % | us/req | function (file) |", "|---:|---:|---|"]
     lines += [f"| {prof.pct(c):.1f} | {us(c)} | `{name}` |" for name, c in prof.self_.most_common(top)]
     lines += ["", "| inclusive % | us/req | function (file) |", "|---:|---:|---|"]
@@ -185,7 +199,7 @@ def record_pyspy(
     out: Path,
     fmt: str,
     rate: int = RATE,
-) -> tuple[subprocess.CompletedProcess[str], wrk.WrkResult | None]:
+) -> tuple[subprocess.CompletedProcess[str], wrk.WrkResult | None, float | None]:
     """py-spy record for ``duration`` seconds while wrk loads the target (wrk starts 1 s earlier, ends 1 s later).
 
     py-spy pauses the process for each sample (its default, blocking mode): consistent stacks, a little overhead.
@@ -208,6 +222,9 @@ def record_pyspy(
         "--output",
         str(out),
     ]
+    cpu0 = cpu_seconds(pid)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
+    cpu1 = cpu_seconds(pid)
     load.join(timeout=duration + 30)
-    return proc, (results[0] if results else None)
+    cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    return proc, (results[0] if results else None), cpu

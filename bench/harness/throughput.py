@@ -47,7 +47,7 @@ class Series:
         return [pick(s) for s in self.samples]
 
 
-def _cpu_seconds(pgid: int) -> float | None:
+def cpu_seconds(pgid: int) -> float | None:
     """User + system CPU seconds of every live process in the process group (nginx: master and worker)."""
     total = 0
     found = False
@@ -129,7 +129,7 @@ def _size(path: str | None) -> int | None:
 def measure(
     target: Target, *, duration: float, threads: int, connections: int, round_no: int, ours: frozenset[int]
 ) -> Sample:
-    cpu0 = _cpu_seconds(target.pid) if target.pid else None
+    cpu0 = cpu_seconds(target.pid) if target.pid else None
     procs0 = process_cpu()
     size0 = _size(target.log_file)
     seen = [foreign_loaders()]
@@ -152,7 +152,7 @@ def measure(
     elapsed = time.monotonic() - t0
     other = 100.0 * foreign_cpu(procs0, process_cpu(), ours) / elapsed
     foreign = max(seen)
-    cpu1 = _cpu_seconds(target.pid) if target.pid else None
+    cpu1 = cpu_seconds(target.pid) if target.pid else None
     size1 = _size(target.log_file)
     rss = rss_kib(target.pid)["VmRSS"] if target.pid else None
     cpu_pct = 100.0 * (cpu1 - cpu0) / elapsed if cpu0 is not None and cpu1 is not None else None
