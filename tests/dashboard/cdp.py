@@ -130,6 +130,11 @@ class Chromium:
                 with contextlib.suppress(asyncio.CancelledError):
                     await drain
 
+    @property
+    def pid(self) -> int:
+        """The main browser process; its process group is the browser's (``start_new_session``)."""
+        return self._proc.pid
+
     async def send(self, method: str, params: dict[str, Any] | None = None, *, session_id: str | None = None) -> Any:
         message_id = next(self._ids)
         message: dict[str, Any] = {"id": message_id, "method": method, "params": params or {}}

@@ -145,3 +145,38 @@ async def test_dashboard_follows_consul_live(page: Page, gateway: Gateway, consu
     assert len(png) > 20_000
     assert variety > 20  # text, pills, lines: not a blank page
     print(f"instance shown after {appeared:.2f}s, critical after {turned:.2f}s; screenshot {len(png)} bytes")
+
+
+def group_alive(pgid: int) -> bool:
+    """Is any process of the group still running (zombies waiting to be reaped do not count)?"""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+async def test_chromium_is_killed_even_when_the_test_fails(tmp_path: Path) -> None:
+    class Boom(Exception):
+        pass
+
+    pgids: list[int] = []
+
+    async def crash() -> None:
+        async with Chromium.launch(tmp_path / "profile") as browser:
+            pgids.append(browser.pid)
+            page = await browser.new_page()
+            await page.navigate("about:blank")
+            assert group_alive(browser.pid)
+            raise Boom
+
+    with pytest.raises(Boom):
+        await crash()
+    assert pgids
+    assert not group_alive(pgids[0]), "a chromium process outlived the test"
