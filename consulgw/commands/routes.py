@@ -31,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from consulgw.discovery.consul_api import ConsulClient
+from consulgw.discovery.consul_api import ConsulClient, Result
 from consulgw.errors import ConfigError, DiscoveryError
 from consulgw.model.snapshot import Instance, ServiceSnapshot
 from consulgw.policy.book import build_policy_book
@@ -117,7 +117,14 @@ async def read_routes(
                 if FABIO not in compat and any(t.startswith(FABIO_TAG_PREFIX) for t in tags)
             )
         )
-        healths = await asyncio.gather(*(client.health_service(name, wait=_NO_WAIT) for name in routed))
+        answers = await asyncio.gather(
+            *(client.health_service(name, wait=_NO_WAIT) for name in routed), return_exceptions=True
+        )  # every read finishes before the session closes; the first failure is reported
+        healths: list[Result[tuple[Instance, ...]]] = []
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+            healths.append(answer)
         kv_error: str | None = None
         kv: dict[str, bytes] = {}
         try:
