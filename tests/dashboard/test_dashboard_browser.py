@@ -2,7 +2,8 @@
 
 The gateway runs in process against the dev agent; Chromium loads the admin listener's ``/`` and the test reads
 the DOM through ``Runtime.evaluate`` (the page marks its parts with ``data-testid``, ``data-service`` and
-``data-instance``). A screenshot is left in ``test-artifacts/dashboard.png``.
+``data-instance``). Screenshots are left in ``test-artifacts/dashboard.png`` (live) and
+``test-artifacts/dashboard-consul-down.png`` (after the agent stopped).
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def png_facts(data: bytes) -> tuple[int, int, int]:
     return width, height, len(set(raw[::7]))
 
 
-async def test_dashboard_follows_consul_live(page: Page, gateway: Gateway, consul: Consul, upstream: Upstream) -> None:
+async def test_dashboard_follows_consul_live(
+    page: Page, gateway: Gateway, consul: Consul, upstream: Upstream, dev_agent: DevAgent
+) -> None:
     await page.navigate(f"{gateway.admin_url}/")
     await poll(page, "document.title", "consulgw", timeout=10)
     await poll(page, "document.querySelector('#services .empty')?.textContent ?? null", "no routed services", timeout=5)
@@ -145,6 +148,15 @@ async def test_dashboard_follows_consul_live(page: Page, gateway: Gateway, consu
     assert len(png) > 20_000
     assert variety > 20  # text, pills, lines: not a blank page
     print(f"instance shown after {appeared:.2f}s, critical after {turned:.2f}s; screenshot {len(png)} bytes")
+
+    # Consul goes away: the page says so, and still shows the last good view (which the gateway keeps serving).
+    await dev_agent.stop()
+    sync = "(() => { const p = document.querySelector('[data-testid=sync] .pill'); return p.className; })()"
+    await poll(page, sync, "pill down", timeout=15)
+    text = await page.evaluate("document.querySelector('[data-testid=sync] .pill').textContent")
+    assert text.startswith("Consul unreachable")
+    assert await page.evaluate(instance_health("test-node/users-2")) == ["passing", "pill passing"]
+    (ARTIFACTS / "dashboard-consul-down.png").write_bytes(await page.screenshot())
 
 
 def group_alive(pgid: int) -> bool:
