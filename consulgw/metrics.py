@@ -1,5 +1,11 @@
 """Prometheus metrics of one gateway process, on its own registry (no global state).
 
+With ``consulgw run --workers N`` the processes share one directory of prometheus_client's multiprocess files
+(``multiprocess_dir``): counters and histograms add up across workers, gauges report the worst worker (``livemax``,
+e.g. a breaker open in any worker, the oldest Consul view) or the sum (in-flight requests), and any worker's
+``/metrics`` renders the whole. prometheus_client picks its value store when it is first imported, so the
+composition root sets ``PROMETHEUS_MULTIPROC_DIR`` before importing this module (consulgw/commands/run.py).
+
 Label values are bounded: services and route labels come from the route table (never raw paths), instance labels
 from Consul, status as a class ("2xx"), reasons and kinds from fixed vocabularies. Label sets of services that
 leave the table are removed by ``forget_service``.
@@ -9,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -25,8 +31,10 @@ class GatewayMetrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, multiprocess_dir: str | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.multiprocess_dir = multiprocess_dir
+        worst: Any = {"multiprocess_mode": "livemax"} if multiprocess_dir else {}
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         r = self.registry
         self.requests = Counter(
@@ -56,24 +64,42 @@ class GatewayMetrics:
             "Instances of a service by state: in the pool (weight > 0) or excluded.",
             ("service", "state"),
             registry=r,
+            **worst,
         )
-        self.inflight = Gauge("consulgw_inflight_requests", "Requests being proxied right now.", registry=r)
+        self.inflight = Gauge(
+            "consulgw_inflight_requests",
+            "Requests being proxied right now.",
+            registry=r,
+            **({"multiprocess_mode": "livesum"} if multiprocess_dir else {}),  # type: ignore[arg-type]
+        )
         self.consul_index = Gauge(
-            "consulgw_consul_index", "Last X-Consul-Index seen, by watch (services, kv).", ("watch",), registry=r
+            "consulgw_consul_index",
+            "Last X-Consul-Index seen, by watch (services, kv).",
+            ("watch",),
+            registry=r,
+            **worst,
         )
         self.sync_age = Gauge(
-            "consulgw_consul_sync_age_seconds", "Seconds since the last successful Consul response.", registry=r
+            "consulgw_consul_sync_age_seconds",
+            "Seconds the view may be behind Consul (0 while every watch is connected).",
+            registry=r,
+            **worst,
         )
         self.consul_errors = Counter("consulgw_consul_errors_total", "Failed Consul watch requests.", registry=r)
-        self.route_errors = Gauge("consulgw_route_errors", "Route tags rejected, by service.", ("service",), registry=r)
-        self.route_conflicts = Gauge("consulgw_route_conflicts", "Routes claimed by more than one service.", registry=r)
-        self.routes = Gauge("consulgw_routes", "Routes in the active table.", registry=r)
+        self.route_errors = Gauge(
+            "consulgw_route_errors", "Route tags rejected, by service.", ("service",), registry=r, **worst
+        )
+        self.route_conflicts = Gauge(
+            "consulgw_route_conflicts", "Routes claimed by more than one service.", registry=r, **worst
+        )
+        self.routes = Gauge("consulgw_routes", "Routes in the active table.", registry=r, **worst)
         self.table_swaps = Counter("consulgw_route_table_swaps_total", "Route tables built and swapped in.", registry=r)
         self.policy_rejected = Gauge(
             "consulgw_policy_rejected",
             "1 while the KV document at this key is rejected (the previous good one is in force).",
             ("key",),
             registry=r,
+            **worst,
         )
         self.rate_limited = Counter(
             "consulgw_rate_limited_total", "Requests rejected by a rate limit.", ("service",), registry=r
@@ -95,6 +121,7 @@ class GatewayMetrics:
             "Circuit breaker state per instance: 0 closed, 1 half-open, 2 open.",
             ("service", "instance"),
             registry=r,
+            **worst,
         )
         self.breaker_opened = Counter(
             "consulgw_circuit_breaker_opened_total", "Times an instance's breaker opened.", ("service",), registry=r
@@ -131,4 +158,8 @@ class GatewayMetrics:
                     collector.remove(*labels)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)

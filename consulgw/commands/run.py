@@ -8,12 +8,12 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 import time
 
 import structlog
 
 from consulgw.logs import BufferedLines, configure_logging
-from consulgw.server.gateway import Gateway
 from consulgw.settings import GatewaySettings, gateway_settings
 
 _LOG_FLUSH_INTERVAL = 0.2  # seconds a log line may wait in the buffer
@@ -21,6 +21,9 @@ _LOG_FLUSH_INTERVAL = 0.2  # seconds a log line may wait in the buffer
 
 def main(args: argparse.Namespace) -> int:
     settings = gateway_settings(args, os.environ)
+    if settings.workers > 1:
+        # Must precede the first import of prometheus_client (via consulgw.server): it picks its value store then.
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="consulgw-metrics-"))
     sink = configure_logging(settings.log_format, settings.log_level, buffered=True)
     assert sink is not None
     try:
@@ -37,11 +40,17 @@ def serve(settings: GatewaySettings, sink: BufferedLines, *, worker_index: int =
     return asyncio.run(_serve(settings, sink, worker_index, worker_count))
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
 async def _serve(settings: GatewaySettings, sink: BufferedLines, worker_index: int, worker_count: int) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # until the gateway can reload its certificate
+    # Signals that arrived while this process was starting (blocked by the supervisor) are delivered now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
     async def flush_logs() -> None:
         while True:
@@ -50,7 +59,15 @@ async def _serve(settings: GatewaySettings, sink: BufferedLines, worker_index: i
 
     flusher = asyncio.create_task(flush_logs(), name="consulgw-log-flush")
     try:
-        gateway = Gateway(settings, reuse_port=worker_count > 1, worker_index=worker_index, worker_count=worker_count)
+        from consulgw.server.gateway import Gateway
+
+        gateway = Gateway(
+            settings,
+            reuse_port=worker_count > 1,
+            worker_index=worker_index,
+            worker_count=worker_count,
+            metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") if worker_count > 1 else None,
+        )
         async with gateway:
             loop.add_signal_handler(signal.SIGHUP, gateway.reload_tls)
             await stop.wait()
@@ -70,15 +87,22 @@ def supervise(settings: GatewaySettings, sink: BufferedLines) -> int:
 
     def spawn(index: int) -> None:
         sink.drain()  # a child must not inherit (and print again) lines pending in the parent
+        # Stop signals stay blocked in the child until its event loop handles them: a SIGTERM during start-up
+        # must still mean a graceful stop and exit 0, not death by the default action.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:  # child
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in _STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
                 code = serve(settings, sink, worker_index=index, worker_count=settings.workers)
+            except BaseException:  # noqa: BLE001 - the worker's last words, then a plain exit code for the parent
+                structlog.get_logger("consulgw.worker").exception("worker_failed", worker=index)
             finally:
+                sink.drain()
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         children[pid] = index
         log.info("worker_started", worker=index, pid=pid)
         sink.drain()
@@ -107,6 +131,7 @@ def supervise(settings: GatewaySettings, sink: BufferedLines) -> int:
             continue
         index = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
+        _forget_worker_metrics(pid)
         sink.drain()
         if stopping:
             log.info("worker_stopped", worker=index, pid=pid, exit_code=code)
@@ -116,6 +141,15 @@ def supervise(settings: GatewaySettings, sink: BufferedLines) -> int:
         time.sleep(0.5)  # no hot crash loop
         spawn(index)
     return 0 if failures == 0 else 1
+
+
+def _forget_worker_metrics(pid: int) -> None:
+    """Drop a dead worker's live gauges from the shared metrics directory (its counters keep counting)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 def _install_uvloop() -> None:

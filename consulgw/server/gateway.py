@@ -53,6 +53,7 @@ class Gateway:
         worker_index: int = 0,
         worker_count: int = 1,
         consul_wait: float = 300.0,
+        metrics_dir: str | None = None,
     ) -> None:
         self.settings = settings
         self._clock = clock or SystemClock()
@@ -66,12 +67,13 @@ class Gateway:
         self._tls: ssl.SSLContext | None = None
         self._exit = contextlib.AsyncExitStack()
         self._watch_task: asyncio.Task[None] | None = None
+        self._listen_task: asyncio.Task[None] | None = None
         self._public: web.ServerRunner | None = None
         self._admin: web.AppRunner | None = None
         self._builder: ViewBuilder | None = None
         self._watcher: CatalogWatcher | None = None
         self._handler: ProxyHandler | None = None
-        self.metrics = GatewayMetrics()
+        self.metrics = GatewayMetrics(multiprocess_dir=metrics_dir)
         self.port = 0
         self.admin_port = 0
 
@@ -163,7 +165,7 @@ class Gateway:
         )
         self._handler = handler
         self._watch_task = asyncio.create_task(watcher.run(builder.apply), name="consulgw-watcher")
-        self._exit.push_async_callback(self._stop_watcher)
+        self._exit.push_async_callback(self._stop_task, self._watch_task)
 
         server = web.Server(handler, handler_cancellation=True, access_log=None)
         self._public = web.ServerRunner(server, shutdown_timeout=s.drain_timeout)
@@ -177,8 +179,15 @@ class Gateway:
             reuse_port=self._reuse_port or None,
             backlog=1024,
         )
-        await site.start()
-        self.port = _bound_port(self._public)
+        if self._worker_count > 1:
+            # One of several workers on a shared port: join it only with a loaded view, so a restarted worker never
+            # answers 503 while its siblings could serve. (A single process listens at once and answers a clear 503.)
+            self._listen_task = asyncio.create_task(self._listen_when_ready(site), name="consulgw-listen")
+            self._exit.push_async_callback(self._stop_task, self._listen_task)
+            self.port = s.listen.port
+        else:
+            await site.start()
+            self.port = _bound_port(self._public)
 
         admin_app = create_admin_app(
             AdminDeps(
@@ -214,10 +223,14 @@ class Gateway:
         await self._exit.aclose()
         self._log.info("gateway_stopped")
 
-    async def _stop_watcher(self) -> None:
-        task = self._watch_task
-        if task is None:
-            return
+    async def _listen_when_ready(self, site: web.TCPSite) -> None:
+        assert self._builder is not None
+        await self._builder.ready.wait()
+        await site.start()
+        self._log.info("gateway_listening", listen=site.name, worker=self._worker_index)
+
+    @staticmethod
+    async def _stop_task(task: asyncio.Task[None]) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -59,7 +59,10 @@ class ProxyHandler:
         self._log = access_logger()
         self._errors = structlog.get_logger("consulgw.proxy")
         self.inflight = 0
-        metrics.inflight.set_function(lambda: self.inflight)  # read at scrape time, not updated per request
+        # One process: read at scrape time, not updated per request. Several workers: each writes its own count.
+        self._count_inflight = metrics.multiprocess_dir is not None
+        if not self._count_inflight:
+            metrics.inflight.set_function(lambda: self.inflight)
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -67,6 +70,8 @@ class ProxyHandler:
         started = self._clock.monotonic()
         self.inflight += 1
         self.idle.clear()
+        if self._count_inflight:
+            self._metrics.inflight.inc()
         request_id = request_id_from(request.headers.get("X-Request-ID")) or self._new_request_id()
         peer = request.remote or ""
         trusted_peer = self._trusted.trusts(peer)
@@ -148,6 +153,8 @@ class ProxyHandler:
             status = response.status if response is not None else 499
             self._metrics.observe_request(service, route_label, status, elapsed)
             self.inflight -= 1
+            if self._count_inflight:
+                self._metrics.inflight.dec()
             if self.inflight == 0:
                 self.idle.set()
             self._log.info(

@@ -1,0 +1,85 @@
+"""`consulgw run --workers 2`: SO_REUSEPORT workers, shared metrics, local limits never exceeded, crash restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from .conftest import Consul, start_upstream, wait_for
+from .test_resilience_e2e import _has_route, _ready, gateway_process
+
+pytestmark = pytest.mark.slow
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+async def _fresh_get(url: str) -> int:
+    """One request on a new connection, so the kernel may hand it to any worker."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        async with http.get(url) as resp:
+            await resp.read()
+            return resp.status
+
+
+def _requests_total(text: str, route: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("consulgw_requests_total{") and f'route="{route}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_two_workers_share_the_port_metrics_and_limits(
+    dev_agent: Any, consul: Consul, http: aiohttp.ClientSession
+) -> None:
+    up = await start_upstream("a")
+    try:
+        await consul.register("svc", up.port, tags=["gw.route=/svc", "gw.route=/limited"])
+        await consul.kv_put("consulgw/services/svc", json.dumps({"rate_limit": {"requests": 4, "per": "60s"}}))
+        async with gateway_process(dev_agent.url, "--workers", "2") as (proc, url, admin):
+            await wait_for(lambda: _ready(http, admin), timeout=30)
+            await wait_for(lambda: len(_children(proc.pid)) == 2, timeout=10)
+            await wait_for(lambda: _has_route(http, admin, "svc"))
+
+            statuses = await asyncio.gather(*(_fresh_get(f"{url}/limited") for _ in range(12)))
+            admitted = statuses.count(200)
+            assert set(statuses) <= {200, 429}
+            assert 2 <= admitted <= 4, statuses  # each worker enforces its share: never more than the limit
+
+            # Every worker's /metrics shows the sum over both workers.
+            for _ in range(6):
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+                    async with fresh.get(f"{admin}/metrics") as resp:
+                        assert _requests_total(await resp.text(), "*/limited") == 12
+
+            # A worker that dies is replaced; the port keeps answering.
+            victim = _children(proc.pid)[0]
+            os.kill(victim, signal.SIGKILL)
+            await wait_for(lambda: victim not in _children(proc.pid) and len(_children(proc.pid)) == 2, timeout=15)
+            await wait_for(lambda: _ready(http, admin), timeout=30)
+
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+            assert _children(proc.pid) == []
+    finally:
+        await up.stop()
+
+
+def test_metrics_help_lines_are_unique() -> None:
+    """Guard: every metric family name in consulgw.metrics is declared once (multiprocess mode merges by name)."""
+    source = Path(__file__).resolve().parents[2].joinpath("consulgw/metrics.py").read_text()
+    names = re.findall(r'"(consulgw_[a-z_]+)"', source)
+    assert len(names) == len(set(names))
