@@ -255,6 +255,9 @@ class Gateway:
         if self._tls is None or not s.tls_cert or not s.tls_key:
             return False
         try:
+            # Validate on a scratch context first: a failing load_cert_chain on the live context may already have
+            # swapped the certificate in, leaving a cert without its key and every new handshake failing.
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(s.tls_cert, s.tls_key)
             self._tls.load_cert_chain(s.tls_cert, s.tls_key)
         except (OSError, ssl.SSLError) as exc:
             self._log.error("tls_reload_failed", error=str(exc), cert=s.tls_cert)

@@ -91,13 +91,6 @@ async def test_reload_tls_switches_new_connections_and_keeps_open_ones(
         await kept.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,  # the client's handshake is reset / refused
-    reason="Gateway.reload_tls() calls load_cert_chain on the live SSLContext: when it fails (certificate and key "
-    "do not match), OpenSSL has already swapped the certificate in, so every new handshake fails "
-    "(NO_SHARED_CIPHER) instead of the old certificate staying in force",
-)
 async def test_failed_reload_keeps_the_previous_certificate(
     ca: trustme.CA,
     tmp_path: Path,
