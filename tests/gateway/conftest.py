@@ -231,4 +231,3 @@ async def routed(gateway: Gateway, service: str, count: int | None = None) -> bo
         return False
     in_pool = [i for i in view.services[service].snapshot.instances if i.weight > 0]
     return bool(in_pool) if count is None else len(in_pool) == count
-

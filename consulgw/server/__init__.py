@@ -1,0 +1,1 @@
+"""The gateway process: composition root, public proxy handler, admin API and dashboard."""

@@ -1,0 +1,1 @@
+"""Everything between the gateway and upstream instances: pools, balancers, breakers, headers, transport."""
