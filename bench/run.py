@@ -44,7 +44,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-extra-rounds",
         type=int,
         default=3,
-        help="extra rounds run when someone else's load generator overlapped a round (default 3)",
+        help="extra rounds run when someone else's load overlapped a round (default 3)",
+    )
+    p.add_argument(
+        "--max-others-cpu",
+        type=float,
+        default=60.0,
+        help="a round is disturbed when other processes used more than this %% of a core in a run (default 60)",
     )
     p.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load per target first (default 2)")
     p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
@@ -288,6 +294,7 @@ def run_data_path(
             connections=args.connections,
             warmup=args.warmup,
             max_extra=args.max_extra_rounds,
+            max_others_cpu=args.max_others_cpu,
             between=alive,
             ours=sup.groups,
         )

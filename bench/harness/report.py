@@ -49,8 +49,8 @@ def _ratio(series: dict[str, Series], key: str, ref: str) -> str:
 
 def throughput_table(series: dict[str, Series], *, naive: str, nginx: str) -> str:
     rows = [
-        "| target | req/s median (min-max) | p50 ms | p99 ms | x naive proxy | x nginx proxy | target CPU % | others' CPU % | non-2xx / socket errors | runs with foreign load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | req/s median (min-max) | p50 ms | p99 ms | x naive proxy | x nginx proxy | target CPU % | others' CPU % | RSS MiB | non-2xx / socket errors | runs with foreign load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, s in series.items():
         rps = s.values(lambda x: x.result.requests_per_s)
@@ -60,7 +60,8 @@ def throughput_table(series: dict[str, Series], *, naive: str, nginx: str) -> st
             f"| {s.target.label} | {statistics.median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) "
             f"| {_f(s.median(lambda x: x.result.p50_ms))} | {_f(s.median(lambda x: x.result.p99_ms))} "
             f"| {_ratio(series, key, naive)} | {_ratio(series, key, nginx)} "
-            f"| {_f(cpu, '{:.0f}')} | {_f(s.median(lambda x: x.other_cpu_pct), '{:.0f}')} | {bad[0]} / {bad[1]} | {sum(1 for x in s.samples if x.foreign_load)} |"
+            f"| {_f(cpu, '{:.0f}')} | {_f(s.median(lambda x: x.other_cpu_pct), '{:.0f}')} "
+            f"| {_f(s.median(lambda x: x.rss_kib / 1024 if x.rss_kib else None), '{:.0f}')} | {bad[0]} / {bad[1]} | {sum(1 for x in s.samples if x.foreign_load)} |"
         )
     return "\n".join(rows) + "\n"
 

@@ -117,6 +117,18 @@ def foreign_cpu(
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def group_rss_kib(pgid: int) -> int:
+    """VmRSS summed over the process group (nginx master + worker, gateway supervisor + workers)."""
+    total = 0
+    for pid, (_start, group, _ppid, _cpu) in process_cpu().items():
+        if group == pgid:
+            try:
+                total += rss_kib(pid).get("VmRSS", 0)
+            except OSError:
+                continue
+    return total
+
+
 def _size(path: str | None) -> int | None:
     if path is None:
         return None
@@ -154,7 +166,7 @@ def measure(
     foreign = max(seen)
     cpu1 = cpu_seconds(target.pid) if target.pid else None
     size1 = _size(target.log_file)
-    rss = rss_kib(target.pid)["VmRSS"] if target.pid else None
+    rss = group_rss_kib(target.pid) if target.pid else None
     cpu_pct = 100.0 * (cpu1 - cpu0) / elapsed if cpu0 is not None and cpu1 is not None else None
     per_req = (size1 - size0) / result.requests if size0 is not None and size1 is not None and result.requests else None
     return Sample(
@@ -171,21 +183,27 @@ def measure(
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rounds:
     run: int
-    clean: tuple[int, ...]  # rounds in which no run overlapped a foreign load generator
+    clean: tuple[int, ...]  # rounds in which no run overlapped foreign load
+    max_others_cpu: float
     used: tuple[int, ...]  # rounds the medians are taken over
 
     def describe(self) -> str:
         if len(self.used) == len(self.clean) and len(self.used) < self.run:
             return (
-                f"{self.run} rounds run; {self.run - len(self.clean)} overlapped someone else's load generator and "
-                f"are left out, so the medians are over the {len(self.used)} clean rounds"
+                f"{self.run} rounds run; {self.run - len(self.clean)} overlapped someone else's load (a load "
+                f"generator, or other processes above {self.max_others_cpu:g}% of a core) and are left out, so the "
+                f"medians are over the {len(self.used)} clean rounds"
             )
         if len(self.clean) < self.run:
             return (
-                f"{self.run} rounds run; only {len(self.clean)} without someone else's load generator running, too few "
-                f"to leave the others out: the medians are over all {self.run} rounds and are noisier than usual"
+                f"{self.run} rounds run; only {len(self.clean)} free of someone else's load (a load generator, or "
+                f"other processes above {self.max_others_cpu:g}% of a core), too few to leave the others out: the "
+                f"medians are over all {self.run} rounds and are noisier than usual"
             )
-        return f"{self.run} rounds run, none overlapped a foreign load generator"
+        return (
+            f"{self.run} rounds run, none overlapped someone else's load generator or other processes above "
+            f"{self.max_others_cpu:g}% of a core"
+        )
 
 
 def run_rounds(
@@ -197,13 +215,15 @@ def run_rounds(
     connections: int,
     warmup: float,
     max_extra: int = 3,
+    max_others_cpu: float = 60.0,
     between: Callable[[], None] = lambda: None,
     ours: Callable[[], frozenset[int]] = frozenset,
 ) -> tuple[dict[str, Series], Rounds]:
     """Warm every target once, then A B C ... per round; odd rounds run in reverse order (no position bias).
 
-    A round in which any run overlapped someone else's load generator is not clean; up to ``max_extra`` extra rounds
-    are run until ``rounds`` clean ones exist. The medians use the clean rounds when there are enough of them."""
+    A round in which any run overlapped someone else's load generator, or other processes used more than
+    ``max_others_cpu`` % of a core, is not clean; up to ``max_extra`` extra rounds are run until ``rounds`` clean ones
+    exist. The medians use the clean rounds when there are enough of them."""
     series = {t.key: Series(target=t) for t in targets}
     if warmup > 0:
         for target in targets:
@@ -220,7 +240,7 @@ def run_rounds(
                 target, duration=duration, threads=threads, connections=connections, round_no=r, ours=ours()
             )
             series[target.key].samples.append(sample)
-            foreign = foreign or sample.foreign_load > 0
+            foreign = foreign or sample.foreign_load > 0 or sample.other_cpu_pct > max_others_cpu
             res = sample.result
             cpu = f", target CPU {sample.cpu_pct:.0f}%" if sample.cpu_pct is not None else ""
             bad = f", {res.non_2xx} non-2xx, {res.socket_errors} socket errors" if res.bad else ""
@@ -236,13 +256,13 @@ def run_rounds(
         if not foreign:
             clean.append(r)
         elif r + 1 >= rounds and len(clean) < rounds and r + 1 < rounds + max_extra:
-            print("bench: someone else's load generator overlapped this round; running another", flush=True)
+            print("bench: someone else's load overlapped this round; running another", flush=True)
         r += 1
     used = tuple(clean) if len(clean) >= rounds else tuple(range(r))
     chosen = {
         key: Series(target=s.target, samples=[x for x in s.samples if x.round in used]) for key, s in series.items()
     }
-    return chosen, Rounds(run=r, clean=tuple(clean), used=used)
+    return chosen, Rounds(run=r, clean=tuple(clean), used=used, max_others_cpu=max_others_cpu)
 
 
 def ratio(series: dict[str, Series], key: str, ref: str) -> tuple[float, float, float] | None:
