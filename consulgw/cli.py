@@ -109,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read Consul directly (no gateway needed) and print routes, instances and rejected tags.",
     )
     _add_consul_flags(routes)
-    routes.add_argument("--tag-prefix", metavar="PREFIX", help="route tag prefix (default gw)")
-    routes.add_argument("--tag-compat", metavar="fabio", help="also read Fabio's urlprefix- tags")
+    routes.add_argument("--tag-prefix", metavar="PREFIX", help="route tag prefix (env CONSULGW_TAG_PREFIX, default gw)")
+    routes.add_argument(
+        "--tag-compat", metavar="fabio", help="also read Fabio's urlprefix- tags (env CONSULGW_TAG_COMPAT)"
+    )
     routes.add_argument("--json", action="store_true", help="machine-readable output")
     routes.set_defaults(handler="routes")
 

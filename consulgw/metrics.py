@@ -52,7 +52,7 @@ class GatewayMetrics:
         )
         self.upstream_errors = Counter(
             "consulgw_upstream_errors_total",
-            "Failed upstream attempts, by service and kind (connect, timeout, reset, status).",
+            "Failed upstream attempts, by service and kind (connect, connect_timeout, tls, timeout, reset, status, error).",
             ("service", "kind"),
             registry=r,
         )
