@@ -128,10 +128,16 @@ def _wait_routes(gw: stack.Gateway, want: dict[str, str], policy_on: str | None,
     )
 
 
-def _expect(url: str, status: int, headers: dict[str, str] | None = None) -> None:
-    got = http_status(url, timeout=5, headers=headers)
-    if got != status:
-        raise ComponentFailed(f"sanity check: GET {url} answered {got}, expected {status}")
+def _expect(url: str, status: int, headers: dict[str, str] | None = None, timeout: float = 10.0) -> None:
+    """GET until it answers ``status`` (every worker of a multi-process gateway must have its view), or fail."""
+    deadline = time.monotonic() + timeout
+    got = None
+    while time.monotonic() < deadline:
+        got = http_status(url, timeout=5, headers=headers)
+        if got == status:
+            return
+        time.sleep(0.1)
+    raise ComponentFailed(f"sanity check: GET {url} answered {got}, expected {status}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,7 +256,8 @@ def run_data_path(
     token = _token()
     auth = {"Authorization": f"Bearer {token}"}
     for url in (nginx.proxy_url + "/", naive_url + "/", gw.url + "/", gw_log.url + "/", gw2.url + "/"):
-        _expect(url, 200)
+        for _ in range(4):  # several connections: each may land on another worker
+            _expect(url, 200)
     _expect(gw.url + "/pol", 401)
     _expect(gw.url + "/pol", 200, auth)
     header = (f"Authorization: Bearer {token}",)
