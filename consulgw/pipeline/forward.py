@@ -132,7 +132,7 @@ class Forwarder:
                     replayable
                     and str(response.status) in retry_on
                     and attempt + 1 < attempts
-                    and self._pick(ctx, target, frozenset(tried)) is not None
+                    and len(target.pool.members) > len(tried)  # another instance exists (picking has side effects)
                 ):
                     self._metrics.upstream_errors.labels(service, "status").inc()
                     self._metrics.retries.labels(service).inc()

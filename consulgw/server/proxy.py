@@ -63,13 +63,10 @@ class ProxyHandler:
         self._count_inflight = metrics.multiprocess_dir is not None
         if not self._count_inflight:
             metrics.inflight.set_function(lambda: self.inflight)
-        self.idle = asyncio.Event()
-        self.idle.set()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = self._clock.monotonic()
         self.inflight += 1
-        self.idle.clear()
         if self._count_inflight:
             self._metrics.inflight.inc()
         request_id = request_id_from(request.headers.get("X-Request-ID")) or self._new_request_id()
@@ -155,8 +152,6 @@ class ProxyHandler:
             self.inflight -= 1
             if self._count_inflight:
                 self._metrics.inflight.dec()
-            if self.inflight == 0:
-                self.idle.set()
             self._log.info(
                 "request_completed",
                 request_id=request_id,

@@ -28,10 +28,16 @@ def _children(pid: int) -> list[int]:
 
 async def _fresh_get(url: str) -> int:
     """One request on a new connection, so the kernel may hand it to any worker."""
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
-        async with http.get(url) as resp:
-            await resp.read()
-            return resp.status
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http, http.get(url) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def _fresh_text(url: str) -> str:
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http, http.get(url) as resp:
+        return await resp.text()
 
 
 def _requests_total(text: str, route: str) -> float:
@@ -61,9 +67,8 @@ async def test_two_workers_share_the_port_metrics_and_limits(
 
             # Every worker's /metrics shows the sum over both workers.
             for _ in range(6):
-                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
-                    async with fresh.get(f"{admin}/metrics") as resp:
-                        assert _requests_total(await resp.text(), "*/limited") == 12
+                text = await _fresh_text(f"{admin}/metrics")
+                assert _requests_total(text, "*/limited") == 12
 
             # A worker that dies is replaced; the port keeps answering.
             victim = _children(proc.pid)[0]
