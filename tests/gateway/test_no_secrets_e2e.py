@@ -1,0 +1,103 @@
+"""No secret (Authorization, Cookie, API keys, JWT secrets, Consul token) in logs, metrics, admin output or errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import sys
+from typing import Any
+
+import aiohttp
+
+from consulgw.policy.consumers import api_key_digest
+
+from .conftest import Consul, start_upstream, wait_for
+from .test_resilience_e2e import _has_route, _ready
+
+SECRETS = {
+    "authorization": "Bearer s3cr3t-bearer-token-value",
+    "cookie": "session=s3cr3t-cookie-value",
+    "api_key": "s3cr3t-api-key-value-0123456789",
+    "jwt_secret": "s3cr3t-jwt-signing-key-that-is-32-bytes-long",
+    "consul_token": "s3cr3t-consul-acl-token",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_secrets_never_reach_logs_metrics_admin_or_error_bodies(
+    dev_agent: Any, consul: Consul, http: aiohttp.ClientSession, tmp_path: Any
+) -> None:
+    up = await start_upstream("a")
+    policy = {"auth": {"type": "jwt", "algorithms": ["HS256"], "secret": SECRETS["jwt_secret"]}}
+    keyed = {"auth": {"type": "api_key"}}
+    consumer = {"api_key_sha256": [api_key_digest(SECRETS["api_key"])]}
+    await consul.register("jwt", up.port, tags=["gw.route=/jwt"])
+    await consul.register("keyed", up.port, tags=["gw.route=/keyed"])
+    await consul.kv_put("consulgw/services/jwt", json.dumps(policy))
+    await consul.kv_put("consulgw/services/keyed", json.dumps(keyed))
+    await consul.kv_put("consulgw/consumers/alice", json.dumps(consumer))
+    await consul.kv_put("consulgw/services/broken", '{"auth": {"type": "jwt", "algorithms": ["HS256"], "secret": 7')
+    port, admin_port = _free_port(), _free_port()
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "consulgw",
+            "run",
+            "--consul",
+            dev_agent.url,
+            "--token",
+            SECRETS["consul_token"],
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin-listen",
+            f"127.0.0.1:{admin_port}",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            stdout=log_file,
+            stderr=log_file,
+        )
+        try:
+            url, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+            await wait_for(lambda: _ready(http, admin), timeout=20)
+            await wait_for(lambda: _has_route(http, admin, "jwt"))
+            await wait_for(lambda: _has_route(http, admin, "keyed"))
+            bodies = []
+            for path, headers in (
+                ("/jwt/x", {"Authorization": SECRETS["authorization"], "Cookie": SECRETS["cookie"]}),
+                ("/keyed/x?api_key=" + SECRETS["api_key"], {"X-API-Key": SECRETS["api_key"] + "-wrong"}),
+                ("/keyed/x", {"X-API-Key": SECRETS["api_key"], "Cookie": SECRETS["cookie"]}),
+                ("/nowhere?token=" + SECRETS["authorization"], {"Authorization": SECRETS["authorization"]}),
+            ):
+                async with http.get(url + path, headers=headers) as resp:
+                    if resp.status >= 400:  # the gateway's own answers (a 200 is the upstream's echo)
+                        bodies.append(await resp.text())
+            assert len(bodies) == 3  # 401 (bad bearer), 401 (wrong key), 404 (no route)
+            async with http.get(f"{admin}/metrics") as resp:
+                metrics = await resp.text()
+            async with http.get(f"{admin}/-/routes") as resp:
+                routes = await resp.text()
+            assert "consulgw/services/broken" in routes  # the rejected document is shown, without its secret
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 15) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await up.stop()
+    logs = log_path.read_text()
+    assert "request_completed" in logs
+    for name, secret in SECRETS.items():
+        value = secret.split("=", 1)[-1].removeprefix("Bearer ")
+        for where, text in (("logs", logs), ("metrics", metrics), ("/-/routes", routes), ("bodies", "".join(bodies))):
+            assert value not in text, f"{name} leaked into {where}"
