@@ -339,6 +339,7 @@ def run_profile(
     pyspy = prof.ensure_pyspy() if args.profiler == "py-spy" else None
     chosen = [t for t in targets if t.key in ("naive", "gw", "gw_policy")]
     out: list[str] = []
+    compared: list[tuple[str, prof.Profile, float]] = []
     for target in chosen:
         assert target.pid is not None
         stem = f"profile-{target.key}"
@@ -382,8 +383,11 @@ def run_profile(
                 out.append(summary)
             continue
         rps = f", {served / args.profile_duration:,.0f} req/s while sampled" if served else ""
+        aggregated = prof.aggregate(text)
+        if served and cpu:
+            compared.append((target.label, aggregated, cpu / served * 1e6))
         summary = prof.summary(
-            prof.aggregate(text),
+            aggregated,
             title=f"{target.label} (py-spy, {args.profile_duration:g}s{rps})",
             rate=prof.RATE,
             requests=served,
@@ -391,6 +395,14 @@ def run_profile(
         )
         (results / f"{stem}.md").write_text(summary, encoding="utf-8")
         out.append(summary)
+    if len(compared) > 1:
+        table = (
+            "#### CPU per request by component\n\nEach sample is charged to the first component found on its stack "
+            "(in the order of the rows); microseconds = share of samples x the process's CPU time per request.\n\n"
+            + prof.comparison(compared)
+        )
+        (results / "profile-components.md").write_text(table, encoding="utf-8")
+        out.insert(0, table)
     return "\n".join(out) if out else None
 
 

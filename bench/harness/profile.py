@@ -133,6 +133,59 @@ BREAKDOWNS = (
 )
 
 
+# Components a sample is charged to: the first rule whose test matches any frame of its stack wins (order matters).
+COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("access log (structlog, JSON)", ("(structlog/", "(consulgw/logs.py)")),
+    ("JWT verification (PyJWT)", ("(jwt/", "(consulgw/auth/")),
+    ("rate limit in Redis (redis-py)", ("(redis/", "(consulgw/ratelimit/")),
+    ("upstream exchange (aiohttp client)", ("(aiohttp/client", "(aiohttp/connector.py)")),
+    ("response to the client (aiohttp server)", ("RequestHandler.finish_response ", "(aiohttp/web_response.py)")),
+    (
+        "gateway code and the library calls it makes (routing, headers, pools, breakers, metrics, stages)",
+        ("(consulgw/",),
+    ),
+    ("naive proxy's handler", ("(naive_proxy.py)",)),
+    ("request parsing and dispatch (aiohttp server)", ("(aiohttp/",)),
+)
+OTHER = "event loop (uvloop) and the rest"
+
+
+# Where the event loop takes over: frames above it are process bootstrap (main, asyncio.run) on every stack.
+_LOOP_ENTRY = ("Runner.run (", "run_app (", "BaseEventLoop.run_forever (", "BaseEventLoop._run_once (")
+
+
+def components(prof: Profile) -> Counter[str]:
+    """Samples per component (see COMPONENTS); what matches nothing is the loop itself."""
+    out: Counter[str] = Counter()
+    for stack, count in prof.stacks:
+        entry = max((i for i, f in enumerate(stack) if f.startswith(_LOOP_ENTRY)), default=-1)
+        frames = stack[entry + 1 :]
+        label = next(
+            (name for name, marks in COMPONENTS if any(m in f for f in frames for m in marks)),
+            OTHER,
+        )
+        out[label] += count
+    return out
+
+
+def comparison(rows: list[tuple[str, Profile, float]]) -> str:
+    """One table: CPU microseconds per request by component, one column per profiled target."""
+    split = [(label, components(prof), prof.samples, per_req) for label, prof, per_req in rows]
+    names = [name for name, _ in COMPONENTS] + [OTHER]
+    head = "| component | " + " | ".join(f"{label} us/req (%)" for label, *_ in split) + " |"
+    lines = [head, "|---|" + "---:|" * len(split)]
+    for name in names:
+        if not any(counts[name] for _, counts, _, _ in split):
+            continue
+        cells = [
+            f"{counts[name] / samples * per_req:.0f} ({100 * counts[name] / samples:.0f}%)" if counts[name] else "-"
+            for _, counts, samples, per_req in split
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| **total CPU per request** | " + " | ".join(f"**{per_req:.0f}**" for *_, per_req in split) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def summary(prof: Profile, *, title: str, top: int = 25, rate: int, requests: float | None, cpu: float | None) -> str:
     """Markdown tables. With ``requests`` (served while sampling) and ``cpu`` (the process's CPU seconds over the
     same window, from /proc) each row also gets CPU microseconds per request: its share of the samples x cpu /
