@@ -498,7 +498,9 @@ def run_discovery(
                 "one-instance change only that service's pool. \"Table complete\" is the gateway's timestamp on the "
                 "swap after which `/-/routes` listed every service with every instance, minus the time the "
                 "harness's last registration was acknowledged. Cold start: a second gateway started against the "
-                "populated agent (process start -> `/-/ready` 200).\n"
+                'populated agent (process start -> `/-/ready` 200; "listening -> first view" is the gap between its '
+                "`gateway_started` and first `route_table_swapped` events: reading every routed service from Consul, "
+                "then the first build).\n"
             )
             if "convergence" in sections:
                 trials = max(1, min(args.trials, 20))

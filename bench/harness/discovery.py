@@ -120,6 +120,7 @@ class ScalePoint:
     routes_json_bytes: int = 0
     cold_ready_s: float | None = None
     cold_build_ms: float | None = None
+    cold_view_ms: float | None = None  # gateway_started -> first route_table_swapped (reading Consul + first build)
     cold_rss_kib: int | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -267,6 +268,10 @@ def scale(
             first = JsonLog(cold_log).wait_for("route_table_swapped", lambda _d: True, timeout=10)
             if first is not None:
                 point.cold_build_ms = float(first.get("build_ms", 0.0))
+                started = JsonLog(cold_log).read("gateway_started")
+                t_started, t_first = (epoch(started[0]) if started else None), epoch(first)
+                if t_started is not None and t_first is not None:
+                    point.cold_view_ms = (t_first - t_started) * 1000
             else:
                 point.notes.append("the cold-start gateway logged no route_table_swapped event")
             time.sleep(settle)
