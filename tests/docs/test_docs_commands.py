@@ -352,8 +352,9 @@ def test_fenced_blocks_say_what_they_hold() -> None:
             if not inside and line.strip() == "```":
                 untagged.append((path.relative_to(ROOT).as_posix(), number))
             inside = not inside
-    assert untagged == KNOWN_UNTAGGED
+    new = sorted(set(untagged) - set(KNOWN_UNTAGGED))
+    assert not new, f"untagged opening fences (tag them text, json, hcl, sh...): {new}"
 
 
-# Untagged fences on pages this suite does not own (reported to their authors); a new one fails the test above.
+# Untagged fences on pages this suite does not own (reported to their authors); any other one fails the test above.
 KNOWN_UNTAGGED = [("docs/architecture-discovery.md", 5)]
