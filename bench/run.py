@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {shared / needed} not found (pass --shared DIR)", file=sys.stderr)
             return 2
     steps = [int(x) for x in args.scale.split(",") if x]
-    command = "python bench/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    python = Path(sys.executable)
+    shown = python.relative_to(REPO) if python.is_relative_to(REPO) else python
+    command = f"{shown} bench/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     # Ctrl-C raises KeyboardInterrupt even when started from a non-interactive shell (where SIGINT starts ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
