@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import BIN, Demo, Shell, assert_shows, free_port, read_doc, shown_after, wait_http
+from .support import BIN, ROOT, Demo, Shell, assert_shows, free_port, read_doc, shown_after, wait_http
 
 PAGE = "docs/operations.md"
 
@@ -82,6 +82,17 @@ def test_page_documents_every_flag_and_metric() -> None:
     for family in GatewayMetrics().registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")
         assert f"`{name}`" in page, name
+
+
+def test_page_lists_every_log_event_of_the_gateway() -> None:
+    """Every event name the gateway and its commands log (the dev agent aside) is in the page's tables."""
+    page = read_doc(PAGE)
+    pattern = re.compile(r"\.(?:debug|info|warning|error|exception|critical)\(\s*\"([a-z][a-z_]+)\"")
+    sources = [p for p in (ROOT / "consulgw").rglob("*.py") if "devagent" not in p.relative_to(ROOT).as_posix()]
+    events = {event for path in sources for event in pattern.findall(path.read_text("utf-8"))}
+    assert {"request_completed", "route_table_swapped", "consul_watch_failed", "policy_rejected"} <= events
+    for event in sorted(events):
+        assert f"`{event}`" in page, event
 
 
 def _status(url: str, headers: dict[str, str]) -> int:
