@@ -74,3 +74,57 @@ async def test_services_only_registers_the_demo_in_an_existing_consul(dev_agent:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def _ports_free(*ports: int) -> bool:
+    import socket
+
+    for port in ports:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return False
+    return True
+
+
+async def test_honcho_start_runs_the_procfile() -> None:
+    """`honcho start` as docs/getting-started.md shows it: the demo answers on :8080, Ctrl-C stops all three."""
+    import pytest
+
+    if not _ports_free(8500, 8080, 8081):
+        pytest.skip("ports 8500/8080/8081 are taken on this machine; the Procfile uses the fixed demo ports")
+    honcho = REPO / ".venv" / "bin" / "honcho"
+    proc = await asyncio.create_subprocess_exec(
+        str(honcho),
+        "start",
+        cwd=REPO,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def users_answer() -> bool:
+                try:
+                    async with http.get("http://127.0.0.1:8080/users/1") as resp:
+                        return resp.status == 200 and (await resp.json())["service"] == "users"
+                except (aiohttp.ClientError, ValueError):
+                    return False
+
+            for _ in range(300):
+                if await users_answer():
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("the Procfile's gateway never routed /users")
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 30)
+        for _ in range(50):
+            if _ports_free(8500, 8080, 8081):
+                break
+            await asyncio.sleep(0.1)
+        assert _ports_free(8500, 8080, 8081)
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
