@@ -61,7 +61,7 @@ class RateLimitStage:
                     "rate_limit_backend_missing",
                     service=deps.service,
                     on_backend_error=policy.on_backend_error,
-                    hint="backend redis needs a Redis URL (--redis-url)",
+                    hint="backend redis needs a Redis URL (--redis or CONSULGW_REDIS_URL)",
                 )
             else:
                 redis = RedisLimiter(deps.redis, timeout=deps.redis_timeout)
