@@ -358,6 +358,7 @@ async def test_100_megabytes_up_and_down_stream_with_bounded_memory(
                     received += len(part)
             assert received == size
             growth_mib = (_rss_kib(proc.pid) - baseline) / 1024
+            print(f"gateway peak RSS: {baseline / 1024:.1f} MiB before, grew {growth_mib:.1f} MiB for 2 x 100 MiB")
             assert growth_mib < 32, f"gateway peak RSS grew by {growth_mib:.1f} MiB"
             os.kill(proc.pid, signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 15) == 0
