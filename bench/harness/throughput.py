@@ -189,9 +189,10 @@ class Rounds:
 
     def describe(self) -> str:
         if len(self.used) == len(self.clean) and len(self.used) < self.run:
+            left = self.run - len(self.clean)
             return (
-                f"{self.run} rounds run; {self.run - len(self.clean)} overlapped someone else's load (a load "
-                f"generator, or other processes above {self.max_others_cpu:g}% of a core) and are left out, so the "
+                f"{self.run} rounds run; {left} overlapped someone else's load (a load generator, or other processes "
+                f"above {self.max_others_cpu:g}% of a core) and {'is' if left == 1 else 'are'} left out, so the "
                 f"medians are over the {len(self.used)} clean rounds"
             )
         if len(self.clean) < self.run:
