@@ -11,6 +11,7 @@ import argparse
 import json
 import resource
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,6 +91,20 @@ def _raise_nofile() -> str:
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     return str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def _revision() -> str:
+    """The commit measured, and whether consulgw/ had uncommitted changes (other engineers share the tree)."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "consulgw"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    if head.returncode != 0:
+        return "an unknown commit (no git)"
+    state = " with uncommitted changes in consulgw/" if dirty.stdout.strip() else ""
+    return f"commit `{head.stdout.strip()}`{state}"
 
 
 def _token() -> str:
@@ -175,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "wrk": stack.tool_version([tools["wrk"], "-v"]).split(" [")[0],
     }
     nofile = _raise_nofile()
+    revision = _revision()  # what was measured: taken before the run, the tree may move under it
     info = report.machine()
     workdir = Path(tempfile.mkdtemp(prefix="consulgw-bench-"))
     print(f"bench: working directory {workdir}", flush=True)
@@ -193,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("bench: interrupted; every started process was stopped", file=sys.stderr)
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
         return 130
-    settings = f"Gateway: `consulgw run` (1 worker, uvloop, JSON logs); open-file limit {nofile}."
+    settings = f"Gateway: `consulgw run` (1 worker, uvloop, JSON logs) at {revision}; open-file limit {nofile}."
     if "throughput" in sections:
         settings = (
             f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency, {args.rounds} alternating "
@@ -217,8 +235,6 @@ def main(argv: list[str] | None = None) -> int:
         report.write_docs(REPO / "docs" / "benchmarks.md", block)
         print("bench: results written to docs/benchmarks.md", flush=True)
     if not args.keep:
-        import shutil
-
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
