@@ -27,6 +27,7 @@ class AdminDeps:
     metrics: GatewayMetrics
     clock: Clock
     max_staleness: float
+    listening: Callable[[], bool] = lambda: True  # the public listener accepts connections
 
 
 def sync_age(status: WatcherStatus, clock: Clock) -> float | None:
@@ -50,6 +51,8 @@ def create_admin_app(deps: AdminDeps) -> web.Application:
         age = sync_age(status, deps.clock)
         if view is None or not view.snapshot.complete:
             return web.json_response({"ready": False, "reason": "first view of Consul not loaded yet"}, status=503)
+        if not deps.listening():
+            return web.json_response({"ready": False, "reason": "public listener not open yet"}, status=503)
         if age is None or age > deps.max_staleness:
             reason = (
                 f"view of Consul is {age:.1f}s old (budget {deps.max_staleness:g}s)"

@@ -68,6 +68,7 @@ class Gateway:
         self._exit = contextlib.AsyncExitStack()
         self._watch_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
+        self._listening = False
         self._public: web.ServerRunner | None = None
         self._admin: web.AppRunner | None = None
         self._builder: ViewBuilder | None = None
@@ -188,6 +189,7 @@ class Gateway:
         else:
             await site.start()
             self.port = _bound_port(self._public)
+            self._listening = True
 
         admin_app = create_admin_app(
             AdminDeps(
@@ -198,6 +200,7 @@ class Gateway:
                 metrics=self.metrics,
                 clock=self._clock,
                 max_staleness=s.max_staleness,
+                listening=lambda: self._listening,
             )
         )
         self._admin = web.AppRunner(admin_app, access_log=None, shutdown_timeout=2.0)
@@ -227,6 +230,7 @@ class Gateway:
         assert self._builder is not None
         await self._builder.ready.wait()
         await site.start()
+        self._listening = True
         self._log.info("gateway_listening", listen=site.name, worker=self._worker_index)
 
     @staticmethod

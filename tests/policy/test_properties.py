@@ -91,7 +91,13 @@ SECRET_ALPHABET = "ΩΨΦ"
 @given(
     secret=st.text(alphabet=SECRET_ALPHABET, min_size=6, max_size=80),
     algorithms=st.lists(st.sampled_from(["HS256", "HS512", "RS256", "none", "XX"]), min_size=0, max_size=3),
-    extra=st.dictionaries(st.sampled_from(VOCABULARY), leaves, max_size=3),
+    # The oracle below treats any character of SECRET_ALPHABET in a message as a leak, so the non-secret values
+    # must never contain one (hypothesis found `extra={"algorithms": "Φ"}`, legitimately echoed).
+    extra=st.dictionaries(
+        st.sampled_from(VOCABULARY),
+        leaves.filter(lambda v: not (isinstance(v, str) and set(v) & set(SECRET_ALPHABET))),
+        max_size=3,
+    ),
     where=st.sampled_from(["secret", "public_key", "password_hash", "api_key_sha256"]),
 )
 def test_secret_values_never_appear_in_errors(
