@@ -289,10 +289,15 @@ class CatalogWatcher:
         if changed is None:  # pragma: no cover - run() always sets it first
             raise RuntimeError("publisher started outside run()")
         backoff = Backoff(self._rng, base=self._min_backoff, cap=self._max_backoff)
+        last_publish: float | None = None
         while True:
             await changed.wait()
-            if self._published is not None and self._coalesce > 0:
-                await self._clock.sleep(self._coalesce)  # let the rest of the burst arrive
+            if self._published is not None and self._coalesce > 0 and last_publish is not None:
+                # At most one snapshot per window: a change after a quiet window is published at once (an isolated
+                # change costs no window); changes that follow within it are gathered into the next snapshot.
+                wait = last_publish + self._coalesce - self._clock.monotonic()
+                if wait > 0:
+                    await self._clock.sleep(wait)
             changed.clear()
             snapshot = self._next_snapshot()
             if snapshot is None:
@@ -315,6 +320,7 @@ class CatalogWatcher:
                 continue
             backoff.success()
             self._published = snapshot
+            last_publish = self._clock.monotonic()
             self._log.info(
                 "catalog_snapshot_published",
                 services=len(snapshot.services),
