@@ -152,9 +152,12 @@ class ServicePool:
         already tried. ``available`` is called lazily, on the candidate about to be returned, best first.
         Call :meth:`acquire` (or use :meth:`lease`) for the returned instance before the next ``await``.
         """
+        members = self._members
+        if len(members) == 1 and not exclude:  # the common single-instance case: every algorithm agrees
+            only = members[0]
+            return only if available is None or available(only) else None
         if self._rendezvous is not None:
             return self._rendezvous.pick(client_key, exclude=exclude, available=available)
-        members = self._members
         if exclude:
             members = tuple(m for m in members if m.id not in exclude)
         if self._algorithm == LEAST_CONN:
