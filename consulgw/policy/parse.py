@@ -54,6 +54,7 @@ from consulgw.policy.model import (
     ServicePolicy,
     Timeouts,
 )
+from consulgw.upstream.headers import HOP_BY_HOP
 
 Path = tuple[str | int, ...]
 
@@ -66,22 +67,7 @@ _BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CONSUMER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 # Headers a policy may not add, set or remove: connection management (hop-by-hop, RFC 9110 section 7.6.1) and
 # framing, which the proxy owns.
-FORBIDDEN_HEADERS = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    }
-)
+FORBIDDEN_HEADERS = HOP_BY_HOP | {"host", "content-length"}
 _SECRET_NAMES = frozenset(
     {
         "secret",
