@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
-import sys
 from typing import Any
 
 import aiohttp
 
 from consulgw.policy.consumers import api_key_digest
+from tests.support.processes import gateway_process
 
 from .conftest import Consul, start_upstream, wait_for
 from .test_resilience_e2e import _has_route, _ready
@@ -23,12 +22,6 @@ SECRETS = {
     "jwt_secret": "s3cr3t-jwt-signing-key-that-is-32-bytes-long",
     "consul_token": "s3cr3t-consul-acl-token",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_secrets_never_reach_logs_metrics_admin_or_error_bodies(
@@ -44,31 +37,11 @@ async def test_secrets_never_reach_logs_metrics_admin_or_error_bodies(
     await consul.kv_put("consulgw/services/keyed", json.dumps(keyed))
     await consul.kv_put("consulgw/consumers/alice", json.dumps(consumer))
     await consul.kv_put("consulgw/services/broken", '{"auth": {"type": "jwt", "algorithms": ["HS256"], "secret": 7')
-    port, admin_port = _free_port(), _free_port()
     log_path = tmp_path / "gateway.log"
-    with log_path.open("wb") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "consulgw",
-            "run",
-            "--consul",
-            dev_agent.url,
-            "--token",
-            SECRETS["consul_token"],
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--admin-listen",
-            f"127.0.0.1:{admin_port}",
-            "--log-format",
-            "json",
-            "--log-level",
-            "debug",
-            stdout=log_file,
-            stderr=log_file,
-        )
-        try:
-            url, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+    flags = ("--token", SECRETS["consul_token"], "--log-format", "json", "--log-level", "debug")
+    try:
+        async with gateway_process(dev_agent.url, *flags, log=log_path) as gw:
+            url, admin = gw.url, gw.admin_url
             await wait_for(lambda: _ready(http, admin), timeout=20)
             await wait_for(lambda: _has_route(http, admin, "jwt"))
             await wait_for(lambda: _has_route(http, admin, "keyed"))
@@ -88,13 +61,10 @@ async def test_secrets_never_reach_logs_metrics_admin_or_error_bodies(
             async with http.get(f"{admin}/-/routes") as resp:
                 routes = await resp.text()
             assert "consulgw/services/broken" in routes  # the rejected document is shown, without its secret
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), 15) == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            await up.stop()
+            gw.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(gw.proc.wait(), 15) == 0
+    finally:
+        await up.stop()
     logs = log_path.read_text()
     assert "request_completed" in logs
     for name, secret in SECRETS.items():

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from consulgw.devagent import DevAgent
+from tests.support.processes import gateway_process
 
 from .conftest import Consul, gateway_settings_for, routed, start_upstream, wait_for
 
@@ -228,43 +228,6 @@ async def test_websocket_echo_through_the_gateway(gateway: Any, consul: Consul, 
 # -- the gateway as a real process ------------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def gateway_process(consul_url: str, *extra: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, str]]:
-    import socket
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    port, admin = free_port(), free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "consulgw",
-        "run",
-        "--consul",
-        consul_url,
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin-listen",
-        f"127.0.0.1:{admin}",
-        "--log-format",
-        "json",
-        "--coalesce",
-        "10ms",
-        *extra,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        yield proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
 async def _ready(http: aiohttp.ClientSession, admin: str) -> bool:
     try:
         async with http.get(f"{admin}/-/ready") as resp:
@@ -293,7 +256,8 @@ async def test_sigterm_drains_in_flight_requests_and_exits_zero(
     slow = await start_upstream("slow", delay=1.0)
     try:
         await consul.register("svc", slow.port, tags=["gw.route=/"])
-        async with gateway_process(dev_agent.url, "--drain-timeout", "10s") as (proc, url, admin):
+        async with gateway_process(dev_agent.url, "--drain-timeout", "10s") as gw:
+            proc, url, admin = gw.proc, gw.url, gw.admin_url
             await wait_for(lambda: _ready(http, admin), timeout=20)
             await wait_for(lambda: _has_route(http, admin, "svc"))
             in_flight = asyncio.create_task(http.get(f"{url}/"))
@@ -337,7 +301,8 @@ async def test_100_megabytes_up_and_down_stream_with_bounded_memory(
     up = await start_upstream("big", extra_routes=routes)
     try:
         await consul.register("svc", up.port, tags=["gw.route=/"])
-        async with gateway_process(dev_agent.url) as (proc, url, admin):
+        async with gateway_process(dev_agent.url, "--coalesce", "10ms") as gw:
+            proc, url, admin = gw.proc, gw.url, gw.admin_url
             await wait_for(lambda: _ready(http, admin), timeout=20)
             await wait_for(lambda: _has_route(http, admin, "svc"))
             async with http.get(f"{url}/download?chunks=2") as resp:  # warm up imports and pools (512 KiB)

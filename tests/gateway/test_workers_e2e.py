@@ -13,8 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support.processes import gateway_process
+
 from .conftest import Consul, start_upstream, wait_for
-from .test_resilience_e2e import _has_route, _ready, gateway_process
+from .test_resilience_e2e import _has_route, _ready
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +57,8 @@ async def test_two_workers_share_the_port_metrics_and_limits(
     try:
         await consul.register("svc", up.port, tags=["gw.route=/svc", "gw.route=/limited"])
         await consul.kv_put("consulgw/services/svc", json.dumps({"rate_limit": {"requests": 4, "per": "60s"}}))
-        async with gateway_process(dev_agent.url, "--workers", "2") as (proc, url, admin):
+        async with gateway_process(dev_agent.url, "--workers", "2") as gw:
+            proc, url, admin = gw.proc, gw.url, gw.admin_url
             await wait_for(lambda: _ready(http, admin), timeout=30)
             await wait_for(lambda: len(_children(proc.pid)) == 2, timeout=10)
             await wait_for(lambda: _has_route(http, admin, "svc"))

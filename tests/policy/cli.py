@@ -2,43 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-
 import aiohttp
 
+from tests.support.processes import Result, clean_env
+from tests.support.processes import run_consulgw as run_cli
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_", "CONSULGW_"))}
-    env.update(extra)
-    return env
-
-
-async def run_cli(*args: str, stdin: bytes = b"", cwd: Path | None = None, env: dict[str, str] | None = None) -> Result:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "consulgw",
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=cwd,
-        env=env if env is not None else clean_env(),
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout=60)
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
+__all__ = ["Result", "clean_env", "kv_get", "kv_put", "run_cli"]
 
 
 async def kv_get(base: str, key: str) -> bytes | None:

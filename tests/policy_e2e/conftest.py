@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -43,6 +41,7 @@ from tests.gateway.conftest import (  # noqa: F401 - fixtures re-exported for th
     upstreams,
 )
 from tests.gateway.conftest import wait_for as _wait_for
+from tests.support.processes import GatewayProcess, gateway_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -316,52 +315,18 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
 # -- the gateway as separate processes ----------------------------------------------------------------------------
 
 
-@dataclass
-class GatewayProcess:
-    proc: asyncio.subprocess.Process
-    url: str
-    admin_url: str
-    log: Path
-
-
 @contextlib.asynccontextmanager
 async def gateway_processes(
     count: int, consul_url: str, log_dir: Path, *extra: str
 ) -> AsyncIterator[list[GatewayProcess]]:
-    """``count`` ``consulgw run`` processes (JSON logs on stderr, to files in ``log_dir``); killed on exit."""
-    started: list[GatewayProcess] = []
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    try:
-        for index in range(count):
-            port, admin = _free_port(), _free_port()
-            log = log_dir / f"gateway-{index}.log"
-            with log.open("wb") as stderr:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "consulgw",
-                    "run",
-                    "--consul",
-                    consul_url,
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                    "--admin-listen",
-                    f"127.0.0.1:{admin}",
-                    "--log-format",
-                    "json",
-                    *extra,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=stderr,
-                    env=env,
-                )
-            started.append(GatewayProcess(proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", log))
-        yield started
-    finally:
-        for gw in started:
-            if gw.proc.returncode is None:
-                gw.proc.kill()
-        for gw in started:
-            await gw.proc.wait()
+    """``count`` ``consulgw run`` processes (JSON logs to files in ``log_dir``); stopped on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(
+                gateway_process(consul_url, "--log-format", "json", *extra, log=log_dir / f"gateway-{index}.log")
+            )
+            for index in range(count)
+        ]
 
 
 async def is_ready(session: aiohttp.ClientSession, admin_url: str) -> bool:

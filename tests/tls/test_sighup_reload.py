@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import ssl
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -23,8 +21,8 @@ import pytest
 import trustme
 
 from consulgw.devagent import DevAgent
-from tests.commands.cli import clean_env
 from tests.gateway.conftest import Consul, Upstream
+from tests.support.processes import GatewayProcess, gateway_process
 
 from .conftest import HttpsConnection, client_context, common_name, https_get, serial_seen, write_leaf
 
@@ -43,59 +41,21 @@ class Attempt:
     error: str | None = None
 
 
-@dataclass
-class GatewayProcess:
-    proc: asyncio.subprocess.Process
-    port: int
-    admin_port: int
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @pytest.fixture
 async def run_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[GatewayProcess]]]:
     """Start ``python -m consulgw run ARGS`` (own process group); SIGTERM, then SIGKILL the group, at teardown."""
-    started: list[GatewayProcess] = []
+    async with contextlib.AsyncExitStack() as stack:
+        count = 0
 
-    async def start(consul_url: str, port: int, admin_port: int, *extra: str) -> GatewayProcess:
-        log = tmp_path / f"gateway-{len(started)}.log"
-        with log.open("wb") as sink:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "consulgw",
-                "run",
-                "--consul",
-                consul_url,
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--admin-listen",
-                f"127.0.0.1:{admin_port}",
-                *extra,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=sink,
-                stderr=asyncio.subprocess.STDOUT,
-                env=clean_env(),
-                start_new_session=True,
+        async def start(consul_url: str, port: int, admin_port: int, *extra: str) -> GatewayProcess:
+            nonlocal count
+            log = tmp_path / f"gateway-{count}.log"
+            count += 1
+            return await stack.enter_async_context(
+                gateway_process(consul_url, *extra, port=port, admin_port=admin_port, log=log)
             )
-        gateway = GatewayProcess(proc=proc, port=port, admin_port=admin_port, log=log)
-        started.append(gateway)
-        return gateway
 
-    yield start
-    for gateway in started:
-        proc = gateway.proc
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+        yield start
 
 
 async def wait_ready(gateway: GatewayProcess, timeout: float = 20.0, in_a_row: int = 20) -> None:
