@@ -85,6 +85,8 @@ def supervise(settings: GatewaySettings, sink: BufferedLines) -> int:
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
+    supervisor = os.getpid()
+
     def spawn(index: int) -> None:
         sink.drain()  # a child must not inherit (and print again) lines pending in the parent
         # Stop signals stay blocked in the child until its event loop handles them: a SIGTERM during start-up
@@ -94,6 +96,7 @@ def supervise(settings: GatewaySettings, sink: BufferedLines) -> int:
         if pid == 0:  # child
             for sig in _STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
+            _stop_with_parent(supervisor)
             code = 1
             try:
                 code = serve(settings, sink, worker_index=index, worker_count=settings.workers)
@@ -141,6 +144,21 @@ def supervise(settings: GatewaySettings, sink: BufferedLines) -> int:
         time.sleep(0.5)  # no hot crash loop
         spawn(index)
     return 0 if failures == 0 else 1
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Ask the kernel to send this worker SIGTERM when the supervisor dies, however it dies (OOM killer, kill -9):
+    a worker never outlives its supervisor, holding the port with nobody to restart or stop it. Linux only
+    (prctl PR_SET_PDEATHSIG); elsewhere workers stop when the supervisor forwards SIGTERM."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _forget_worker_metrics(pid: int) -> None:

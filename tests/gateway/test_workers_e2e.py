@@ -91,3 +91,26 @@ def test_metrics_help_lines_are_unique() -> None:
     source = Path(__file__).resolve().parents[2].joinpath("consulgw/metrics.py").read_text()
     names = re.findall(r'"(consulgw_[a-z_]+)"', source)
     assert len(names) == len(set(names))
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(dev_agent: Any, http: aiohttp.ClientSession) -> None:
+    """kill -9 (or the OOM killer) on the supervisor must not leave workers holding the port with no one to stop
+    them: each worker gets SIGTERM from the kernel when its parent dies, drains and exits."""
+    async with gateway_process(dev_agent.url, "--workers", "2") as gw:
+        await wait_for(lambda: len(_children(gw.proc.pid)) == 2, timeout=10)
+        workers = _children(gw.proc.pid)
+        await wait_for(lambda: _ready(http, gw.admin_url), timeout=30)
+        gw.proc.kill()
+        await gw.proc.wait()
+
+        def gone() -> bool:
+            return not any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in workers)
+
+        await wait_for(gone, timeout=15)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
