@@ -57,7 +57,6 @@ class Outcome:
     instance: str | None = None
     attempts: int = 0
     bytes_sent: int = 0
-    upstream_status: int | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -138,7 +137,6 @@ class Forwarder:
                     self._metrics.retries.labels(service).inc()
                     outcome.errors.append(str(response.status))
                     continue
-                outcome.upstream_status = response.status
                 return await self._relay(ctx, request, response, outcome)
             finally:
                 response.release()
@@ -290,7 +288,6 @@ class Forwarder:
                 protocols=(upstream.protocol,) if upstream.protocol else (), autoping=False, max_msg_size=0
             )
             await downstream.prepare(request)
-            outcome.upstream_status = 101
             await _pump_websockets(downstream, upstream)
             return downstream
         finally:

@@ -48,7 +48,6 @@ class GatewayView:
     book: PolicyBook = field(default_factory=PolicyBook)
     snapshot: CatalogSnapshot = field(default_factory=CatalogSnapshot)
     version: int = 0
-    built_at: float = 0.0  # clock.monotonic()
 
 
 class ViewBuilder:
@@ -146,7 +145,6 @@ class ViewBuilder:
             book=book,
             snapshot=snapshot,
             version=(previous.version + 1) if previous is not None else 1,
-            built_at=self._clock.monotonic(),
         )
         self.current = view
         self._metrics.table_swaps.inc()
