@@ -82,8 +82,14 @@ def create_admin_app(deps: AdminDeps) -> web.Application:
         rendered[:] = [(now, deps.clock.monotonic() - now, body)]
         return web.Response(body=body, content_type="application/json")
 
+    counted_errors = [0]  # the watcher's errors_total already added to consulgw_consul_errors_total
+
     async def metrics(_: web.Request) -> web.Response:
         status = deps.status()
+        # Discovery does not know about metrics (one-way imports): bring its failure count over at scrape time.
+        if status.errors_total > counted_errors[0]:
+            deps.metrics.consul_errors.inc(status.errors_total - counted_errors[0])
+        counted_errors[0] = status.errors_total
         age = sync_age(status, deps.clock)
         deps.metrics.sync_age.set(age if age is not None else -1)
         deps.metrics.consul_index.labels("services").set(status.services_index)

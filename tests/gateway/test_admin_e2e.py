@@ -69,5 +69,16 @@ async def test_not_ready_before_consul_is_loaded(dev_agent: Any, http: aiohttp.C
         async with http.get(f"{gateway.url}/anything") as resp:
             assert resp.status == 503
             assert (await resp.json())["error"] == "no_healthy_upstream"
+
+        def consul_errors(text: str) -> float:
+            return float(
+                next(line for line in text.splitlines() if line.startswith("consulgw_consul_errors_total ")).split()[1]
+            )
+
+        async def failures_counted() -> bool:
+            async with http.get(f"{gateway.admin_url}/metrics") as resp:
+                return consul_errors(await resp.text()) >= 1
+
+        await wait_for(failures_counted, timeout=10)
     finally:
         await gateway.stop()
