@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
 from consulgw.auth.introspection import REDIS_PREFIX, Introspector, bearer_token
+from consulgw.logs import redact_secrets
 from consulgw.metrics import GatewayMetrics
 from consulgw.pipeline.stages.auth import AuthStage
 from consulgw.policy.model import IntrospectionAuth
@@ -527,6 +528,10 @@ async def test_unusable_discovery_is_503(oauth_idp: Idp, metadata: dict[str, str
 def test_policy_repr_hides_the_client_secret(oauth_idp: Idp) -> None:
     assert CLIENT_SECRET not in repr(policy_for(oauth_idp))
     assert CLIENT_SECRET not in str(policy_for(oauth_idp))
+    # and a log field that ever carried it would be masked by the log processor
+    event = redact_secrets(None, "warning", {"event": "x", "client_secret": CLIENT_SECRET, "auth": {"token": "t"}})
+    assert CLIENT_SECRET not in repr(event)
+    assert event["auth"] == {"token": "[redacted]"}
 
 
 async def test_tokens_and_secrets_never_reach_logs(oauth_idp: Idp) -> None:
