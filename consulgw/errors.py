@@ -12,6 +12,7 @@
         ├── PayloadTooLarge               413 payload_too_large
         ├── Unauthorized                  401 unauthorized (+ WWW-Authenticate)
         ├── Forbidden                     403 forbidden
+        ├── AuthUnavailable               503 auth_unavailable (the identity provider cannot answer)
         ├── RateLimited                   429 rate_limited (+ RateLimit-*, Retry-After)
         ├── RateLimitBackendUnavailable   503 rate_limit_unavailable
         ├── NoHealthyUpstream             503 no_healthy_upstream
@@ -80,6 +81,14 @@ class Unauthorized(GatewayError):
 class Forbidden(GatewayError):
     status = 403
     code = "forbidden"
+
+
+class AuthUnavailable(GatewayError):
+    """The identity provider could not vouch for a credential (introspection timeout, 5xx, not JSON, no ``active``;
+    discovery never loaded). Never a 401: the client's credential may be fine, the gateway cannot tell."""
+
+    status = 503
+    code = "auth_unavailable"
 
 
 class RateLimited(GatewayError):

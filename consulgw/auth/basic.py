@@ -23,7 +23,15 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
-from consulgw.auth.outcome import CONSUMER_ID_HEADER, Identity, Rejection, RejectReason, is_safe_header_value, quoted
+from consulgw.auth.outcome import (
+    CONSUMER_ID_HEADER,
+    Identity,
+    Rejection,
+    RejectReason,
+    insufficient_scope,
+    is_safe_header_value,
+    quoted,
+)
 from consulgw.policy.consumers import verify_password
 from consulgw.policy.model import BasicAuth, PolicyBook
 
@@ -95,6 +103,7 @@ class BasicAuthenticator:
     def __init__(self, policy: BasicAuth, *, consumers: Callable[[], PolicyBook], verified: VerifiedPasswords) -> None:
         self._consumers = consumers
         self._verified = verified
+        self._required_scopes = policy.required_scopes
         self._challenge = f'Basic realm={quoted(policy.realm)}, charset="UTF-8"'
 
     @property
@@ -123,4 +132,7 @@ class BasicAuthenticator:
             return self._reject("unknown_consumer")
         if not await self._verified.check(user, consumer.password_hash, password):
             return self._reject("wrong_password")
+        refused = insufficient_scope(self._required_scopes, consumer.scopes, challenge="")
+        if refused is not None:
+            return refused  # 403 without a challenge: a Basic challenge would only make browsers prompt again
         return Identity(header=CONSUMER_ID_HEADER, name=consumer.name, scopes=consumer.scopes)

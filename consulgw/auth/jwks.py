@@ -2,8 +2,9 @@
 
 One ``JwksCache`` lives for the life of the server (``StageDeps.jwks``), so policy rebuilds keep their keys.
 
-- Fetch: ``GET <url>`` over the server's shared aiohttp session with a total ``timeout``; the body is capped at
-  ``max_bytes``; a non-200 status, a body that is not a JWK Set, or a network error is a failed fetch.
+- Fetch: ``GET <url>`` over the server's shared aiohttp session with a total ``timeout`` (``consulgw.auth.fetch``:
+  no redirects, the body capped at ``max_bytes``); a non-200 status, a body that is not a JWK Set, or a network
+  error is a failed fetch.
 - Keys are indexed by ``kid``. Keys that cannot verify signatures are skipped: ``use`` other than ``sig``, symmetric
   ``oct`` keys (HMAC secrets belong in the policy, never in a published set), keys PyJWT cannot load (``PyJWK``),
   and anything that is not a public key.
@@ -21,7 +22,6 @@ Tokens without a ``kid`` are accepted only when exactly one cached key fits the 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -30,6 +30,7 @@ import structlog
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
+from consulgw.auth.fetch import FetchFailed, fetch_json
 from consulgw.auth.keys import PublicKey, key_fits
 from consulgw.clock import Clock
 from consulgw.errors import ConsulgwError
@@ -82,7 +83,7 @@ class JwksCache:
     ) -> None:
         self._http = http
         self._clock = clock
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._refresh_interval = refresh_interval
         self._max_age = max_age
         self._max_bytes = max_bytes
@@ -121,22 +122,9 @@ class JwksCache:
 
     async def _fetch(self, url: str) -> tuple[_Key, ...]:
         try:
-            async with self._http.get(url, timeout=self._timeout, headers={"Accept": "application/json"}) as resp:
-                if resp.status != 200:
-                    raise _FetchFailed(f"HTTP status {resp.status}")
-                if resp.content_length is not None and resp.content_length > self._max_bytes:
-                    raise _FetchFailed(f"key set larger than {self._max_bytes} bytes")
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(64 * 1024):
-                    body += chunk
-                    if len(body) > self._max_bytes:
-                        raise _FetchFailed(f"key set larger than {self._max_bytes} bytes")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise _FetchFailed(f"{type(exc).__name__}: {exc}") from exc
-        try:
-            document = json.loads(bytes(body))
-        except (ValueError, RecursionError) as exc:
-            raise _FetchFailed("body is not JSON") from exc
+            document = await fetch_json(self._http, url, timeout=self._timeout, max_bytes=self._max_bytes)
+        except FetchFailed as exc:
+            raise _FetchFailed(str(exc)) from exc
         if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
             raise _FetchFailed('body is not a JWK Set (no "keys" array)')
         keys = _parse_keys(document["keys"])

@@ -9,7 +9,11 @@ Order of checks, each failure a ``Rejection`` with a fixed, safe message:
 3. The key, chosen by the algorithm's family (``consulgw.auth.keys``): HS* -> the policy's ``secret`` only;
    RS*/PS*/ES*/EdDSA -> the policy's PEM ``public_key`` or the ``jwks_url`` key set (by ``kid``), and only a public
    key of the matching type and curve. A public key is therefore never handed to an HMAC verifier (HS/RS confusion).
-4. Signature, ``iss`` (when the policy names an issuer) and ``aud`` (when it names audiences; any one must match)
+   With ``discovery``, the key set is the metadata's ``jwks_uri`` and the issuer the metadata's ``issuer``
+   (``consulgw.auth.discovery``: refreshed like the key set, last good kept); while no metadata was ever loaded,
+   requests get 503 ``auth_unavailable``.
+4. Signature, ``iss`` (when the policy names an issuer, or uses discovery) and ``aud`` (when it names audiences;
+   any one must match)
    by ``jwt.decode(token, key, algorithms=[alg], ...)`` with exactly the one algorithm already checked.
    When the policy names no audience the ``aud`` claim is not checked (PyJWT would otherwise reject every token that
    carries one); set ``audience`` to enforce it.
@@ -24,7 +28,6 @@ Order of checks, each failure a ``Rejection`` with a fixed, safe message:
 
 from __future__ import annotations
 
-import math
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -41,6 +44,8 @@ from jwt.exceptions import (
     PyJWTError,
 )
 
+from consulgw.auth.claims import number, token_scopes
+from consulgw.auth.discovery import DiscoveryCache, discovery_issuer
 from consulgw.auth.jwks import JwksCache
 from consulgw.auth.keys import PublicKey, family, key_fits, load_public_key
 from consulgw.auth.outcome import USER_ID_HEADER, Identity, Rejection, RejectReason, is_safe_header_value, quoted
@@ -50,15 +55,7 @@ from consulgw.policy.model import JwtAuth
 
 REALM = "consulgw"
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _MAX_TOKEN = 16 * 1024
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
 
 
 _VERIFIED_MAX = 10_000  # tokens whose signature was checked, kept per verifier (~1 KiB each)
@@ -77,10 +74,16 @@ class JwtVerifier:
     change builds a new verifier, so nothing is trusted across policies. Rejections are never cached.
     """
 
-    def __init__(self, policy: JwtAuth, *, jwks: JwksCache, clock: Clock) -> None:
+    def __init__(
+        self, policy: JwtAuth, *, jwks: JwksCache, clock: Clock, discovery: DiscoveryCache | None = None
+    ) -> None:
         self._policy = policy
         self._jwks = jwks
         self._clock = clock
+        if policy.discovery is not None and discovery is None:
+            raise TypeError("a JwtAuth policy with discovery needs a DiscoveryCache")
+        self._discovery = discovery
+        self._discovery_issuer = discovery_issuer(policy.discovery or "", policy.issuer) or ""
         self._algorithms = frozenset(a for a in policy.algorithms if family(a) is not None)
         self._secret = policy.secret.encode("utf-8") if policy.secret else None
         self._public_key: PublicKey | None = None
@@ -92,7 +95,7 @@ class JwtVerifier:
         # token -> (verified at (monotonic), claims, alg, kid, the key that verified it)
         self._verified: OrderedDict[str, tuple[float, Mapping[str, Any], str, str | None, object]] = OrderedDict()
         self._require = ["exp", "sub"]
-        if policy.issuer:
+        if policy.issuer or policy.discovery:
             self._require.append("iss")
         if policy.audience:
             self._require.append("aud")
@@ -123,11 +126,25 @@ class JwtVerifier:
         token = self._token(value)
         if token is None:
             return self._reject("malformed_credentials", "expected a bearer token in compact JWS form")
+        jwks_url, issuer = self._policy.jwks_url, self._policy.issuer
+        if self._policy.discovery is not None and self._discovery is not None:
+            metadata = await self._discovery.metadata(
+                self._policy.discovery, issuer=self._discovery_issuer, need="jwks_uri"
+            )
+            if metadata is None:
+                return Rejection(
+                    reason="auth_unavailable",
+                    message="the identity provider's metadata could not be loaded; try again shortly",
+                    challenge="",
+                    unavailable=True,
+                )
+            jwks_url, issuer = metadata.jwks_uri, metadata.issuer
         remembered = self._verified.get(token)
         if remembered is not None:
             at, known_claims, known_alg, known_kid, known_key = remembered
             # Still the very key that verified it (a JWKS may have rotated it out since)?
-            if self._clock.monotonic() - at < _VERIFIED_TTL and await self._key(known_alg, known_kid) is known_key:
+            fresh = self._clock.monotonic() - at < _VERIFIED_TTL
+            if fresh and await self._key(known_alg, known_kid, jwks_url) is known_key:
                 self._verified.move_to_end(token)
                 return self._claims(known_claims)
             del self._verified[token]
@@ -143,7 +160,7 @@ class JwtVerifier:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             return self._reject("malformed_credentials", "the token's kid is not a string")
-        key = await self._key(alg, kid)
+        key = await self._key(alg, kid, jwks_url)
         if key is None:
             return self._reject("unknown_key", "no key is known for this token")
         try:
@@ -152,13 +169,13 @@ class JwtVerifier:
                 key,
                 algorithms=[alg],
                 audience=list(self._policy.audience) or None,
-                issuer=self._policy.issuer,
+                issuer=issuer,
                 options={
                     "verify_signature": True,
                     "verify_exp": False,
                     "verify_nbf": False,
                     "verify_iat": False,
-                    "verify_iss": bool(self._policy.issuer),
+                    "verify_iss": bool(issuer),
                     "verify_aud": bool(self._policy.audience),
                     "verify_sub": True,
                     "verify_jti": True,
@@ -197,14 +214,14 @@ class JwtVerifier:
             return None
         return token
 
-    async def _key(self, alg: str, kid: str | None) -> bytes | PublicKey | None:
+    async def _key(self, alg: str, kid: str | None, jwks_url: str | None) -> bytes | PublicKey | None:
         kind = family(alg)
         if kind == "hmac":
             return self._secret  # never a public key: HS/RS confusion is impossible by construction
         if kind is None:
             return None
-        if self._policy.jwks_url:
-            key = await self._jwks.key_for(self._policy.jwks_url, kid, alg)
+        if jwks_url:
+            key = await self._jwks.key_for(jwks_url, kid, alg)
             if key is not None:
                 return key
         if self._public_key is not None and key_fits(self._public_key, alg):
@@ -214,19 +231,19 @@ class JwtVerifier:
     def _claims(self, claims: Mapping[str, Any]) -> Identity | Rejection:
         now = self._clock.time()
         leeway = self._policy.leeway
-        exp = _number(claims.get("exp"))
+        exp = number(claims.get("exp"))
         if exp is None:
             return self._reject("invalid_claims", "exp must be a number")
         if now >= exp + leeway:
             return self._reject("expired", "the token has expired")
         if "nbf" in claims:
-            nbf = _number(claims["nbf"])
+            nbf = number(claims["nbf"])
             if nbf is None:
                 return self._reject("invalid_claims", "nbf must be a number")
             if now + leeway < nbf:
                 return self._reject("not_yet_valid", "the token is not valid yet")
         if "iat" in claims:
-            iat = _number(claims["iat"])
+            iat = number(claims["iat"])
             if iat is None:
                 return self._reject("invalid_claims", "iat must be a number")
             if now + leeway < iat:
@@ -234,7 +251,7 @@ class JwtVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not is_safe_header_value(subject) or len(subject) > 1024:
             return self._reject("invalid_claims", "sub must be a non-empty printable ASCII string")
-        scopes = _scopes(claims)
+        scopes = token_scopes(claims)
         if scopes is None:
             return self._reject("invalid_claims", "malformed scope claim")
         missing = self._policy.required_scopes - scopes
@@ -247,25 +264,3 @@ class JwtVerifier:
                 forbidden=True,
             )
         return Identity(header=USER_ID_HEADER, name=subject, scopes=scopes)
-
-
-def _scopes(claims: Mapping[str, Any]) -> frozenset[str] | None:
-    """Union of ``scope``, ``scp`` and ``scopes``; None when any of them is malformed."""
-    found: set[str] = set()
-    for name in ("scope", "scp", "scopes"):
-        value = claims.get(name)
-        if value is None:
-            continue
-        if isinstance(value, str):
-            items = value.split(" ")
-        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
-            items = [part for item in value for part in item.split(" ")]
-        else:
-            return None
-        for item in items:
-            if not item:
-                continue
-            if not _SCOPE_TOKEN.fullmatch(item):
-                return None
-            found.add(item)
-    return frozenset(found)

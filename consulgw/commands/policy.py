@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from consulgw.duration import format_go_duration
 from consulgw.errors import DiscoveryError, PolicyError
 from consulgw.policy.book import DEFAULTS_KEY, SERVICES_DIR, valid_service_name
-from consulgw.policy.model import ApiKeyAuth, BasicAuth, ServicePolicy
+from consulgw.policy.model import ApiKeyAuth, BasicAuth, IntrospectionAuth, ServicePolicy
 from consulgw.policy.parse import decode_document, merge_documents, parse_policy
 from consulgw.policy.store import KvStore, kv_prefix
 
@@ -73,8 +73,18 @@ def summarize(policy: ServicePolicy) -> str:
         parts.append(f"auth api_key ({auth.header})")
     elif isinstance(auth, BasicAuth):
         parts.append(f"auth basic (realm {auth.realm})")
+    elif isinstance(auth, IntrospectionAuth):
+        parts.append(f"auth introspection (via {'discovery' if auth.discovery else 'endpoint'}, {auth.cache} cache)")
     elif auth is not None:
-        source = "secret" if auth.secret else "public_key" if auth.public_key else "jwks_url"
+        source = (
+            "secret"
+            if auth.secret
+            else "public_key"
+            if auth.public_key
+            else "jwks_url"
+            if auth.jwks_url
+            else "discovery"
+        )
         parts.append(f"auth jwt ({','.join(auth.algorithms)} via {source})")
     if policy.rate_limit is not None:
         rl = policy.rate_limit

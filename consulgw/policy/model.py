@@ -37,27 +37,61 @@ class JwtAuth:
     secret: str | None = field(default=None, repr=False)  # HS*: shared secret
     public_key: str | None = None  # RS*/ES*/PS*/EdDSA: PEM
     jwks_url: str | None = None  # RS*/ES*/PS*/EdDSA: key set fetched, cached, refreshed on unknown kid
+    discovery: str | None = None  # RS*/ES*/PS*/EdDSA: OIDC metadata URL giving jwks_uri and the issuer
     issuer: str | None = None
     audience: tuple[str, ...] = ()
     required_scopes: frozenset[str] = frozenset()
     leeway: float = 0.0
     header: str = "Authorization"  # "Bearer <token>"
+    hide_credentials: bool = False  # strip the credential header before forwarding
     type: Literal["jwt"] = "jwt"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApiKeyAuth:
     header: str = "X-API-Key"
+    required_scopes: frozenset[str] = frozenset()  # the consumer's scopes must include these (else 403)
+    hide_credentials: bool = False
     type: Literal["api_key"] = "api_key"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BasicAuth:
     realm: str = "consulgw"
+    required_scopes: frozenset[str] = frozenset()
+    hide_credentials: bool = False
     type: Literal["basic"] = "basic"
 
 
-AuthPolicy = JwtAuth | ApiKeyAuth | BasicAuth
+# -- auth: OAuth2 token introspection (RFC 7662) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IntrospectionAuth:
+    """Bearer tokens checked by the authorization server's introspection endpoint (consulgw.auth.introspection)."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    endpoint: str | None = None  # exactly one of endpoint / discovery
+    discovery: str | None = None  # metadata URL whose introspection_endpoint is used
+    client_auth: Literal["basic", "post"] = "basic"  # client_secret_basic / client_secret_post
+    token_type_hint: str | None = "access_token"
+    timeout: float = 2.0
+    cache_ttl: float = 60.0  # positive answers, capped by the token's exp; 0 = ask every time
+    negative_cache_ttl: float = 10.0  # inactive answers; 0 = not cached
+    cache: Literal["memory", "redis"] = "memory"  # redis: shared by gateways (memory stays in front of it)
+    cache_max_entries: int = 10_000
+    issuer: str | None = None
+    audience: tuple[str, ...] = ()
+    required_scopes: frozenset[str] = frozenset()
+    leeway: float = 0.0
+    claims_to_headers: tuple[tuple[str, str], ...] = ()  # (header, claim)
+    header: str = "Authorization"
+    hide_credentials: bool = False
+    type: Literal["introspection"] = "introspection"
+
+
+AuthPolicy = JwtAuth | ApiKeyAuth | BasicAuth | IntrospectionAuth
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -33,6 +33,8 @@ import jwt.exceptions
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from consulgw.auth.claims import is_scope_token
+from consulgw.auth.discovery import expected_issuer, same_issuer
 from consulgw.duration import parse_go_duration
 from consulgw.errors import PolicyError
 from consulgw.policy.consumers import is_api_key_digest, parse_password_hash
@@ -47,6 +49,7 @@ from consulgw.policy.model import (
     Fallback,
     HeaderPolicy,
     HeaderRules,
+    IntrospectionAuth,
     JwtAuth,
     LbAlgorithm,
     RateLimitPolicy,
@@ -54,7 +57,7 @@ from consulgw.policy.model import (
     ServicePolicy,
     Timeouts,
 )
-from consulgw.upstream.headers import HOP_BY_HOP
+from consulgw.upstream.headers import HOP_BY_HOP, IDENTITY_HEADERS, SPOOFABLE_HEADERS
 
 Path = tuple[str | int, ...]
 
@@ -87,7 +90,7 @@ _SECRET_NAMES = frozenset(
 )
 _SECRET_WORDS = ("secret", "password", "passwd", "token", "private", "session")
 
-_ASYMMETRIC_KEY_SOURCES = ("public_key", "jwks_url")
+_ASYMMETRIC_KEY_SOURCES = ("public_key", "jwks_url", "discovery")
 _PRIVATE_KEY_TYPES = (
     rsa.RSAPrivateKey,
     ec.EllipticCurvePrivateKey,
@@ -298,6 +301,8 @@ def _describe(error: jsonschema.exceptions.ValidationError) -> tuple[Path, str, 
         return path, f"is too long (at most {expected} characters)", instance, True
     if validator == "minItems":
         return path, "must not be empty", instance, True
+    if validator == "maxProperties":
+        return path, f"has too many entries (at most {expected})", None, False
     if validator == "pattern":
         return path, "is not a SHA-256 hex digest (64 hex characters)", instance, True
     return path, f"is not valid ({validator})", instance, True
@@ -437,12 +442,22 @@ def _policy(doc: Mapping[str, Any]) -> ServicePolicy:
 def _auth(doc: Mapping[str, Any]) -> AuthPolicy:
     kind = doc["type"]
     if kind == "api_key":
-        return ApiKeyAuth(header=_header_name(("auth", "header"), doc.get("header", "X-API-Key")))
+        return ApiKeyAuth(
+            header=_header_name(("auth", "header"), doc.get("header", "X-API-Key")),
+            required_scopes=_required_scopes(doc),
+            hide_credentials=bool(doc.get("hide_credentials", False)),
+        )
     if kind == "basic":
         realm = doc.get("realm", "consulgw")
         if '"' in realm or "\\" in realm or _BAD_HEADER_VALUE.search(realm):
             raise _Invalid(("auth", "realm"), "must not contain quotes, backslashes or control characters", value=realm)
-        return BasicAuth(realm=realm)
+        return BasicAuth(
+            realm=realm,
+            required_scopes=_required_scopes(doc),
+            hide_credentials=bool(doc.get("hide_credentials", False)),
+        )
+    if kind == "introspection":
+        return _introspection(doc)
     return _jwt(doc)
 
 
@@ -470,6 +485,7 @@ def _jwt(doc: Mapping[str, Any]) -> JwtAuth:
     secret = doc.get("secret")
     public_key = doc.get("public_key")
     jwks_url = doc.get("jwks_url")
+    discovery = doc.get("discovery")
     if hmac_algs:
         for source in _ASYMMETRIC_KEY_SOURCES:
             if doc.get(source) is not None:
@@ -485,19 +501,28 @@ def _jwt(doc: Mapping[str, Any]) -> JwtAuth:
         if secret is not None:
             raise _Invalid(
                 ("auth", "secret"),
-                f"is not allowed with {', '.join(public_algs)}: give 'public_key' (PEM) or 'jwks_url'",
+                f"is not allowed with {', '.join(public_algs)}: give 'public_key' (PEM), 'jwks_url' or 'discovery'",
                 show_value=False,
             )
-        if public_key is not None and jwks_url is not None:
-            raise _Invalid(("auth",), "give either 'public_key' or 'jwks_url', not both", show_value=False)
-        if public_key is None and jwks_url is None:
+        given = [name for name in _ASYMMETRIC_KEY_SOURCES if doc.get(name) is not None]
+        if len(given) > 1:
             raise _Invalid(
-                ("auth",), f"{', '.join(public_algs)} needs 'public_key' (PEM) or 'jwks_url'", show_value=False
+                ("auth",),
+                f"give one of 'public_key', 'jwks_url', 'discovery', not {' and '.join(given)}",
+                show_value=False,
+            )
+        if not given:
+            raise _Invalid(
+                ("auth",),
+                f"{', '.join(public_algs)} needs 'public_key' (PEM), 'jwks_url' or 'discovery'",
+                show_value=False,
             )
         if public_key is not None:
             _check_public_key(public_key, public_algs)
         if jwks_url is not None:
             _check_url(("auth", "jwks_url"), jwks_url)
+        if discovery is not None:
+            _check_discovery(doc)
     audience = doc.get("audience")
     audiences: tuple[str, ...] = (
         () if audience is None else (audience,) if isinstance(audience, str) else tuple(audience)
@@ -507,11 +532,13 @@ def _jwt(doc: Mapping[str, Any]) -> JwtAuth:
         secret=secret,
         public_key=public_key,
         jwks_url=jwks_url,
+        discovery=discovery,
         issuer=doc.get("issuer"),
         audience=_unique(audiences, fold=str),
-        required_scopes=frozenset(doc.get("required_scopes", ())),
+        required_scopes=_required_scopes(doc),
         leeway=_duration(("auth", "leeway"), doc["leeway"], positive=False, maximum=3600) if "leeway" in doc else 0.0,
         header=_header_name(("auth", "header"), doc.get("header", "Authorization")),
+        hide_credentials=bool(doc.get("hide_credentials", False)),
     )
 
 
@@ -572,6 +599,150 @@ def _check_url(path: Path, url: str) -> None:
         raise _Invalid(path, "is not a URL", value=url) from None
     if parts.scheme not in ("http", "https") or not host:
         raise _Invalid(path, "must be an http:// or https:// URL with a host", value=url)
+
+
+# ------------------------------------------------------- auth: introspection, OIDC discovery, scopes (issue 11)
+
+# Headers ``claims_to_headers`` may not fill: the gateway sets them itself (identity after auth, client address and
+# forwarding, request id, trace context) or they carry credentials; Content-* would change how the body is read.
+_GATEWAY_OWNED_HEADERS = frozenset(
+    {name.lower() for name in (*IDENTITY_HEADERS, *SPOOFABLE_HEADERS)}
+    | {"x-request-id", "via", "authorization", "proxy-authorization", "cookie", "traceparent", "tracestate", "baggage"}
+)
+_TOKEN_TYPE_HINT = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
+MAX_INTROSPECTION_TIMEOUT = 60.0
+MAX_CACHE_TTL = 24 * 3600.0
+
+
+def _required_scopes(doc: Mapping[str, Any]) -> frozenset[str]:
+    scopes: set[str] = set()
+    for index, scope in enumerate(doc.get("required_scopes", ())):
+        if not is_scope_token(scope):
+            raise _Invalid(
+                ("auth", "required_scopes", index),
+                "is not a scope (printable ASCII without spaces, quotes or backslashes; RFC 6749 section 3.3)",
+                value=scope,
+            )
+        scopes.add(scope)
+    return frozenset(scopes)
+
+
+def _check_idp_url(path: Path, url: str) -> None:
+    _check_url(path, url)
+    if "@" in urllib.parse.urlsplit(url).netloc:
+        raise _Invalid(
+            path, "must not carry credentials in the URL (use client_id and client_secret)", show_value=False
+        )
+
+
+def _check_discovery(doc: Mapping[str, Any]) -> None:
+    """``auth.discovery`` must be an http(s) URL whose issuer is known: named by the URL or by ``auth.issuer``."""
+    url = doc["discovery"]
+    path: Path = ("auth", "discovery")
+    _check_idp_url(path, url)
+    derived = expected_issuer(url)
+    configured = doc.get("issuer")
+    if configured is None and derived is None:
+        raise _Invalid(
+            path,
+            "names no issuer (it is not an '<issuer>/.well-known/openid-configuration' or RFC 8414 URL); "
+            "set 'issuer' to the issuer the metadata must state",
+            value=url,
+        )
+    if configured is not None and derived is not None and not same_issuer(configured, derived):
+        raise _Invalid(
+            ("auth", "issuer"),
+            f"differs from the issuer the discovery URL is for ({derived!r}); the provider's metadata must state "
+            "the issuer it is served for (OpenID Connect Discovery section 4.3)",
+            value=configured,
+        )
+
+
+def _introspection(doc: Mapping[str, Any]) -> IntrospectionAuth:
+    endpoint = doc.get("endpoint")
+    discovery = doc.get("discovery")
+    if (endpoint is None) == (discovery is None):
+        raise _Invalid(
+            ("auth",),
+            "give exactly one of 'endpoint' (the introspection URL) and 'discovery' (the provider's metadata URL)",
+            show_value=False,
+        )
+    if endpoint is not None:
+        _check_idp_url(("auth", "endpoint"), endpoint)
+    else:
+        _check_discovery(doc)
+    client_id = doc["client_id"]
+    if _BAD_HEADER_VALUE.search(client_id):
+        raise _Invalid(("auth", "client_id"), "contains control characters (CR, LF, NUL ...)", value=client_id)
+    if _BAD_HEADER_VALUE.search(doc["client_secret"]):
+        raise _Invalid(("auth", "client_secret"), "contains control characters", show_value=False)
+    hint = doc.get("token_type_hint", "access_token")
+    if hint is not None and _TOKEN_TYPE_HINT.fullmatch(hint) is None:
+        raise _Invalid(
+            ("auth", "token_type_hint"), "is not a token type name such as 'access_token' (or null)", value=hint
+        )
+    audience = doc.get("audience")
+    audiences: tuple[str, ...] = (
+        () if audience is None else (audience,) if isinstance(audience, str) else tuple(audience)
+    )
+    header = _header_name(("auth", "header"), doc.get("header", "Authorization"))
+    return IntrospectionAuth(
+        endpoint=endpoint,
+        discovery=discovery,
+        client_id=client_id,
+        client_secret=doc["client_secret"],
+        client_auth=doc.get("client_auth", "basic"),
+        token_type_hint=hint,
+        timeout=(
+            _duration(("auth", "timeout"), doc["timeout"], maximum=MAX_INTROSPECTION_TIMEOUT)
+            if "timeout" in doc
+            else 2.0
+        ),
+        cache_ttl=(
+            _duration(("auth", "cache_ttl"), doc["cache_ttl"], positive=False, maximum=MAX_CACHE_TTL)
+            if "cache_ttl" in doc
+            else 60.0
+        ),
+        negative_cache_ttl=(
+            _duration(("auth", "negative_cache_ttl"), doc["negative_cache_ttl"], positive=False, maximum=3600)
+            if "negative_cache_ttl" in doc
+            else 10.0
+        ),
+        cache=doc.get("cache", "memory"),
+        cache_max_entries=int(doc.get("cache_max_entries", 10_000)),
+        issuer=doc.get("issuer"),
+        audience=_unique(audiences, fold=str),
+        required_scopes=_required_scopes(doc),
+        leeway=_duration(("auth", "leeway"), doc["leeway"], positive=False, maximum=3600) if "leeway" in doc else 0.0,
+        claims_to_headers=_claims_to_headers(doc.get("claims_to_headers", {}), credential_header=header),
+        header=header,
+        hide_credentials=bool(doc.get("hide_credentials", False)),
+    )
+
+
+def _claims_to_headers(doc: Mapping[str, Any], *, credential_header: str) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for name, claim in doc.items():
+        path: Path = ("auth", "claims_to_headers", name)
+        _header_name(path, name)
+        lowered = name.lower()
+        if lowered in _GATEWAY_OWNED_HEADERS or lowered == credential_header.lower():
+            raise _Invalid(
+                path,
+                "is set by the gateway itself (identity, client address, request id, trace context) or carries "
+                "credentials; choose another header name",
+                value=name,
+            )
+        if lowered.startswith(("x-forwarded-", "content-")):
+            raise _Invalid(path, "is a forwarding or body header the proxy owns; choose another name", value=name)
+        if lowered in seen:
+            raise _Invalid(path, "is listed twice (header names are case-insensitive)", value=name)
+        if _BAD_HEADER_VALUE.search(claim):
+            raise _Invalid(path, "names a claim with control characters", value=claim)
+        seen.add(lowered)
+        pairs.append((name, claim))
+    return tuple(pairs)
 
 
 def _rate_limit(doc: Mapping[str, Any]) -> RateLimitPolicy:
@@ -740,6 +911,13 @@ def _consumer(doc: Mapping[str, Any], name: str) -> Consumer:
             "is not a password hash made by `consulgw consumer add --password` (scrypt$n$r$p$salt$hash)",
             value=password_hash,
         )
+    for index, scope in enumerate(doc.get("scopes", ())):
+        if not is_scope_token(scope):
+            raise _Invalid(
+                ("scopes", index),
+                "is not a scope (printable ASCII without spaces, quotes or backslashes; RFC 6749 section 3.3)",
+                value=scope,
+            )
     rate_limit = None
     raw_limit = doc.get("rate_limit")
     if raw_limit is not None:

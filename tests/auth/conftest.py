@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from tests.auth.idp import oauth_idp  # noqa: F401 - the local identity provider, for this folder's tests
 from tests.auth.keys import Keys
 
 

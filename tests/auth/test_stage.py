@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
@@ -15,6 +16,7 @@ from consulgw.pipeline.stages.auth import AuthStage
 from consulgw.policy.consumers import api_key_digest, hash_password
 from consulgw.policy.model import ApiKeyAuth, AuthPolicy, BasicAuth, Consumer, JwtAuth, PolicyBook
 from tests.auth.keys import HS_SECRET, claims, sign
+from tests.policy.stage_app import ClientFactory, stage_app
 from tests.ratelimit.support import FakeClock, make_deps, serve_stages
 
 API_KEY = "k-3f9a0c1e6b7d4a2f9e8d7c6b5a4f3e2d"
@@ -164,3 +166,60 @@ async def test_jwt_sets_user_headers() -> None:
     assert bh["WWW-Authenticate"].startswith('Bearer realm="consulgw", error="invalid_token"')
     assert rejected(metrics, "insufficient_scope") == 1
     assert rejected(metrics, "invalid_signature") == 1
+
+
+# -- required_scopes for consumers, hide_credentials for every type -----------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["api_key", "basic"])
+async def test_consumer_scopes_against_required_scopes(alice: Consumer, kind: str) -> None:
+    metrics = GatewayMetrics()
+    credential = {"X-API-Key": API_KEY} if kind == "api_key" else {"Authorization": basic("alice", PASSWORD)}
+    results = []
+    for required in ({"orders:read"}, {"orders:read", "orders:admin"}):
+        policy: AuthPolicy = (
+            ApiKeyAuth(required_scopes=frozenset(required))
+            if kind == "api_key"
+            else BasicAuth(required_scopes=frozenset(required))
+        )
+        results += await call(policy, Book(alice), [credential], metrics)
+    (ok, _, ok_body), (forbidden, headers, body) = results
+    assert ok == 200
+    assert ok_body["upstream"]["X-Consumer-ID"] == ["alice"]
+    assert forbidden == 403
+    assert body == {
+        "error": "forbidden",
+        "message": "the credential lacks a required scope (needs: orders:admin orders:read)",
+    }
+    assert "WWW-Authenticate" not in headers  # another password or key would not help: no challenge
+    assert rejected(metrics, "insufficient_scope") == 1
+
+
+HIDE_CASES = [
+    pytest.param(ApiKeyAuth(hide_credentials=True), {"X-API-Key": API_KEY}, "X-API-Key", id="api_key"),
+    pytest.param(BasicAuth(hide_credentials=True), {"Authorization": basic("alice", PASSWORD)}, "Authorization",
+                 id="basic"),
+    pytest.param(JwtAuth(algorithms=("HS256",), secret=HS_SECRET, hide_credentials=True),
+                 {"Authorization": f"Bearer {sign(HS_SECRET, 'HS256', claims())}"}, "Authorization", id="jwt"),
+    pytest.param(JwtAuth(algorithms=("HS256",), secret=HS_SECRET, header="X-Token", hide_credentials=True),
+                 {"X-Token": sign(HS_SECRET, "HS256", claims())}, "X-Token", id="jwt-custom-header"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("policy", "credential", "header"), HIDE_CASES)
+async def test_hide_credentials_strips_the_credential_header(
+    alice: Consumer, aiohttp_client: ClientFactory, policy: AuthPolicy, credential: dict[str, str], header: str
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        for hide in (True, False):
+            shown = dataclasses.replace(policy, hide_credentials=hide)
+            deps = make_deps(service="svc", http=http, clock=FakeClock(), book=Book(alice))
+            client = await aiohttp_client(stage_app((AuthStage.from_policy(shown, deps),)))
+            resp = await client.get("/", headers={**credential, "X-Other": "kept"})
+            assert resp.status == 200
+            sent = {k.lower(): v for k, v in (await resp.json())["upstream_headers"]}
+            assert sent["x-other"] == "kept"
+            if hide:
+                assert header.lower() not in sent
+            else:
+                assert sent[header.lower()] == credential[header]  # forwarded unchanged by default

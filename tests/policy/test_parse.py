@@ -334,7 +334,7 @@ def test_input_forms_are_equivalent() -> None:
         pytest.param({"auth": {}}, "auth: missing required key 'type'", id="auth-no-type"),
         pytest.param(
             {"auth": {"type": "api_key", "realm": "x"}},
-            "auth.realm: unknown key (allowed: header, type)",
+            "auth.realm: unknown key (allowed: header, hide_credentials, required_scopes, type)",
             id="auth-key-mixup",
         ),
         pytest.param(
@@ -379,7 +379,7 @@ def test_input_forms_are_equivalent() -> None:
         ),
         pytest.param(
             {"auth": {"type": "jwt", "algorithms": ["RS256"]}},
-            "auth: RS256 needs 'public_key' (PEM) or 'jwks_url'",
+            "auth: RS256 needs 'public_key' (PEM), 'jwks_url' or 'discovery'",
             id="rs-without-key",
         ),
         pytest.param(

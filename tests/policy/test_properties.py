@@ -24,11 +24,16 @@ VOCABULARY = [
     "failure_threshold", "recovery_timeout", "failure_statuses", "fallback", "status", "body", "content_type",
     "headers", "cors", "origins", "methods", "expose_headers", "credentials", "max_age", "request", "response",
     "add", "set", "remove", "max_body_bytes", "api_key_sha256", "password_hash", "scopes",
+    "introspection", "endpoint", "discovery", "client_id", "client_secret", "client_auth", "token_type_hint",
+    "timeout", "cache_ttl", "negative_cache_ttl", "cache", "cache_max_entries", "claims_to_headers",
+    "hide_credentials",
 ]  # fmt: skip
 SCALARS = [
     "round_robin", "ip_hash", "HS256", "RS256", "none", "ES256", "*", "https://a.example", "1s", "10 s", "-1s", "0",
     "header:X-Tenant", "header:", "consumer", "ip", "redis", "local", "deny", "502", "connect_failure", "Host",
     keys.HS256_SECRET, "scrypt$16384$8$1$AAAA$AAAA", "a" * 64,
+    "https://idp.example/.well-known/openid-configuration", "https://idp.example/introspect", "basic", "post",
+    "memory", "X-User-ID", "X-Email", "email", "orders:read",
 ]  # fmt: skip
 
 leaves = st.one_of(
@@ -113,6 +118,30 @@ def test_secret_values_never_appear_in_errors(
     consumer = _outcome(lambda: parse_consumer({where: auth[where]}, key="k", name="n"))
     if isinstance(consumer, PolicyError):
         assert not set(SECRET_ALPHABET) & set(str(consumer)), str(consumer)
+
+
+@SETTINGS
+@given(
+    secret=st.one_of(
+        st.text(alphabet=SECRET_ALPHABET, min_size=6, max_size=80),
+        st.text(alphabet=SECRET_ALPHABET + "\r\n\x00", min_size=6, max_size=80).filter(lambda t: set(t) & set("ΩΨΦ")),
+        st.lists(st.text(alphabet=SECRET_ALPHABET, min_size=6, max_size=20), min_size=1, max_size=2),
+    ),
+    extra=st.dictionaries(
+        st.sampled_from(VOCABULARY),
+        leaves.filter(lambda v: not (isinstance(v, str) and set(v) & set(SECRET_ALPHABET))),
+        max_size=4,
+    ),
+)
+def test_client_secret_never_appears_in_errors(secret: object, extra: dict[str, Any]) -> None:
+    auth: dict[str, Any] = {"endpoint": "https://idp.example/introspect", "client_id": "gw", **extra}
+    auth["type"] = "introspection"
+    auth["client_secret"] = secret
+    result = _outcome(lambda: parse_policy({"auth": auth}, key="k"))
+    if isinstance(result, PolicyError):
+        assert not set(SECRET_ALPHABET) & set(str(result)), str(result)
+    else:
+        assert not set(SECRET_ALPHABET) & set(repr(result)), repr(result)
 
 
 kv_keys = st.one_of(
