@@ -23,7 +23,8 @@ VOCABULARY = [
     "realm", "rate_limit", "requests", "per", "key", "backend", "on_backend_error", "burst", "circuit_breaker",
     "failure_threshold", "recovery_timeout", "failure_statuses", "fallback", "status", "body", "content_type",
     "headers", "cors", "origins", "methods", "expose_headers", "credentials", "max_age", "request", "response",
-    "add", "set", "remove", "max_body_bytes", "api_key_sha256", "password_hash", "scopes",
+    "add", "set", "remove", "max_body_bytes", "api_key_sha256", "password_hash", "scopes", "openapi", "path",
+    "include", "refresh", "max_bytes", "timeout",
 ]  # fmt: skip
 SCALARS = [
     "round_robin", "ip_hash", "HS256", "RS256", "none", "ES256", "*", "https://a.example", "1s", "10 s", "-1s", "0",
