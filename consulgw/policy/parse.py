@@ -453,7 +453,9 @@ def _openapi(doc: Mapping[str, Any]) -> OpenApiPolicy:
         if "refresh" in doc
         else defaults.refresh,
         max_bytes=int(doc.get("max_bytes", defaults.max_bytes)),
-        timeout=_duration(("openapi", "timeout"), doc["timeout"], maximum=300) if "timeout" in doc else defaults.timeout,
+        timeout=_duration(("openapi", "timeout"), doc["timeout"], maximum=300)
+        if "timeout" in doc
+        else defaults.timeout,
     )
 
 
