@@ -231,8 +231,9 @@ class TrafficHistory:
                     ring[position] = _NAN
                 continue
             rings[0][position] = (sent - previous[0] if sent >= previous[0] else sent) / elapsed
-            if cell is not None and len(previous) == len(reading):
-                delta = _deltas(reading[1:], previous[1:])
+            if cell is not None:  # a cell that is new since the last sample counted everything in this interval
+                before = previous[1:] if len(previous) == len(reading) else (0.0,) * len(cell)
+                delta = _deltas(reading[1:], before)
                 rings[1][position] = delta[1] / elapsed
                 p50, p99 = _quantiles(delta[2:], (0.5, 0.99))
                 rings[2][position] = p50
