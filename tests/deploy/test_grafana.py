@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,7 +26,7 @@ import yaml
 from consulgw.server.gateway import Gateway
 from tests.gateway.conftest import Consul, Upstream, consul, gateway_factory, http, routed, upstreams, wait_for
 
-from .deployfiles import DEPLOY
+from .deployfiles import DEPLOY, REPO
 
 __all__ = ["consul", "gateway_factory", "http", "upstreams"]  # fixtures of the gateway tests, used as they are
 
@@ -73,6 +74,21 @@ def test_alert_rules_pass_promtool() -> None:
     assert "SUCCESS: 8 rules found" in checked.stdout
     tested = promtool("test", "rules", RULES_TEST.name, cwd=GRAFANA)
     assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+@needs_promtool
+@pytest.mark.parametrize(
+    "command",
+    [
+        "promtool check rules deploy/grafana/consulgw-alerts.yml",
+        "promtool test rules deploy/grafana/consulgw-alerts.test.yml",
+    ],
+)
+def test_the_commands_of_operations_md(command: str) -> None:
+    """docs/operations.md shows these two, run from the repository's root."""
+    done = promtool(*shlex.split(command)[1:], cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
 
 
 def test_the_rules_cover_what_the_issue_asks() -> None:
