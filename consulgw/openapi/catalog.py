@@ -66,7 +66,8 @@ class _Plan:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Fetched:
-    document: Mapping[str, Any]  # checked by parse_document; never mutated
+    body: bytes  # as fetched (it passed parse_document); parsed again only to rewrite, so one copy stays in memory
+    content_type: str | None
     serial: int  # changes whenever the content does
     digest: str
     size: int
@@ -335,7 +336,8 @@ class OpenApiCatalog:
         if answer is None:  # 304 Not Modified
             assert previous is not None
             return _Fetched(
-                document=previous.document,
+                body=previous.body,
+                content_type=previous.content_type,
                 serial=previous.serial,
                 digest=previous.digest,
                 size=previous.size,
@@ -347,7 +349,7 @@ class OpenApiCatalog:
         body, content_type, etag = answer
         digest = hashlib.sha256(body).hexdigest()
         if previous is not None and previous.digest == digest:
-            document, serial = previous.document, previous.serial
+            serial = previous.serial
         else:
             document = parse_document(body, content_type=content_type)
             view = self._view()
@@ -357,7 +359,8 @@ class OpenApiCatalog:
             self._serial += 1
             serial = self._serial
         return _Fetched(
-            document=document,
+            body=body,
+            content_type=content_type,
             serial=serial,
             digest=digest,
             size=len(body),
@@ -411,7 +414,8 @@ class OpenApiCatalog:
             if key == state.api_key and view.table is state.api_table:
                 continue
             try:
-                state.api = self._rewrite(name, state.fetched.document, view.table, entry)
+                document = parse_document(state.fetched.body, content_type=state.fetched.content_type)
+                state.api = self._rewrite(name, document, view.table, entry)
             except OpenApiError as exc:  # the previous rewrite (if any) stays
                 self._log.warning("openapi_fetch_failed", service=name, error=str(exc), keeping_last_good=True)
             state.api_key, state.api_table = key, view.table

@@ -9,6 +9,7 @@ service documented. A service whose document becomes unreachable or invalid keep
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -274,3 +275,56 @@ async def test_a_failing_document_keeps_the_last_good_one(
     state = (await serving(http, gateway, "billing"))["billing"]
     assert state["serving"] is True
     assert state["fetched_at"] is not None
+
+
+async def test_limits_and_route_changes(
+    gateway_factory: Callable[..., Awaitable[Gateway]],
+    consul: Consul,
+    upstreams: Callable[..., Awaitable[Upstream]],
+    http: aiohttp.ClientSession,
+) -> None:
+    big = doc({f"/things/n{i:04d}": {"get": op(f"thing{i}")} for i in range(40)})  # about 3 KiB
+    slow_paths = {"/slow": {"get": op("slow")}}
+
+    def serve(document: dict[str, Any], delay: float = 0.0) -> Callable[[web.Application], None]:
+        async def handler(_: web.Request) -> web.Response:
+            await asyncio.sleep(delay)
+            return web.json_response(document)
+
+        return lambda app: app.router.add_get("/openapi.json", handler)
+
+    meta = {"gw-openapi": "/openapi.json"}
+    large = await upstreams("large", extra_routes=serve(big))
+    slow = await upstreams("slow", extra_routes=serve(doc(slow_paths), delay=5.0))
+    moving = await upstreams("moving", extra_routes=serve(BILLING))
+    await consul.kv_put("consulgw/services/large", json.dumps({"openapi": {"max_bytes": 1024}}))
+    await consul.kv_put("consulgw/services/slow", json.dumps({"openapi": {"timeout": "300ms"}}))
+    await consul.register("large", large.port, tags=["gw.route=/things"], meta=meta)
+    await consul.register("slow", slow.port, tags=["gw.route=/slow"], meta=meta)
+    await consul.register("moving", moving.port, service_id="moving-1", tags=["gw.route=/v1 strip=/v1"], meta=meta)
+    gateway = await gateway_factory()
+
+    async def settled() -> bool:
+        states = await serving(http, gateway, "large", "slow", "moving")
+        return (
+            states["moving"] is not None
+            and states["moving"]["serving"]
+            and all(states[s] is not None and states[s]["state"] == "error" for s in ("large", "slow"))
+        )
+
+    await wait_for(settled, timeout=20)
+    states = await serving(http, gateway, "large", "slow")
+    assert "larger than max_bytes (1024)" in states["large"]["error"]
+    assert "no complete answer within 0.3s" in states["slow"]["error"]
+    assert not states["large"]["serving"]
+    merged = valid(await json_of(http, f"{gateway.admin_url}/-/openapi.json"))
+    assert set(merged["paths"]) == {"/v1/invoices", "/v1/invoices/{id}", "/v1/health"}
+
+    # The route changes (new strip): the document follows the route table, without a new fetch being needed.
+    await consul.register("moving", moving.port, service_id="moving-1", tags=["gw.route=/v2 strip=/v2"], meta=meta)
+
+    async def moved() -> bool:
+        paths = set((await json_of(http, f"{gateway.admin_url}/-/openapi.json"))["paths"])
+        return paths == {"/v2/invoices", "/v2/invoices/{id}", "/v2/health"}
+
+    await wait_for(moved, timeout=20)
