@@ -10,6 +10,9 @@ per series. It keeps its rings outside the swapped view and reads what the reque
 - per instance errors and latency, from ``TrafficRecorder`` when the proxy calls its ``observe`` once per request
   (until then those series are null).
 
+Sampling never holds the event loop for long: the collectors are read in a worker thread (they lock their values)
+and the series are written 64 at a time, with the loop serving requests in between.
+
 Bounds: ``points`` per series, at most ``max_series`` series (services first, in name order, then their
 instances); a service or instance that leaves the view loses its series. Memory is about 4 KiB per series
 (6 float32 rings of 180 points), under 8 MiB at the default cap.
@@ -22,7 +25,8 @@ import contextlib
 import math
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from consulgw.clock import Clock
@@ -70,6 +74,33 @@ class TrafficRecorder:
             del self.cells[key]
 
 
+_CHUNK = 64  # series written between two yields to the event loop
+
+# (requests, 5xx, rate-limited, breaker openings, latency buckets) per service, as read from the collectors.
+_Readings = tuple[dict[str, float], dict[str, float], dict[str, float], dict[str, float], dict[str, tuple[float, ...]]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Plan:
+    """What one sample writes: at which position, for which series."""
+
+    position: int
+    wall: float
+    elapsed: float | None  # seconds since the previous sample; None for the first
+    services: Sequence[str]
+    instances: Sequence[tuple[str, str]]
+    wanted: frozenset[str]
+
+
+def _read_collectors(metrics: GatewayMetrics, wanted: frozenset[str]) -> _Readings:
+    """The per-service counters, summed over routes. Safe in a worker thread: collectors lock their values."""
+    requests, errors = _requests_by_service(metrics.requests.collect(), wanted)
+    limited = _sum_by_service(metrics.rate_limited.collect(), wanted)
+    opened = _sum_by_service(metrics.breaker_opened.collect(), wanted)
+    buckets = _buckets_by_service(metrics.latency.collect(), wanted)
+    return requests, errors, limited, opened, buckets
+
+
 class _Series:
     """Fixed-size float32 rings, one per field, all written at the history's current position."""
 
@@ -111,6 +142,9 @@ class TrafficHistory:
         self._last: float | None = None  # monotonic time of the previous sample
         self._previous: dict[object, tuple[float, ...]] = {}  # series key -> cumulative readings of last sample
         self._task: asyncio.Task[None] | None = None
+        self._writing = False
+        self._planned_view: GatewayView | None = None
+        self._planned: tuple[list[str], list[tuple[str, str]]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -135,31 +169,65 @@ class TrafficHistory:
     async def _run(self) -> None:
         while True:
             await self._clock.sleep(self.interval)
-            self.sample()
+            await self.sample_async()
 
     # -- sampling ----------------------------------------------------------------------------------------------
+    #
+    # One sample: plan (which series, synchronously), read the Prometheus collectors (in a worker thread in the
+    # background task: a histogram's collect() takes tens of milliseconds at a thousand services), write the new
+    # point of every series in chunks (the event loop serves requests in between), then commit: only then does
+    # ``snapshot`` see the new point, so a reader never sees half a sample.
 
     def sample(self) -> None:
-        """Write one point of every series (rates over the time since the previous sample)."""
+        """Write one point of every series, all at once (the baseline at start, and tests)."""
+        plan = self._plan()
+        for _ in self._write(plan, _read_collectors(self._metrics, plan.wanted)):
+            pass
+        self._commit(plan)
+
+    async def sample_async(self) -> None:
+        """Write one point of every series without holding the event loop for long."""
+        plan = self._plan()
+        self._writing = True  # the oldest point is being overwritten: snapshot leaves it out meanwhile
+        try:
+            readings = await asyncio.to_thread(_read_collectors, self._metrics, plan.wanted)
+            for _ in self._write(plan, readings):
+                await asyncio.sleep(0)
+            self._commit(plan)
+        finally:
+            self._writing = False
+
+    def _plan(self) -> _Plan:
         now = self._clock.monotonic()
         elapsed = (now - self._last) if self._last is not None else None
         self._last = now
-        self._position = (self._position + 1) % self.points
-        self._filled = min(self._filled + 1, self.points)
-        self._times[self._position] = self._clock.time()
         view = self._view()
-        names = sorted(view.services) if view is not None else []
-        wanted_instances: list[tuple[str, str]] = []
-        if view is not None:
-            for name in names:
-                wanted_instances.extend((name, i.id) for i in view.services[name].snapshot.instances)
-        budget = self._max_series
-        services = names[:budget]
-        instances = wanted_instances[: max(0, budget - len(services))]
-        self._untracked = len(names) - len(services) + len(wanted_instances) - len(instances)
-        self._retain(services, instances)
-        self._sample_services(services, elapsed)
-        self._sample_instances(instances, elapsed)
+        if view is not self._planned_view or self._planned is None:  # series change only when the view does
+            names = sorted(view.services) if view is not None else []
+            wanted_instances: list[tuple[str, str]] = []
+            if view is not None:
+                for name in names:
+                    wanted_instances.extend((name, i.id) for i in view.services[name].snapshot.instances)
+            budget = self._max_series
+            services = names[:budget]
+            instances = wanted_instances[: max(0, budget - len(services))]
+            self._untracked = len(names) - len(services) + len(wanted_instances) - len(instances)
+            self._retain(services, instances)
+            self._planned_view, self._planned = view, (services, instances)
+        services, instances = self._planned
+        return _Plan(
+            position=(self._position + 1) % self.points,
+            wall=self._clock.time(),
+            elapsed=elapsed if elapsed is not None and elapsed > 0 else None,
+            services=services,
+            instances=instances,
+            wanted=frozenset(services),
+        )
+
+    def _commit(self, plan: _Plan) -> None:
+        self._times[plan.position] = plan.wall
+        self._position = plan.position
+        self._filled = min(self._filled + 1, self.points)
 
     def _retain(self, services: Sequence[str], instances: Sequence[tuple[str, str]]) -> None:
         keep_services, keep_instances = set(services), set(instances)
@@ -177,14 +245,16 @@ class TrafficHistory:
             if key not in self._instances:
                 self._instances[key] = _Series(len(INSTANCE_FIELDS), self.points)
 
-    def _sample_services(self, services: Sequence[str], elapsed: float | None) -> None:
-        wanted = set(services)
-        requests, errors = _requests_by_service(self._metrics.requests.collect(), wanted)
-        limited = _sum_by_service(self._metrics.rate_limited.collect(), wanted)
-        opened = _sum_by_service(self._metrics.breaker_opened.collect(), wanted)
-        buckets = _buckets_by_service(self._metrics.latency.collect(), wanted)
-        position = self._position
-        for name in services:
+    def _write(self, plan: _Plan, readings: _Readings) -> Iterator[None]:
+        """Write the plan's point of every series; yields every ``_CHUNK`` series."""
+        position, elapsed = plan.position, plan.elapsed
+        requests, errors, limited, opened, buckets = readings
+        for count, name in enumerate(plan.services, 1):
+            if count % _CHUNK == 0:
+                yield
+            series = self._services.get(name)
+            if series is None:
+                continue
             reading = (
                 requests.get(name, 0.0),
                 errors.get(name, 0.0),
@@ -194,8 +264,8 @@ class TrafficHistory:
             )
             previous = self._previous.get(name)
             self._previous[name] = reading
-            rings = self._services[name].rings
-            if previous is None or elapsed is None or elapsed <= 0:
+            rings = series.rings
+            if previous is None or elapsed is None:
                 for ring in rings:
                     ring[position] = _NAN
                 continue
@@ -207,12 +277,14 @@ class TrafficHistory:
             rings[3][position] = p99
             rings[4][position] = delta[2] / elapsed
             rings[5][position] = delta[3]  # openings in this interval (a count, not a rate)
-
-    def _sample_instances(self, instances: Sequence[tuple[str, str]], elapsed: float | None) -> None:
-        position = self._position
         stats_of: dict[str, Any] = {}
         cells = self._recorder.cells
-        for key in instances:
+        for count, key in enumerate(plan.instances, 1):
+            if count % _CHUNK == 0:
+                yield
+            series = self._instances.get(key)
+            if series is None:
+                continue
             service, instance = key
             stats = stats_of.get(service)
             if stats is None:
@@ -223,10 +295,10 @@ class TrafficHistory:
             reading = (sent, *(float(c) for c in cell)) if cell is not None else (sent,)
             previous = self._previous.get(key)
             self._previous[key] = reading
-            rings = self._instances[key].rings
+            rings = series.rings
             rings[4][position] = float(counters.in_flight) if counters is not None else 0.0
             rings[5][position] = _BREAKER_VALUE.get(self._breakers.state(service, instance), _NAN)
-            if previous is None or elapsed is None or elapsed <= 0:
+            if previous is None or elapsed is None:
                 for ring in rings[:4]:
                     ring[position] = _NAN
                 continue
@@ -248,7 +320,7 @@ class TrafficHistory:
         self, services: Sequence[str] | None = None, *, limit: int = 12, points: int | None = None
     ) -> dict[str, Any]:
         """The series as JSON-ready data: the named services (at most ``limit``), else the ``limit`` busiest."""
-        count = min(self._filled, points or self.points, self.points)
+        count = min(self._filled, points or self.points, self.points - 1 if self._writing else self.points)
         order = [(self._position - count + 1 + i) % self.points for i in range(count)]
         if services is None:
             busiest = sorted(self._services, key=lambda n: (-_total(self._services[n].rings[0], order), n))
@@ -284,7 +356,7 @@ class TrafficHistory:
 # -- helpers -----------------------------------------------------------------------------------------------------
 
 
-def _sum_by_service(families: Iterable[Any], wanted: set[str]) -> dict[str, float]:
+def _sum_by_service(families: Iterable[Any], wanted: frozenset[str]) -> dict[str, float]:
     """A counter's ``_total`` samples added up per service (over its other labels)."""
     totals: dict[str, float] = {}
     for family in families:
@@ -295,7 +367,7 @@ def _sum_by_service(families: Iterable[Any], wanted: set[str]) -> dict[str, floa
     return totals
 
 
-def _requests_by_service(families: Iterable[Any], wanted: set[str]) -> tuple[dict[str, float], dict[str, float]]:
+def _requests_by_service(families: Iterable[Any], wanted: frozenset[str]) -> tuple[dict[str, float], dict[str, float]]:
     """(all answers, 5xx answers) per service, from ``consulgw_requests_total``."""
     totals: dict[str, float] = {}
     errors: dict[str, float] = {}
@@ -310,7 +382,7 @@ def _requests_by_service(families: Iterable[Any], wanted: set[str]) -> tuple[dic
     return totals, errors
 
 
-def _buckets_by_service(families: Iterable[Any], wanted: set[str]) -> dict[str, tuple[float, ...]]:
+def _buckets_by_service(families: Iterable[Any], wanted: frozenset[str]) -> dict[str, tuple[float, ...]]:
     """Per service, the latency histogram's per-bucket counts (not cumulative), summed over routes, +Inf last."""
     index = {_bound_key(b): i for i, b in enumerate(LATENCY_BUCKETS)}
     sums: dict[str, list[float]] = {}
