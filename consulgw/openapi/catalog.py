@@ -280,6 +280,9 @@ class OpenApiCatalog:
                 continue
             try:
                 await self._fetch(name, state)
+            except Exception as exc:  # noqa: BLE001 - a bug with one service's document must not stop the fetcher
+                self._log.exception("openapi_fetch_failed", service=name, error=type(exc).__name__)
+                state.next_due = self._clock.monotonic() + state.plan.policy.refresh
             finally:
                 state.queued = False
 

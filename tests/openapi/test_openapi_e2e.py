@@ -302,6 +302,8 @@ async def test_limits_and_route_changes(
     await consul.register("large", large.port, tags=["gw.route=/things"], meta=meta)
     await consul.register("slow", slow.port, tags=["gw.route=/slow"], meta=meta)
     await consul.register("moving", moving.port, service_id="moving-1", tags=["gw.route=/v1 strip=/v1"], meta=meta)
+    await consul.kv_put("consulgw/services/hidden", json.dumps({"openapi": {"include": False}}))
+    await consul.register("hidden", moving.port, tags=["gw.route=/hidden"], meta=meta)
     gateway = await gateway_factory()
 
     async def settled() -> bool:
@@ -317,6 +319,7 @@ async def test_limits_and_route_changes(
     assert "larger than max_bytes (1024)" in states["large"]["error"]
     assert "no complete answer within 0.3s" in states["slow"]["error"]
     assert not states["large"]["serving"]
+    assert (await serving(http, gateway, "hidden"))["hidden"] is None  # include: false, despite its Meta
     merged = valid(await json_of(http, f"{gateway.admin_url}/-/openapi.json"))
     assert set(merged["paths"]) == {"/v1/invoices", "/v1/invoices/{id}", "/v1/health"}
 
