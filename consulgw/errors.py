@@ -6,6 +6,7 @@
     ├── ConfigError              bad flag, env var, tag or KV document (names the key and the value)
     │   └── PolicyError          a KV policy/consumer document that does not validate
     ├── DiscoveryError           Consul could not be read (network, status, undecodable body)
+    ├── OpenApiError             a service's OpenAPI document could not be fetched or used (the last good one stays)
     └── GatewayError             an answer to a client; carries HTTP status, stable code and extra headers
         ├── NoRoute                       404 no_route
         ├── MethodNotAllowed              405 method_not_allowed (+ Allow)
@@ -44,6 +45,10 @@ class PolicyError(ConfigError):
 
 class DiscoveryError(ConsulgwError):
     """Consul could not be read."""
+
+
+class OpenApiError(ConsulgwError):
+    """A service's OpenAPI document could not be fetched, parsed or used; the last good one stays in use."""
 
 
 class GatewayError(ConsulgwError):

@@ -2,7 +2,8 @@
 # Make sure what the test suite needs is on this machine and running:
 #  - a Redis server answering on 127.0.0.1:6379 (installed from Debian's packages if missing);
 #  - the redis-server binary itself (tests start private servers to stop them mid-test);
-#  - Debian's chromium for the dashboard test.
+#  - Debian's chromium for the dashboard and API reference tests;
+#  - promtool (Debian's prometheus package) for the alert rules of deploy/grafana.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -40,4 +41,7 @@ fi
 if ! have chromium; then
   apt_install chromium || echo "ensure-services: chromium unavailable; the dashboard browser test will skip" >&2
 fi
-echo "ensure-services: redis on 127.0.0.1:6379 answers; redis-server at $(command -v redis-server); chromium: $(command -v chromium || echo none)"
+if ! have promtool; then
+  apt_install prometheus || echo "ensure-services: prometheus unavailable; the alert rules test will skip" >&2
+fi
+echo "ensure-services: redis on 127.0.0.1:6379 answers; redis-server at $(command -v redis-server); chromium: $(command -v chromium || echo none); promtool: $(command -v promtool || echo none)"

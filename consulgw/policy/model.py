@@ -145,6 +145,24 @@ class HeaderPolicy:
     response: HeaderRules = field(default_factory=HeaderRules)
 
 
+# -- openapi: where the gateway finds a service's OpenAPI document (consulgw.openapi) --------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenApiPolicy:
+    """How the gateway fetches a service's OpenAPI document. Without this section, Service Meta ``gw-openapi``
+    (the document's path on the instance) decides whether there is one, with these defaults."""
+
+    path: str | None = None  # path on the instance; overrides Meta gw-openapi when set
+    include: bool = True  # False leaves the service out of /-/openapi.json even when it advertises a document
+    refresh: float = 300.0  # seconds between fetches of an unchanged service
+    max_bytes: int = 2 * 1024 * 1024  # a larger document is refused (the last good one stays)
+    timeout: float = 3.0  # seconds for the whole fetch
+
+
+DEFAULT_OPENAPI = OpenApiPolicy()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServicePolicy:
     """The effective policy of one service: ``consulgw/defaults`` merged under ``consulgw/services/<name>``."""
@@ -158,6 +176,7 @@ class ServicePolicy:
     cors: CorsPolicy | None = None
     headers: HeaderPolicy = field(default_factory=HeaderPolicy)
     max_body_bytes: int | None = None
+    openapi: OpenApiPolicy = DEFAULT_OPENAPI
 
 
 DEFAULT_POLICY = ServicePolicy()

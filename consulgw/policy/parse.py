@@ -52,6 +52,7 @@ from consulgw.policy.model import (
     IntrospectionAuth,
     JwtAuth,
     LbAlgorithm,
+    OpenApiPolicy,
     RateLimitPolicy,
     Retries,
     ServicePolicy,
@@ -436,6 +437,30 @@ def _policy(doc: Mapping[str, Any]) -> ServicePolicy:
         cors=_cors(doc["cors"]) if doc.get("cors") is not None else None,
         headers=_headers(doc.get("headers") or {}),
         max_body_bytes=int(doc["max_body_bytes"]) if doc.get("max_body_bytes") is not None else None,
+        openapi=_openapi(doc["openapi"]) if doc.get("openapi") is not None else OpenApiPolicy(),
+    )
+
+
+# -- openapi ---------------------------------------------------------------------------------------------------
+
+
+def _openapi(doc: Mapping[str, Any]) -> OpenApiPolicy:
+    defaults = OpenApiPolicy()
+    path = doc.get("path")
+    if path is not None and (
+        not path.startswith("/") or "#" in path or any(c.isspace() or not c.isprintable() for c in path)
+    ):
+        raise _Invalid(("openapi", "path"), "must be a path on the instance, such as '/openapi.json'", value=path)
+    return OpenApiPolicy(
+        path=path,
+        include=bool(doc.get("include", True)),
+        refresh=_duration(("openapi", "refresh"), doc["refresh"], maximum=24 * 3600)
+        if "refresh" in doc
+        else defaults.refresh,
+        max_bytes=int(doc.get("max_bytes", defaults.max_bytes)),
+        timeout=_duration(("openapi", "timeout"), doc["timeout"], maximum=300)
+        if "timeout" in doc
+        else defaults.timeout,
     )
 
 

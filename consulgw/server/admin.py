@@ -1,7 +1,9 @@
-"""The admin listener: liveness, readiness, the route table as JSON, Prometheus metrics and the dashboard."""
+"""The admin listener: liveness, readiness, the route table as JSON, Prometheus metrics, the dashboard and its
+time series, and the API documentation (OpenAPI documents and the interactive reference page)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,8 +14,11 @@ from aiohttp import web
 
 from consulgw.clock import Clock
 from consulgw.discovery.watcher import WatcherStatus
+from consulgw.logs import REDACTED, is_secret_key
 from consulgw.metrics import GatewayMetrics
+from consulgw.openapi.catalog import OpenApiCatalog
 from consulgw.policy.model import ServicePolicy
+from consulgw.server.history import TrafficHistory
 from consulgw.server.view import GatewayView
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.pool import UpstreamPools
@@ -29,6 +34,8 @@ class AdminDeps:
     clock: Clock
     max_staleness: float
     listening: Callable[[], bool] = lambda: True  # the public listener accepts connections
+    openapi: OpenApiCatalog | None = None  # /-/openapi.json, /-/openapi/<service>.json, /-/docs
+    history: TrafficHistory | None = None  # /-/timeseries (the dashboard's charts)
 
 
 _ROUTES_CHEAP = 0.02  # a /-/routes render faster than this is never reused
@@ -105,7 +112,124 @@ def create_admin_app(deps: AdminDeps) -> web.Application:
     app.router.add_get("/-/routes", routes)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", dashboard)
+    add_openapi_routes(app, deps)
+    add_dashboard_routes(app, deps)
     return app
+
+
+# -- the dashboard's data ----------------------------------------------------------------------------------------
+
+MAX_TIMESERIES_SERVICES = 20  # services per /-/timeseries answer: the answer stays small whatever the gateway holds
+
+
+def add_dashboard_routes(app: web.Application, deps: AdminDeps) -> None:
+    no_store = {"Cache-Control": "no-store"}
+
+    async def timeseries(request: web.Request) -> web.Response:
+        history = deps.history
+        if history is None:
+            return web.json_response({"error": "not_enabled", "message": "no time series in this process"}, status=404)
+        named = request.query.getall("service", [])
+        try:
+            points = int(request.query.get("points", history.points))
+            limit = int(request.query.get("limit", 12))
+        except ValueError:
+            return web.json_response({"error": "bad_request", "message": "points and limit are integers"}, status=400)
+        data = history.snapshot(
+            named or None,
+            limit=max(1, min(limit, MAX_TIMESERIES_SERVICES)),
+            points=max(1, min(points, history.points)),
+        )
+        return web.Response(body=json.dumps(data).encode(), content_type="application/json", headers=no_store)
+
+    async def policy(request: web.Request) -> web.Response:
+        service = request.match_info["service"]
+        view = deps.view()
+        entry = view.services.get(service) if view is not None else None
+        if entry is None:
+            return web.json_response(
+                {"error": "no_service", "message": f"{service!r} is not a routed service"}, status=404, headers=no_store
+            )
+        return web.json_response({"service": service, "policy": policy_document(entry.policy)}, headers=no_store)
+
+    app.router.add_get("/-/timeseries", timeseries)
+    app.router.add_get("/-/policy/{service}", policy)
+
+
+def policy_document(policy: ServicePolicy) -> dict[str, Any]:
+    """The whole effective policy as JSON, with every secret replaced by the logs' ``[redacted]``.
+
+    Secrets are found the way log lines find them (``consulgw.logs.is_secret_key``), on field names and on header
+    names: header lists become ``{name: value}`` objects first, so ``Authorization`` set by a header rule is masked
+    like a JWT ``secret``.
+    """
+    return dict(_redact(dataclasses.asdict(policy)))
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: REDACTED if is_secret_key(str(k)) and v is not None else _redact(v) for k, v in value.items()}
+    if isinstance(value, tuple | list) and value and all(_is_header_pair(v) for v in value):
+        return _redact(dict(value))
+    if isinstance(value, frozenset | set):
+        return sorted(_redact(v) for v in value)
+    if isinstance(value, tuple | list):
+        return [_redact(v) for v in value]
+    return value
+
+
+def _is_header_pair(value: object) -> bool:
+    return isinstance(value, tuple | list) and len(value) == 2 and all(isinstance(v, str) for v in value)
+
+
+# -- API documentation -------------------------------------------------------------------------------------------
+
+_DOCS_ASSETS = {  # name -> content type; the only files /-/docs/<name> serves (consulgw/openapi/assets)
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "LICENSE": "text/plain",
+    "NOTICE": "text/plain",
+    "swagger-ui-bundle.js.LICENSE.txt": "text/plain",
+    "VENDORED.md": "text/plain",
+}
+
+
+def add_openapi_routes(app: web.Application, deps: AdminDeps) -> None:
+    catalog = deps.openapi
+    no_store = {"Cache-Control": "no-store"}
+
+    async def merged(_: web.Request) -> web.Response:
+        body = catalog.merged_json() if catalog is not None else b'{"error": "openapi is not enabled"}'
+        return web.Response(body=body, content_type="application/json", headers=no_store)
+
+    async def one(request: web.Request) -> web.Response:
+        service = request.match_info["service"]
+        body = catalog.service_json(service) if catalog is not None else None
+        if body is None:
+            reason = {"error": "no_document", "message": f"no OpenAPI document for service {service!r} (yet)"}
+            return web.json_response(reason, status=404, headers=no_store)
+        return web.Response(body=body, content_type="application/json", headers=no_store)
+
+    async def docs(_: web.Request) -> web.Response:
+        page = resources.files("consulgw.openapi").joinpath("docs.html").read_text(encoding="utf-8")
+        return web.Response(text=page, content_type="text/html", headers=no_store)
+
+    async def docs_slash(_: web.Request) -> web.Response:
+        raise web.HTTPFound("../docs")  # the page's links are relative to /-/docs
+
+    async def asset(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        content_type = _DOCS_ASSETS.get(name)
+        if content_type is None:
+            raise web.HTTPNotFound()
+        data = resources.files("consulgw.openapi").joinpath("assets", "swagger-ui", name).read_bytes()
+        return web.Response(body=data, content_type=content_type, headers={"Cache-Control": "max-age=3600"})
+
+    app.router.add_get("/-/openapi.json", merged)
+    app.router.add_get("/-/openapi/{service}.json", one)
+    app.router.add_get("/-/docs", docs)
+    app.router.add_get("/-/docs/", docs_slash)
+    app.router.add_get("/-/docs/{name}", asset)
 
 
 def describe(deps: AdminDeps) -> dict[str, Any]:
@@ -150,6 +274,7 @@ def describe(deps: AdminDeps) -> dict[str, Any]:
             "instances": instances,
             "route_errors": [{"tag": e.tag, "reason": e.reason} for e in entry.routes.errors],
             "rate_limited": rate_limited.get(name, 0),
+            "openapi": deps.openapi.status(name) if deps.openapi is not None else None,
         }
     return {
         "version": view.version,

@@ -26,12 +26,14 @@ from consulgw.discovery.consul_api import ConsulClient
 from consulgw.discovery.watcher import CatalogWatcher, WatcherStatus
 from consulgw.ids import RequestIds
 from consulgw.metrics import GatewayMetrics
+from consulgw.openapi.catalog import OpenApiCatalog
 from consulgw.pipeline.forward import Forwarder
 from consulgw.pipeline.stages.deps import StageDeps
 from consulgw.ratelimit.local import LocalLimiter
 from consulgw.ratelimit.outage import BackendOutage
 from consulgw.routing.rules import has_route_tags
 from consulgw.server.admin import AdminDeps, create_admin_app
+from consulgw.server.history import TrafficHistory, TrafficRecorder
 from consulgw.server.proxy import ProxyHandler
 from consulgw.server.view import GatewayView, ViewBuilder
 from consulgw.settings import GatewaySettings
@@ -54,6 +56,7 @@ class Gateway:
         worker_count: int = 1,
         consul_wait: float = 300.0,
         metrics_dir: str | None = None,
+        history_interval: float = 5.0,
     ) -> None:
         self.settings = settings
         self._clock = clock or SystemClock()
@@ -75,6 +78,9 @@ class Gateway:
         self._watcher: CatalogWatcher | None = None
         self._handler: ProxyHandler | None = None
         self.metrics = GatewayMetrics(multiprocess_dir=metrics_dir)
+        self._history_interval = history_interval
+        # The per-request hook of the dashboard's per-instance errors and latency (consulgw.server.history).
+        self.recorder = TrafficRecorder()
         self.port = 0
         self.admin_port = 0
 
@@ -167,6 +173,27 @@ class Gateway:
         self._handler = handler
         self._watch_task = asyncio.create_task(watcher.run(builder.apply), name="consulgw-watcher")
         self._exit.push_async_callback(self._stop_task, self._watch_task)
+        # Background readers of the view, owned here and stopped before the sessions close: the OpenAPI fetcher
+        # and the dashboard's time series.
+        openapi = await self._exit.enter_async_context(
+            OpenApiCatalog(
+                view=self.view,
+                clock=self._clock,
+                public_url=lambda: self.url,
+                ssl_context=ssl.create_default_context(cafile=s.upstream_ca),
+            )
+        )
+        history = await self._exit.enter_async_context(
+            TrafficHistory(
+                view=self.view,
+                metrics=self.metrics,
+                pools=pools,
+                breakers=breakers,
+                recorder=self.recorder,
+                clock=self._clock,
+                interval=self._history_interval,
+            )
+        )
 
         server = web.Server(handler, handler_cancellation=True, access_log=None)
         self._public = web.ServerRunner(server, shutdown_timeout=s.drain_timeout)
@@ -201,6 +228,8 @@ class Gateway:
                 clock=self._clock,
                 max_staleness=s.max_staleness,
                 listening=lambda: self._listening,
+                openapi=openapi,
+                history=history,
             )
         )
         self._admin = web.AppRunner(admin_app, access_log=None, shutdown_timeout=2.0)

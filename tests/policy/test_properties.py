@@ -26,7 +26,7 @@ VOCABULARY = [
     "add", "set", "remove", "max_body_bytes", "api_key_sha256", "password_hash", "scopes",
     "introspection", "endpoint", "discovery", "client_id", "client_secret", "client_auth", "token_type_hint",
     "timeout", "cache_ttl", "negative_cache_ttl", "cache", "cache_max_entries", "claims_to_headers",
-    "hide_credentials",
+    "hide_credentials", "openapi", "path", "include", "refresh", "max_bytes",
 ]  # fmt: skip
 SCALARS = [
     "round_robin", "ip_hash", "HS256", "RS256", "none", "ES256", "*", "https://a.example", "1s", "10 s", "-1s", "0",
