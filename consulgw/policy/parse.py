@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from consulgw.duration import parse_go_duration
 from consulgw.errors import PolicyError
+from consulgw.model.balancing import as_lb
+from consulgw.model.http import HOP_BY_HOP
 from consulgw.policy.consumers import is_api_key_digest, parse_password_hash
 from consulgw.policy.model import (
     ApiKeyAuth,
@@ -48,13 +50,11 @@ from consulgw.policy.model import (
     HeaderPolicy,
     HeaderRules,
     JwtAuth,
-    LbAlgorithm,
     RateLimitPolicy,
     Retries,
     ServicePolicy,
     Timeouts,
 )
-from consulgw.upstream.headers import HOP_BY_HOP
 
 Path = tuple[str | int, ...]
 
@@ -406,7 +406,7 @@ def _unique(items: Iterable[str], *, fold: Callable[[str], str] = str.lower) -> 
 
 
 def _policy(doc: Mapping[str, Any]) -> ServicePolicy:
-    lb = cast("LbAlgorithm | None", doc.get("lb"))
+    lb = as_lb(doc.get("lb"))
     timeouts = Timeouts()
     if "timeouts" in doc:
         t = doc["timeouts"]

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 
-from aiohttp import web
-
 from consulgw.auth.apikey import ApiKeyAuthenticator
 from consulgw.auth.basic import BasicAuthenticator
 from consulgw.auth.jwt import JwtVerifier
 from consulgw.auth.outcome import IDENTITY_HEADERS, SCOPES_HEADER, Identity, Rejection
-from consulgw.pipeline.context import HeaderEdits, Next, RequestContext
+from consulgw.pipeline.answer import Answer
+from consulgw.pipeline.chain import Next
+from consulgw.pipeline.context import HeaderEdits, Inbound, RequestContext
 from consulgw.pipeline.stages.deps import StageDeps
 from consulgw.policy.model import ApiKeyAuth, AuthPolicy, BasicAuth, JwtAuth
 
@@ -55,7 +55,7 @@ class AuthStage:
             return cls(check=basic.check, deps=deps)
         raise TypeError(f"unknown auth policy {type(policy).__name__}")
 
-    async def __call__(self, ctx: RequestContext, request: web.BaseRequest, call_next: Next) -> web.StreamResponse:
+    async def __call__(self, ctx: RequestContext, request: Inbound, call_next: Next) -> Answer:
         outcome = await self._check(request.headers)
         if isinstance(outcome, Rejection):
             self._deps.metrics.auth_rejected.labels(self._deps.service, outcome.reason).inc()
