@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from consulgw.errors import AuthUnavailable, Forbidden, GatewayError, Unauthorized
+from consulgw.model.http import CONSUMER_ID_HEADER, IDENTITY_HEADERS, SCOPES_HEADER, USER_ID_HEADER
 
 # The ``reason`` label of consulgw_auth_rejected_total: a small fixed vocabulary.
 RejectReason = Literal[
@@ -28,10 +29,7 @@ RejectReason = Literal[
     "auth_unavailable",  # the identity provider could not answer (503, not a 401)
 ]
 
-USER_ID_HEADER = "X-User-ID"
-CONSUMER_ID_HEADER = "X-Consumer-ID"
-SCOPES_HEADER = "X-User-Scopes"
-IDENTITY_HEADERS: tuple[str, ...] = (CONSUMER_ID_HEADER, USER_ID_HEADER, SCOPES_HEADER)
+__all__ = ["CONSUMER_ID_HEADER", "IDENTITY_HEADERS", "SCOPES_HEADER", "USER_ID_HEADER", "Identity", "Rejection"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,13 +1,60 @@
-"""Per-request values passed down the stage chain. Stages never mutate; they pass ``ctx.replace(...)`` on."""
+"""Per-request values passed down the pipeline. Steps never mutate them; they pass ``ctx.replace(...)`` on.
+
+``Inbound`` is what the pipeline reads of the client's request: the attributes of aiohttp's ``BaseRequest`` that it
+uses, written down as a Protocol so a step can also be given a request the gateway made up itself.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from aiohttp import web
+from multidict import CIMultiDictProxy
+
+if TYPE_CHECKING:
+    from consulgw.pipeline.target import Target
+
+
+class BodyReader(Protocol):
+    """The client's body, as aiohttp's StreamReader offers it."""
+
+    async def readany(self) -> bytes: ...
+
+    async def readexactly(self, n: int) -> bytes: ...
+
+    def iter_chunked(self, n: int) -> AsyncIterator[bytes]: ...
+
+
+class Inbound(Protocol):
+    """The client's request as the pipeline sees it (aiohttp's ``web.BaseRequest`` is one)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def raw_path(self) -> str: ...
+
+    @property
+    def query_string(self) -> str: ...
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+    @property
+    def content_length(self) -> int | None: ...
+
+    @property
+    def body_exists(self) -> bool: ...
+
+    @property
+    def content(self) -> BodyReader: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -23,10 +70,14 @@ class HeaderEdits:
 
     def merged(self, other: HeaderEdits) -> HeaderEdits:
         """These edits followed by ``other``."""
+        if not self:
+            return other
+        if not other:
+            return self
         return HeaderEdits(remove=self.remove + other.remove, set=self.set + other.set, add=self.add + other.add)
 
     def apply(self, headers: MutableMapping[str, str]) -> None:
-        """Apply to a case-insensitive multidict (aiohttp CIMultiDict) in place."""
+        """Apply to a case-insensitive multidict (multidict's CIMultiDict) in place."""
         for name in self.remove:
             headers.pop(name, None)
             while name in headers:  # multidicts keep repeated names
@@ -48,52 +99,43 @@ NO_EDITS = HeaderEdits()
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestContext:
-    """What the gateway knows about one request as it flows through the stages."""
+    """What the gateway knows about one request as it flows through the pipeline."""
 
+    request: Inbound
     request_id: str
     client_ip: str
     service: str
     route: str  # stable route label, e.g. "api.example.com/users"; safe as a metric label
     started: float  # clock.monotonic() at arrival
+    upstream_target: str  # request-target for the upstream: the path after the route's strip, plus "?query"
+    forwarded: tuple[tuple[str, str], ...] = ()  # X-Forwarded-* for this request
+    drop: tuple[str, ...] = ()  # client headers never forwarded
     consumer: str | None = None  # verified identity (consumer name or JWT subject)
     upstream_edits: HeaderEdits = NO_EDITS  # applied to the request sent upstream
-    response_edits: HeaderEdits = NO_EDITS  # applied to the response sent to the client (also on errors)
+    response_edits: HeaderEdits = NO_EDITS  # applied to the answer sent to the client (every answer)
+    target: Target | None = None  # where the request may go; set by the target-selection step
 
     def replace(self, **changes: object) -> RequestContext:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        return _replace(self, changes)
 
     def with_upstream(self, edits: HeaderEdits) -> RequestContext:
-        return dataclasses.replace(self, upstream_edits=self.upstream_edits.merged(edits))
+        return _replace(self, {"upstream_edits": self.upstream_edits.merged(edits)})
 
     def with_response(self, edits: HeaderEdits) -> RequestContext:
-        return dataclasses.replace(self, response_edits=self.response_edits.merged(edits))
+        return _replace(self, {"response_edits": self.response_edits.merged(edits)})
 
 
-Next = Callable[[RequestContext], Awaitable[web.StreamResponse]]
+_FIELDS = RequestContext.__slots__
+_new = object.__new__
+_set = object.__setattr__
 
 
-class Stage(Protocol):
-    """One concern of the pipeline (auth, rate limit, CORS, ...). The request is an aiohttp ``web.BaseRequest``
-    (the public listener is a low-level ``web.Server``: no router, no app).
-
-    A stage either answers by itself (returns a response or raises a GatewayError subclass, which the server
-    renders as JSON with ``ctx.response_edits`` applied) or calls ``call_next`` with a possibly replaced context.
-    Per-request state lives in locals and ``ctx``, never on ``self``.
-    """
-
-    async def __call__(self, ctx: RequestContext, request: web.BaseRequest, call_next: Next) -> web.StreamResponse: ...
-
-
-def build_chain(stages: tuple[Stage, ...], terminal: Next, request: web.BaseRequest) -> Next:
-    """Fold stages around the terminal handler for one request (cheap closures; stages themselves are shared)."""
-    handler = terminal
-    for stage in reversed(stages):
-        handler = _bind(stage, request, handler)
-    return handler
-
-
-def _bind(stage: Stage, request: web.BaseRequest, call_next: Next) -> Next:
-    async def run(ctx: RequestContext) -> web.StreamResponse:
-        return await stage(ctx, request, call_next)
-
-    return run
+def _replace(ctx: RequestContext, changes: dict[str, object]) -> RequestContext:
+    """``dataclasses.replace`` without re-running ``__init__`` (this runs several times per request)."""
+    clone = _new(RequestContext)
+    for name in _FIELDS:
+        _set(clone, name, changes[name] if name in changes else getattr(ctx, name))
+    for name in changes:
+        if name not in _FIELDS:
+            raise TypeError(f"RequestContext has no field {name!r}")
+    return clone

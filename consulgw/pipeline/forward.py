@@ -1,304 +1,242 @@
-"""The terminal stage: pick an instance, send the request upstream, stream the answer back.
+"""The terminal step: send the request to an instance of ``ctx.target`` through the transport, with retries.
 
-Bodies are streamed both ways. Small bodies with a known length (up to ``buffer_limit``) are read in one go
-instead, which is cheaper and makes the request replayable for retries; nothing is ever buffered without a bound.
+It picks once per attempt (the target's preferred instance first, then the balancer, skipping instances already
+tried and those whose breaker is open), sends through the :class:`~consulgw.upstream.transport.UpstreamTransport`,
+records the outcome in the instance's breaker and returns an :class:`~consulgw.pipeline.answer.Answer` whose body is
+the spool the upstream's answer streams into. It never writes to the client.
 
-Retries (policy ``retries``) go to another instance and only for idempotent methods: after a connect failure
-(no byte reached the instance), and -- when the request body is replayable -- after a reset, a timeout or a
-listed status. Every attempt is recorded by the instance's circuit breaker.
+Request bodies: a body of known length up to ``buffer_limit`` is read whole before the first attempt, which makes it
+replayable; a longer or chunked body is streamed (and is sent once). ``Expect: 100-continue`` is answered to the
+client here, once every step before has let the request through, just before the body is read.
+
+Retries (policy ``retries``) go to another instance and only for idempotent methods: after a connect failure (no
+byte reached the instance), and, when the body is replayable, after a reset, a timeout or a listed status.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiohttp
-import structlog
-from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from consulgw.errors import CircuitOpen, NoHealthyUpstream, UpstreamError
 from consulgw.metrics import GatewayMetrics
+from consulgw.model.http import IDEMPOTENT_METHODS, REQUEST_ID_HEADER
 from consulgw.model.snapshot import Instance
-from consulgw.pipeline.context import RequestContext
+from consulgw.pipeline.answer import Answer
+from consulgw.pipeline.context import BodyReader, Inbound, RequestContext
 from consulgw.pipeline.stages.body_limit import LimitedBody, too_large
-from consulgw.policy.model import IDEMPOTENT_METHODS, Fallback, ServicePolicy, Timeouts
+from consulgw.pipeline.target import Target
+from consulgw.policy.model import Fallback, ServicePolicy
 from consulgw.upstream.breaker import BreakerBoard
-from consulgw.upstream.headers import IDENTITY_HEADERS, end_to_end
-from consulgw.upstream.pool import ServicePool
-from consulgw.upstream.transport import upstream_errors
+from consulgw.upstream.connections import Endpoint
+from consulgw.upstream.headers import end_to_end, strip_hop_by_hop
+from consulgw.upstream.spool import Spool
+from consulgw.upstream.transport import UpstreamRequest, UpstreamResponse, UpstreamTimeouts, UpstreamTransport
 
 _CHUNK = 64 * 1024
-# Headers aiohttp must compute itself for the WebSocket handshake to the upstream.
-_WS_HANDSHAKE = ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "Sec-WebSocket-Protocol")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Target:
-    """Where one request goes, resolved by the server from the active route table."""
-
-    service: str
-    policy: ServicePolicy
-    pool: ServicePool
-    path_qs: str  # raw (still percent-encoded) path after strip, plus "?query" if any
-    forwarded: tuple[tuple[str, str], ...]  # X-Forwarded-* for this request
-    drop: tuple[str, ...] = IDENTITY_HEADERS  # client headers never forwarded (+ SPOOFABLE_HEADERS if untrusted)
-
-
-@dataclass(slots=True)
-class Outcome:
-    """Per-request facts the forwarder reports back for the request_completed line (owned by one request)."""
-
-    instance: str | None = None
-    attempts: int = 0
-    bytes_sent: int = 0
-    errors: list[str] = field(default_factory=list)
+SendContinue = Callable[[Inbound], Awaitable[None]]
 
 
 class Forwarder:
+    """One service's terminal, built once per (service, policy) with the process-wide collaborators."""
+
     def __init__(
         self,
         *,
-        session: aiohttp.ClientSession,
+        service: str,
+        policy: ServicePolicy,
+        transport: UpstreamTransport,
         breakers: BreakerBoard,
         metrics: GatewayMetrics,
+        send_continue: SendContinue,
         buffer_limit: int = 64 * 1024,
     ) -> None:
-        self._session = session
+        self._service = service
+        self._policy = policy
+        self._transport = transport
         self._breakers = breakers
         self._metrics = metrics
+        self._send_continue = send_continue
         self._buffer_limit = buffer_limit
-        self._log = structlog.get_logger("consulgw.forward")
+        self._timeouts = UpstreamTimeouts(connect=policy.timeouts.connect, read=policy.timeouts.read)
+        self._retry_on = policy.retries.on
+        self._extra_attempts = policy.retries.attempts
+        breaker = policy.circuit_breaker
+        self._failure_statuses = breaker.failure_statuses if breaker is not None else frozenset()
+        self._uses_breaker = breaker is not None
+        self._errors = metrics.upstream_errors
+        self._retries = metrics.retries
 
-    async def forward(
-        self, ctx: RequestContext, request: web.BaseRequest, target: Target, outcome: Outcome
-    ) -> web.StreamResponse:
-        policy = target.policy
-        headers = self._upstream_headers(ctx, request, target)
-        if _is_websocket(request):
-            return await self._websocket(ctx, request, target, headers, outcome)
-        body, replayable = await self._request_body(request, policy)
+    async def __call__(self, ctx: RequestContext) -> Answer:
+        target = ctx.target
+        if target is None:
+            raise NoHealthyUpstream(f"no healthy instance of {ctx.service}")
+        request = ctx.request
         method = request.method
-        idempotent = method in IDEMPOTENT_METHODS
-        attempts = 1 + (policy.retries.attempts if idempotent else 0)
-        retry_on = policy.retries.on
-        timeout = _client_timeout(policy.timeouts)
+        upgrade = _upgrade_token(request)
+        headers = self._headers(ctx, request)
+        body, length, replayable = await self._body(request)
+        attempts = 1 + (self._extra_attempts if method in IDEMPOTENT_METHODS else 0)
+        outgoing = UpstreamRequest(
+            method=method,
+            target=ctx.upstream_target,
+            headers=headers,
+            body=body,
+            length=length,
+            upgrade=upgrade,
+            expect_continue=False,
+        )
         tried: set[str] = set()
+        failures: list[str] = []
+        service = self._service
         last_error: UpstreamError | None = None
-        service = target.service
         for attempt in range(attempts):
-            instance = self._pick(ctx, target, frozenset(tried))
+            instance = self._pick(ctx, target, tried)
             if instance is None:
                 if last_error is not None:
-                    raise last_error
-                return self._no_instance(target)
+                    break
+                return self._no_instance(ctx, target)
             tried.add(instance.id)
-            outcome.instance = instance.id
-            outcome.attempts = attempt + 1
-            url = URL(f"{instance.scheme}://{instance.endpoint}{target.path_qs}", encoded=True)
-            target.pool.acquire(instance.id)
+            pool = target.pool
+            pool.acquire(instance.id)
             try:
-                with upstream_errors(instance.endpoint):
-                    response = await self._session.request(
-                        method,
-                        url,
-                        headers=headers,
-                        data=body,
-                        allow_redirects=False,
-                        timeout=timeout,
-                        compress=None,
-                    )
+                response = await self._transport.send(
+                    Endpoint(instance.scheme, instance.address, instance.port), outgoing, self._timeouts
+                )
             except UpstreamError as exc:
-                target.pool.release(instance.id)
+                pool.release(instance.id)
                 if isinstance(body, LimitedBody) and body.exceeded:
                     raise body.error() from exc  # the client's fault, not the instance's: no breaker, no retry
                 self._breakers.record(service, instance.id, ok=False)
-                self._metrics.upstream_errors.labels(service, exc.kind).inc()
-                outcome.errors.append(exc.kind)
+                self._errors.labels(service, exc.kind).inc()
+                failures.append(exc.kind)
                 last_error = exc
-                if _retryable(exc, retry_on, replayable) and attempt + 1 < attempts:
-                    self._metrics.retries.labels(service).inc()
+                if _retryable(exc, self._retry_on, replayable) and attempt + 1 < attempts:
+                    self._retries.labels(service).inc()
                     continue
+                break
+            except BaseException:
+                pool.release(instance.id)
                 raise
-            try:
-                self._breakers.record(service, instance.id, ok=response.status not in _failure_statuses(policy))
-                if (
-                    replayable
-                    and str(response.status) in retry_on
-                    and attempt + 1 < attempts
-                    and len(target.pool.members) > len(tried)  # another instance exists (picking has side effects)
-                ):
-                    self._metrics.upstream_errors.labels(service, "status").inc()
-                    self._metrics.retries.labels(service).inc()
-                    outcome.errors.append(str(response.status))
-                    continue
-                return await self._relay(ctx, request, response, outcome)
-            finally:
-                response.release()
-                target.pool.release(instance.id)
-        raise last_error or NoHealthyUpstream(f"no healthy instance of {service}")
+            status = response.status
+            self._breakers.record(service, instance.id, ok=status not in self._failure_statuses)
+            if (
+                replayable
+                and str(status) in self._retry_on
+                and attempt + 1 < attempts
+                and len(pool.members) > len(tried)  # another instance exists (picking has side effects)
+            ):
+                response.body.close()
+                pool.release(instance.id)
+                self._errors.labels(service, "status").inc()
+                self._retries.labels(service).inc()
+                failures.append(str(status))
+                continue
+            if upgrade is None and status == 101:  # an upgrade nobody asked for (RFC 9110 section 15.2.2)
+                response.body.close()
+                if response.tunnel is not None:
+                    response.tunnel.close()
+                pool.release(instance.id)
+                self._errors.labels(service, "protocol").inc()
+                raise UpstreamError(f"{instance.endpoint} switched protocols unasked", kind="protocol")
+            answer = _answer(response, ctx, instance, attempt + 1, tuple(failures))
+            if response.tunnel is not None:
+                answer.tunnel = response.tunnel  # the in-flight count is released when the tunnel ends
+                pool.release(instance.id)
+            else:
+                response.body.add_done_callback(functools.partial(pool.release, instance.id))
+            return answer
+        assert last_error is not None
+        raise last_error
 
-    # -- request side -------------------------------------------------------------------------------------------
+    # -- request side ----------------------------------------------------------------------------------------------
 
-    def _upstream_headers(self, ctx: RequestContext, request: web.BaseRequest, target: Target) -> CIMultiDict[str]:
-        headers = end_to_end(request.headers, drop=target.drop)
-        for name, value in target.forwarded:
+    def _headers(self, ctx: RequestContext, request: Inbound) -> list[tuple[str, str]]:
+        headers = end_to_end(request.headers, drop=ctx.drop)
+        headers.popall("Content-Length", None)  # the transport frames the body
+        for name, value in ctx.forwarded:
             headers[name] = value
-        headers["X-Request-ID"] = ctx.request_id
+        headers[REQUEST_ID_HEADER] = ctx.request_id
         if ctx.upstream_edits:
             ctx.upstream_edits.apply(headers)
-        return headers
+        return list(headers.items())
 
-    async def _request_body(self, request: web.BaseRequest, policy: ServicePolicy) -> tuple[object, bool]:
-        """The body to send and whether it can be sent again (for retries)."""
-        if not request.body_exists:
-            return None, True
-        if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
-            # The request passed routing, auth and rate limits: now invite the client to send its body.
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    async def _body(
+        self, request: Inbound
+    ) -> tuple[bytes | AsyncIterator[bytes] | LimitedBody | None, int | None, bool]:
+        """The body to send, its declared length, and whether it can be sent again (for retries)."""
+        if not request.body_exists:  # none, or an explicit "Content-Length: 0", which is passed on as sent
+            return (b"" if request.content_length == 0 else None), None, True
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            await self._send_continue(request)  # every step passed: now invite the client to send its body
         length = request.content_length
-        limit = policy.max_body_bytes
+        limit = self._policy.max_body_bytes
         if length is not None:
             if limit is not None and length > limit:  # BodyLimitStage refuses this first; kept for direct callers
                 raise too_large(limit, length)
             if length <= self._buffer_limit:
-                return await request.read(), True
-            return _stream(request.content), False
+                return await request.content.readexactly(length), length, True
+            return _stream(request.content), length, False
         if limit is not None:
-            return LimitedBody(request.content, limit), False  # streamed; the chunk crossing the limit is never sent
-        return _stream(request.content), False
+            return LimitedBody(request.content, limit), None, False  # the chunk crossing the limit is never sent
+        return _stream(request.content), None, False
 
-    def _pick(self, ctx: RequestContext, target: Target, tried: frozenset[str]) -> Instance | None:
-        if target.policy.circuit_breaker is None:  # no breaker: the balancer's fast path
-            return target.pool.pick(ctx.client_ip, exclude=tried)
-        service = target.service
+    # -- choosing an instance --------------------------------------------------------------------------------------
 
-        def available(instance: Instance) -> bool:
-            return self._breakers.allow(service, instance.id)
+    def _pick(self, ctx: RequestContext, target: Target, tried: set[str]) -> Instance | None:
+        pool = target.pool
+        exclude = frozenset(tried) if tried else frozenset()
+        available = self._available if self._uses_breaker else None
+        if target.prefer is not None and target.prefer not in tried:
+            preferred = pool.member(target.prefer)
+            if preferred is not None and (available is None or available(preferred)):
+                return preferred
+        return pool.pick(ctx.client_ip, exclude=exclude, available=available)
 
-        return target.pool.pick(ctx.client_ip, exclude=tried, available=available)
+    def _available(self, instance: Instance) -> bool:
+        return self._breakers.allow(self._service, instance.id)
 
-    def _no_instance(self, target: Target) -> web.StreamResponse:
+    def _no_instance(self, ctx: RequestContext, target: Target) -> Answer:
         if target.pool.members:
-            breaker = target.policy.circuit_breaker
+            breaker = self._policy.circuit_breaker
             if breaker is not None and breaker.fallback is not None:
-                return _fallback_response(breaker.fallback)
-            raise CircuitOpen(f"every instance of {target.service} has an open circuit breaker")
-        raise NoHealthyUpstream(f"no healthy instance of {target.service}")
-
-    # -- response side ------------------------------------------------------------------------------------------
-
-    async def _relay(
-        self, ctx: RequestContext, request: web.BaseRequest, response: aiohttp.ClientResponse, outcome: Outcome
-    ) -> web.StreamResponse:
-        headers = end_to_end(response.headers)
-        headers["X-Request-ID"] = ctx.request_id
-        if ctx.response_edits:
-            ctx.response_edits.apply(headers)
-        length = response.content_length
-        no_body = request.method == "HEAD" or response.status in (204, 304) or 100 <= response.status < 200
-        absent = tuple(name for name in _SERVER_DEFAULTS if name not in headers)
-        if no_body:
-            out = _stream_response(response, headers, absent)
-            await out.prepare(request)
-            await out.write_eof()
-            return out
-        if length is not None and length <= self._buffer_limit:
-            with upstream_errors(f"{outcome.instance}"):
-                payload = await response.read()
-            headers.pop("Content-Length", None)
-            outcome.bytes_sent = len(payload)
-            if not absent:
-                return web.Response(status=response.status, reason=response.reason, headers=headers, body=payload)
-            relayed = _RelayedResponse(status=response.status, reason=response.reason, headers=headers, body=payload)
-            relayed.absent_headers = absent
-            return relayed
-        out = _stream_response(response, headers, absent)
-        if length is not None:
-            out.content_length = length
-        await out.prepare(request)
-        try:
-            async for chunk in response.content.iter_chunked(_CHUNK):
-                await out.write(chunk)
-                outcome.bytes_sent += len(chunk)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            # Headers are gone already: the only honest signal left is to cut the client connection.
-            outcome.errors.append("body_interrupted")
-            self._log.warning("upstream_body_interrupted", instance=outcome.instance, error=type(exc).__name__)
-            if request.transport is not None:
-                request.transport.close()
-            return out
-        await out.write_eof()
-        return out
-
-    # -- WebSocket ----------------------------------------------------------------------------------------------
-
-    async def _websocket(
-        self,
-        ctx: RequestContext,
-        request: web.BaseRequest,
-        target: Target,
-        headers: CIMultiDict[str],
-        outcome: Outcome,
-    ) -> web.StreamResponse:
-        for name in _WS_HANDSHAKE:
-            headers.popall(name, None)
-        protocols = tuple(
-            p.strip() for v in request.headers.getall("Sec-WebSocket-Protocol", []) for p in v.split(",") if p.strip()
-        )
-        tried: set[str] = set()
-        upstream: aiohttp.ClientWebSocketResponse | None = None
-        instance: Instance | None = None
-        for attempt in range(1 + target.policy.retries.attempts):
-            instance = self._pick(ctx, target, frozenset(tried))
-            if instance is None:
-                break
-            tried.add(instance.id)
-            outcome.instance, outcome.attempts = instance.id, attempt + 1
-            scheme = "wss" if instance.scheme == "https" else "ws"
-            url = URL(f"{scheme}://{instance.endpoint}{target.path_qs}", encoded=True)
-            try:
-                with upstream_errors(instance.endpoint):
-                    upstream = await self._session.ws_connect(
-                        url,
-                        headers=headers,
-                        protocols=protocols,
-                        timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
-                        autoping=False,
-                        max_msg_size=0,
-                    )
-            except UpstreamError as exc:
-                self._breakers.record(target.service, instance.id, ok=False)
-                self._metrics.upstream_errors.labels(target.service, exc.kind).inc()
-                if exc.connect_failed and attempt < target.policy.retries.attempts:
-                    continue
-                raise
-            break
-        if upstream is None or instance is None:
-            return self._no_instance(target)
-        self._breakers.record(target.service, instance.id, ok=True)
-        target.pool.acquire(instance.id)
-        try:
-            downstream = web.WebSocketResponse(
-                protocols=(upstream.protocol,) if upstream.protocol else (), autoping=False, max_msg_size=0
-            )
-            await downstream.prepare(request)
-            await _pump_websockets(downstream, upstream)
-            return downstream
-        finally:
-            target.pool.release(instance.id)
-            await upstream.close()
+                return _fallback_answer(breaker.fallback, ctx)
+            raise CircuitOpen(f"every instance of {self._service} has an open circuit breaker")
+        raise NoHealthyUpstream(f"no healthy instance of {self._service}")
 
 
-@functools.lru_cache(maxsize=1024)
-def _client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
-    """aiohttp's timeout value for a policy's timeouts (built once per distinct policy, not per request)."""
-    return aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.read)
+def _answer(
+    response: UpstreamResponse, ctx: RequestContext, instance: Instance, attempts: int, failures: tuple[str, ...]
+) -> Answer:
+    headers: CIMultiDict[str] = CIMultiDict(response.headers)
+    upgrade = headers.get("Upgrade") if response.tunnel is not None else None
+    strip_hop_by_hop(headers)
+    if upgrade is not None:
+        headers["Connection"] = "Upgrade"
+        headers["Upgrade"] = upgrade
+    spool = response.body
+    whole = spool.whole()
+    length = _content_length(headers) if whole is None else None
+    return Answer(
+        status=response.status,
+        reason=response.reason,
+        headers=headers,
+        body=whole if whole is not None else spool,
+        length=length,
+        edits=ctx.response_edits,
+        instance=instance.id,
+        attempts=attempts,
+        failures=failures,
+    )
+
+
+def _content_length(headers: CIMultiDict[str]) -> int | None:
+    value = headers.get("Content-Length")
+    if value is None or not value.isdigit():
+        return None
+    return int(value)
 
 
 def _retryable(exc: UpstreamError, retry_on: frozenset[str], replayable: bool) -> bool:
@@ -312,88 +250,26 @@ def _retryable(exc: UpstreamError, retry_on: frozenset[str], replayable: bool) -
     return exc.kind == "timeout" and "timeout" in retry_on
 
 
-# Headers aiohttp's server fills in when a response lacks them; a proxy passes the upstream's or none.
-_SERVER_DEFAULTS = ("Content-Type", "Server")
+def _upgrade_token(request: Inbound) -> str | None:
+    """The protocol the client asks to switch to (``Connection: upgrade`` with ``Upgrade``), if any."""
+    upgrade = request.headers.get("Upgrade")
+    if upgrade is None:
+        return None
+    connection = request.headers.get("Connection", "")
+    if "upgrade" not in (token.strip().lower() for token in connection.split(",")):
+        return None
+    return upgrade
 
 
-class _RelayedResponse(web.Response):
-    """A relayed response that keeps aiohttp from inventing headers the upstream did not send (guarded by the
-    httpbin tests ``status-418`` and friends). Used only when the upstream lacked one of _SERVER_DEFAULTS."""
-
-    absent_headers: tuple[str, ...] = ()
-
-    async def _prepare_headers(self) -> None:
-        await super()._prepare_headers()
-        for name in self.absent_headers:
-            self._headers.popall(name, None)
-
-
-class _RelayedStreamResponse(web.StreamResponse):
-    """The streaming twin of _RelayedResponse."""
-
-    absent_headers: tuple[str, ...] = ()
-
-    async def _prepare_headers(self) -> None:
-        await super()._prepare_headers()
-        for name in self.absent_headers:
-            self._headers.popall(name, None)
-
-
-def _stream_response(
-    response: aiohttp.ClientResponse, headers: CIMultiDict[str], absent: tuple[str, ...]
-) -> web.StreamResponse:
-    if not absent:
-        return web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
-    out = _RelayedStreamResponse(status=response.status, reason=response.reason, headers=headers)
-    out.absent_headers = absent
-    return out
-
-
-def _failure_statuses(policy: ServicePolicy) -> frozenset[int]:
-    breaker = policy.circuit_breaker
-    return breaker.failure_statuses if breaker is not None else frozenset()
-
-
-def _is_websocket(request: web.BaseRequest) -> bool:
-    return request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
-
-
-async def _stream(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+async def _stream(content: BodyReader) -> AsyncIterator[bytes]:
     async for chunk in content.iter_chunked(_CHUNK):
         yield chunk
 
 
-def _fallback_response(fallback: Fallback) -> web.Response:
-    headers = CIMultiDict(fallback.headers)
+def _fallback_answer(fallback: Fallback, ctx: RequestContext) -> Answer:
+    headers: CIMultiDict[str] = CIMultiDict(fallback.headers)
     headers["Content-Type"] = fallback.content_type
-    return web.Response(status=fallback.status, body=fallback.body.encode(), headers=headers)
+    return Answer(status=fallback.status, headers=headers, body=fallback.body.encode(), edits=ctx.response_edits)
 
 
-async def _pump_websockets(downstream: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
-    """Relay frames both ways until either side closes; then close the other with the same code."""
-
-    async def relay(
-        source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-        sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-    ) -> None:
-        async for message in source:
-            if message.type is aiohttp.WSMsgType.TEXT:
-                await sink.send_str(message.data)
-            elif message.type is aiohttp.WSMsgType.BINARY:
-                await sink.send_bytes(message.data)
-            elif message.type is aiohttp.WSMsgType.PING:
-                await sink.ping(message.data)
-            elif message.type is aiohttp.WSMsgType.PONG:
-                await sink.pong(message.data)
-        code = source.close_code or aiohttp.WSCloseCode.OK
-        await sink.close(code=code)
-
-    tasks = [asyncio.ensure_future(relay(downstream, upstream)), asyncio.ensure_future(relay(upstream, downstream))]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError, ConnectionError):
-                await task
+__all__ = ["Forwarder", "SendContinue", "Spool"]

@@ -10,13 +10,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-LbAlgorithm = Literal["round_robin", "least_conn", "ip_hash"]
-LB_ALGORITHMS: tuple[LbAlgorithm, ...] = ("round_robin", "least_conn", "ip_hash")
+from consulgw.model.balancing import LbAlgorithm
 
 # What a retry may be triggered by: a failed connect, a read timeout (only before any byte was sent back),
 # or one of these upstream statuses. Retries only ever apply to idempotent methods.
 RETRY_CONDITIONS: frozenset[str] = frozenset({"connect_failure", "timeout", "500", "502", "503", "504"})
-IDEMPOTENT_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -37,6 +37,8 @@ from consulgw.auth.claims import is_scope_token
 from consulgw.auth.discovery import expected_issuer, same_issuer
 from consulgw.duration import parse_go_duration
 from consulgw.errors import PolicyError
+from consulgw.model.balancing import as_lb
+from consulgw.model.http import HOP_BY_HOP, IDENTITY_HEADERS, SPOOFABLE_HEADERS
 from consulgw.policy.consumers import is_api_key_digest, parse_password_hash
 from consulgw.policy.model import (
     ApiKeyAuth,
@@ -51,14 +53,12 @@ from consulgw.policy.model import (
     HeaderRules,
     IntrospectionAuth,
     JwtAuth,
-    LbAlgorithm,
     OpenApiPolicy,
     RateLimitPolicy,
     Retries,
     ServicePolicy,
     Timeouts,
 )
-from consulgw.upstream.headers import HOP_BY_HOP, IDENTITY_HEADERS, SPOOFABLE_HEADERS
 
 Path = tuple[str | int, ...]
 
@@ -412,7 +412,7 @@ def _unique(items: Iterable[str], *, fold: Callable[[str], str] = str.lower) -> 
 
 
 def _policy(doc: Mapping[str, Any]) -> ServicePolicy:
-    lb = cast("LbAlgorithm | None", doc.get("lb"))
+    lb = as_lb(doc.get("lb"))
     timeouts = Timeouts()
     if "timeouts" in doc:
         t = doc["timeouts"]

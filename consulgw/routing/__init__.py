@@ -1,8 +1,6 @@
 """Consul tags -> route specs (``rules``) -> one immutable, pre-indexed route table (``table``)."""
 
 from consulgw.routing.rules import (
-    DEFAULT_LB,
-    LB_ALGORITHMS,
     RouteError,
     RouteSpec,
     ServiceRoutes,
@@ -12,8 +10,6 @@ from consulgw.routing.rules import (
 from consulgw.routing.table import MatchKind, RouteConflict, RouteMatch, RouteTable
 
 __all__ = [
-    "DEFAULT_LB",
-    "LB_ALGORITHMS",
     "MatchKind",
     "RouteConflict",
     "RouteError",

@@ -19,12 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from consulgw.errors import ConfigError
-
-ROUND_ROBIN = "round_robin"
-LEAST_CONN = "least_conn"
-IP_HASH = "ip_hash"
-LB_ALGORITHMS: tuple[str, ...] = (ROUND_ROBIN, LEAST_CONN, IP_HASH)
-DEFAULT_LB = ROUND_ROBIN
+from consulgw.model.balancing import DEFAULT_LB, LB_ALGORITHMS
 
 FABIO = "fabio"
 FABIO_TAG_PREFIX = "urlprefix-"

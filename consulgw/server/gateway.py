@@ -27,20 +27,24 @@ from consulgw.discovery.watcher import CatalogWatcher, WatcherStatus
 from consulgw.ids import RequestIds
 from consulgw.metrics import GatewayMetrics
 from consulgw.openapi.catalog import OpenApiCatalog
+from consulgw.pipeline.chain import Next, Stage, build_chain
 from consulgw.pipeline.forward import Forwarder
 from consulgw.pipeline.stages.deps import StageDeps
+from consulgw.pipeline.target import SelectTarget
+from consulgw.policy.model import ServicePolicy
 from consulgw.ratelimit.local import LocalLimiter
 from consulgw.ratelimit.outage import BackendOutage
 from consulgw.routing.rules import has_route_tags
 from consulgw.server.admin import AdminDeps, create_admin_app
 from consulgw.server.history import TrafficHistory, TrafficRecorder
+from consulgw.server.listener import create_public_app, send_continue
 from consulgw.server.proxy import ProxyHandler
 from consulgw.server.view import GatewayView, ViewBuilder
 from consulgw.settings import GatewaySettings
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.headers import TrustedProxies
 from consulgw.upstream.pool import UpstreamPools
-from consulgw.upstream.transport import create_upstream_session
+from consulgw.upstream.transport import Http1Transport
 
 
 class Gateway:
@@ -72,7 +76,7 @@ class Gateway:
         self._watch_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._listening = False
-        self._public: web.ServerRunner | None = None
+        self._public: web.AppRunner | None = None
         self._admin: web.AppRunner | None = None
         self._builder: ViewBuilder | None = None
         self._watcher: CatalogWatcher | None = None
@@ -107,7 +111,8 @@ class Gateway:
         consul_session = await self._exit.enter_async_context(
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None))
         )
-        upstream_session = await self._exit.enter_async_context(create_upstream_session(ca_file=s.upstream_ca))
+        transport = Http1Transport(ca_file=s.upstream_ca)
+        self._exit.push_async_callback(transport.close)
         redis_client: redis_asyncio.Redis | None = None
         if s.redis_url:
             redis_client = redis_asyncio.from_url(
@@ -121,6 +126,19 @@ class Gateway:
         redis_outage = BackendOutage()
         verified_passwords = VerifiedPasswords()
         compat = frozenset(s.tag_compat)
+        select = SelectTarget(pools)
+
+        def pipeline(service: str, policy: ServicePolicy, stages: tuple[Stage, ...]) -> Next:
+            forwarder = Forwarder(
+                service=service,
+                policy=policy,
+                transport=transport,
+                breakers=breakers,
+                metrics=self.metrics,
+                send_continue=send_continue,
+            )
+            return build_chain((*stages, select), forwarder)
+
         builder = ViewBuilder(
             tag_prefix=s.tag_prefix,
             compat=compat,
@@ -143,6 +161,7 @@ class Gateway:
                 worker_index=self._worker_index,
                 worker_count=self._worker_count,
             ),
+            pipeline=pipeline,
             clock=self._clock,
         )
         self._builder = builder
@@ -156,15 +175,13 @@ class Gateway:
             wait=self._consul_wait,
         )
         self._watcher = watcher
-        forwarder = Forwarder(session=upstream_session, breakers=breakers, metrics=self.metrics)
         if s.tls_cert and s.tls_key:
             self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self._tls.load_cert_chain(s.tls_cert, s.tls_key)
         handler = ProxyHandler(
             view=self.view,
-            pools=pools,
-            forwarder=forwarder,
             metrics=self.metrics,
+            recorder=self.recorder,
             trusted=TrustedProxies(s.trusted_proxies),
             clock=self._clock,
             new_request_id=self._new_request_id,
@@ -195,8 +212,12 @@ class Gateway:
             )
         )
 
-        server = web.Server(handler, handler_cancellation=True, access_log=None)
-        self._public = web.ServerRunner(server, shutdown_timeout=s.drain_timeout)
+        self._public = web.AppRunner(
+            create_public_app(handler.__call__),
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=s.drain_timeout,
+        )
         await self._public.setup()
         self._exit.push_async_callback(self._public.cleanup)
         site = web.TCPSite(

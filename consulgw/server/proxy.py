@@ -1,14 +1,20 @@
-"""The public listener's request handler: resolve, run the service's stages, forward, log one line.
+"""The public listener's request handler. The steps of every request, in order:
 
-It reads the active view once per request and uses that view to the end, so a table swap never affects a
-request in flight. Every failure becomes a JSON error ``{"error", "message", "request_id"}``; nothing else
-(no stack trace) ever reaches a client.
+1. **Route**: read the active view once (a swap never affects a request in flight) and look the request up in its
+   route table; no route, a wrong method or no view yet is answered at once.
+2. **The service's pipeline**, built once per service policy (``ServiceEntry.chain``): the policy stages (CORS, body
+   limit, auth, rate limit, header transforms), then target selection, then the forwarder, which sends through the
+   upstream transport. See :mod:`consulgw.pipeline.chain`.
+3. **Response phase** (:func:`consulgw.pipeline.answer.finish`): one rule for every answer, whoever made it.
+4. **Write** the answer to the client (:mod:`consulgw.server.listener`), then one ``request_completed`` log line and
+   the request metrics.
+
+Every failure becomes a JSON error answer; nothing else (no stack trace) ever reaches a client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 
 import structlog
@@ -18,18 +24,14 @@ from consulgw.clock import Clock
 from consulgw.errors import GatewayError, MethodNotAllowed, NoHealthyUpstream, NoRoute
 from consulgw.logs import access_logger
 from consulgw.metrics import GatewayMetrics
-from consulgw.pipeline.context import NO_EDITS, HeaderEdits, RequestContext, build_chain
-from consulgw.pipeline.forward import Forwarder, Outcome, Target
+from consulgw.model.http import IDENTITY_HEADERS, SPOOFABLE_HEADERS
+from consulgw.pipeline.answer import Answer, error_answer, finish
+from consulgw.pipeline.context import RequestContext
 from consulgw.routing.table import MatchKind
+from consulgw.server.history import TrafficRecorder
+from consulgw.server.listener import write_answer
 from consulgw.server.view import GatewayView
-from consulgw.upstream.headers import (
-    IDENTITY_HEADERS,
-    SPOOFABLE_HEADERS,
-    TrustedProxies,
-    forwarded_headers,
-    request_id_from,
-)
-from consulgw.upstream.pool import UpstreamPools
+from consulgw.upstream.headers import TrustedProxies, forwarded_headers, request_id_from
 
 _NO_SERVICE = "-"
 _UNTRUSTED_DROP = IDENTITY_HEADERS + SPOOFABLE_HEADERS
@@ -40,18 +42,16 @@ class ProxyHandler:
         self,
         *,
         view: Callable[[], GatewayView | None],
-        pools: UpstreamPools,
-        forwarder: Forwarder,
         metrics: GatewayMetrics,
+        recorder: TrafficRecorder,
         trusted: TrustedProxies,
         clock: Clock,
         new_request_id: Callable[[], str],
         scheme: str = "http",
     ) -> None:
         self._view = view
-        self._pools = pools
-        self._forwarder = forwarder
         self._metrics = metrics
+        self._recorder = recorder
         self._trusted = trusted
         self._clock = clock
         self._new_request_id = new_request_id
@@ -69,86 +69,81 @@ class ProxyHandler:
         self.inflight += 1
         if self._count_inflight:
             self._metrics.inflight.inc()
-        request_id = request_id_from(request.headers.get("X-Request-ID")) or self._new_request_id()
+        headers = request.headers
+        request_id = request_id_from(headers.get("X-Request-ID")) or self._new_request_id()
         peer = request.remote or ""
-        trusted_peer = self._trusted.trusts(peer)
-        client_ip = (
-            self._trusted.client_ip(peer, request.headers.getall("X-Forwarded-For", [])) if trusted_peer else peer
-        )
+        trusted = self._trusted
+        trusted_peer = trusted.trusts(peer)
+        client_ip = trusted.client_ip(peer, headers.getall("X-Forwarded-For", [])) if trusted_peer else peer
         service, route_label = _NO_SERVICE, "no_route"
-        outcome = Outcome()
-        response_edits: HeaderEdits = NO_EDITS
-        error_code: str | None = None
+        answer: Answer | None = None
         response: web.StreamResponse | None = None
+        error: str | None = None
         try:
-            view = self._view()
-            if view is None:
-                raise NoHealthyUpstream("the gateway has not loaded its first view of Consul yet")
-            method = request.method
-            if method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-                # A CORS preflight belongs to the route of the method it asks about; its CORS stage answers it.
-                method = request.headers["Access-Control-Request-Method"]
-            match = view.table.lookup(request.host, request.raw_path, method)
-            if match.kind is MatchKind.METHOD_NOT_ALLOWED:
-                allowed = ", ".join(match.allowed)
-                raise MethodNotAllowed(f"{request.method} is not allowed here", headers={"Allow": allowed})
-            if match.route is None:
-                raise NoRoute(f"no route for {request.method} {request.path}")
-            route = match.route
-            service, route_label = route.service, route.label
-            entry = view.services.get(service)
-            pool = self._pools.pool(service)
-            if entry is None or pool is None:
-                raise NoHealthyUpstream(f"no healthy instance of {service}")
-            target = Target(
-                service=service,
-                policy=entry.policy,
-                pool=pool,
-                path_qs=match.upstream_path,
-                drop=IDENTITY_HEADERS if trusted_peer else _UNTRUSTED_DROP,
-                forwarded=tuple(
-                    forwarded_headers(
-                        incoming=request.headers,
-                        peer=peer,
-                        scheme=self._scheme,
-                        host=request.host,
-                        trusted=self._trusted,
+            try:
+                view = self._view()
+                if view is None:
+                    raise NoHealthyUpstream("the gateway has not loaded its first view of Consul yet")
+                method = request.method
+                if method == "OPTIONS" and "Access-Control-Request-Method" in headers:
+                    # A CORS preflight belongs to the route of the method it asks about; its CORS step answers it.
+                    method = headers["Access-Control-Request-Method"]
+                match = view.table.lookup(request.host, request.raw_path, method)
+                if match.kind is MatchKind.METHOD_NOT_ALLOWED:
+                    raise MethodNotAllowed(
+                        f"{request.method} is not allowed here", headers={"Allow": ", ".join(match.allowed)}
                     )
-                ),
-            )
-            ctx = RequestContext(
-                request_id=request_id,
-                client_ip=client_ip,
-                service=service,
-                route=route_label,
-                started=started,
-            )
-            forwarder = self._forwarder
-
-            async def terminal(final: RequestContext) -> web.StreamResponse:
-                nonlocal response_edits
-                response_edits = final.response_edits
-                return await forwarder.forward(final, request, target, outcome)
-
-            handler = build_chain(entry.stages, terminal, request) if entry.stages else terminal
-            response = await handler(ctx)
-            return response
-        except GatewayError as exc:
-            error_code = exc.code
-            response = error_response(exc, request_id, response_edits)
+                route = match.route
+                if route is None:
+                    raise NoRoute(f"no route for {request.method} {request.path}")
+                service, route_label = route.service, route.label
+                entry = view.services.get(service)
+                if entry is None:
+                    raise NoHealthyUpstream(f"no healthy instance of {service}")
+                ctx = RequestContext(
+                    request=request,
+                    request_id=request_id,
+                    client_ip=client_ip,
+                    service=service,
+                    route=route_label,
+                    started=started,
+                    upstream_target=match.upstream_path,
+                    forwarded=forwarded_headers(
+                        incoming=headers, peer=peer, scheme=self._scheme, host=request.host, trusted=trusted
+                    ),
+                    drop=IDENTITY_HEADERS if trusted_peer else _UNTRUSTED_DROP,
+                )
+                answer = await entry.chain(ctx)
+            except GatewayError as exc:
+                answer = error_answer(exc, request_id)
+            finish(answer, request_id)
+            response = await write_answer(request, answer)
+            error = answer.error
+            if error == "body_interrupted":
+                self._errors.warning(
+                    "upstream_body_interrupted", request_id=request_id, service=service, instance=answer.instance
+                )
             return response
         except (ConnectionResetError, asyncio.CancelledError):
-            error_code = "client_disconnected"
+            error = "client_disconnected"
+            if answer is not None:
+                answer.discard()
             raise
         except Exception:  # noqa: BLE001 - the one place where an unexpected failure becomes a 500
-            error_code = "internal_error"
+            if answer is not None:
+                answer.discard()
+            error = "internal_error"
             self._errors.exception("request_failed", request_id=request_id, service=service)
-            response = _json_error(500, "internal_error", "internal gateway error", request_id)
+            answer = error_answer(GatewayError("internal gateway error"), request_id)
+            finish(answer, request_id)
+            response = await write_answer(request, answer)
             return response
         finally:
             elapsed = self._clock.monotonic() - started
             status = response.status if response is not None else 499
             self._metrics.observe_request(service, route_label, status, elapsed)
+            if answer is not None:
+                self._recorder.observe(service, answer.instance, status, elapsed)
             self.inflight -= 1
             if self._count_inflight:
                 self._metrics.inflight.dec()
@@ -159,35 +154,11 @@ class ProxyHandler:
                 path=request.path,
                 route=route_label,
                 service=service,
-                instance=outcome.instance,
+                instance=answer.instance if answer is not None else None,
                 status=status,
                 duration_ms=round(elapsed * 1000, 3),
-                bytes=outcome.bytes_sent or _body_size(response),
+                bytes=answer.sent if answer is not None else 0,
                 client_ip=client_ip,
-                attempts=outcome.attempts,
-                error=error_code,
+                attempts=answer.attempts if answer is not None else 0,
+                error=error,
             )
-
-
-def _body_size(response: web.StreamResponse | None) -> int:
-    body = response.body if isinstance(response, web.Response) else None
-    return len(body) if isinstance(body, bytes) else 0
-
-
-def error_response(exc: GatewayError, request_id: str, edits: HeaderEdits = NO_EDITS) -> web.Response:
-    response = _json_error(exc.status, exc.code, exc.message, request_id)
-    for name, value in exc.headers.items():
-        response.headers[name] = value
-    if edits:
-        edits.apply(response.headers)
-    return response
-
-
-def _json_error(status: int, code: str, message: str, request_id: str) -> web.Response:
-    body = json.dumps({"error": code, "message": message, "request_id": request_id})
-    return web.Response(
-        status=status,
-        text=body,
-        content_type="application/json",
-        headers={"X-Request-ID": request_id, "Cache-Control": "no-store"},
-    )

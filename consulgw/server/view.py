@@ -18,12 +18,13 @@ import structlog
 from consulgw.clock import Clock
 from consulgw.errors import PolicyError
 from consulgw.metrics import GatewayMetrics
+from consulgw.model.balancing import LbAlgorithm, effective_lb
 from consulgw.model.snapshot import CatalogSnapshot, ServiceSnapshot
-from consulgw.pipeline.context import Stage
+from consulgw.pipeline.chain import Next, Stage
 from consulgw.pipeline.stages import build_stages
 from consulgw.pipeline.stages.deps import StageDeps
 from consulgw.policy.book import build_policy_book, changed_services
-from consulgw.policy.model import LbAlgorithm, PolicyBook, ServicePolicy
+from consulgw.policy.model import PolicyBook, ServicePolicy
 from consulgw.routing.rules import ServiceRoutes, parse_service_routes
 from consulgw.routing.table import RouteTable
 from consulgw.upstream.breaker import BreakerBoard
@@ -37,7 +38,7 @@ class ServiceEntry:
     snapshot: ServiceSnapshot
     routes: ServiceRoutes
     policy: ServicePolicy
-    stages: tuple[Stage, ...]
+    chain: Next  # the service's pipeline: policy stages, target selection, forwarder (built once per policy)
     lb: LbAlgorithm
 
 
@@ -63,6 +64,7 @@ class ViewBuilder:
         breakers: BreakerBoard,
         metrics: GatewayMetrics,
         stage_deps: Callable[[str], StageDeps],
+        pipeline: Callable[[str, ServicePolicy, tuple[Stage, ...]], Next],
         clock: Clock,
     ) -> None:
         self._tag_prefix = tag_prefix
@@ -72,6 +74,7 @@ class ViewBuilder:
         self._breakers = breakers
         self._metrics = metrics
         self._stage_deps = stage_deps
+        self._pipeline = pipeline
         self._clock = clock
         self._log = structlog.get_logger("consulgw.view")
         self.current: GatewayView | None = None
@@ -117,19 +120,23 @@ class ViewBuilder:
                     self._log.warning("route_tag_rejected", service=name, tag=error.tag, reason=error.reason)
             policy = book.for_service(name)
             if old is not None and old.policy == policy:
-                stages = old.stages
+                chain = old.chain
             else:
                 try:
-                    stages = build_stages(policy, self._stage_deps(name))
+                    chain = self._pipeline(name, policy, build_stages(policy, self._stage_deps(name)))
                 except PolicyError as exc:  # the parser should have caught it; one service never breaks the view
                     self._log.warning("policy_rejected", service=name, reason=str(exc))
                     policy = old.policy if old is not None else book.defaults
-                    stages = old.stages if old is not None else build_stages(policy, self._stage_deps(name))
-            lb: LbAlgorithm = policy.lb or _lb(routes.lb) or "round_robin"
+                    chain = (
+                        old.chain
+                        if old is not None
+                        else self._pipeline(name, policy, build_stages(policy, self._stage_deps(name)))
+                    )
+            lb = effective_lb(policy.lb, routes.lb)
             self._pools.update(name, svc.instances, lb)
             self._breakers.configure(name, policy.circuit_breaker)
             self._breakers.forget(name, frozenset(i.id for i in svc.instances))
-            services[name] = ServiceEntry(snapshot=svc, routes=routes, policy=policy, stages=stages, lb=lb)
+            services[name] = ServiceEntry(snapshot=svc, routes=routes, policy=policy, chain=chain, lb=lb)
             self._metrics.route_errors.labels(name).set(len(routes.errors))
             in_pool = sum(1 for i in svc.instances if i.weight > 0)
             self._metrics.pool_size.labels(name, "in_pool").set(in_pool)
@@ -171,13 +178,3 @@ class ViewBuilder:
             if key not in new.errors:
                 self._metrics.policy_rejected.labels(key).set(0)
                 self._log.info("policy_accepted", key=key)
-
-
-def _lb(value: str | None) -> LbAlgorithm | None:
-    if value == "round_robin":
-        return "round_robin"
-    if value == "least_conn":
-        return "least_conn"
-    if value == "ip_hash":
-        return "ip_hash"
-    return None

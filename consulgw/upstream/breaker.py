@@ -28,16 +28,29 @@ outlives a ``BreakerBoard``. Everything runs on the event loop thread without aw
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
+from typing import Literal, Protocol
 
 import structlog
 from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker
 
 from consulgw.clock import Clock
 from consulgw.metrics import BREAKER_STATES, GatewayMetrics
-from consulgw.policy.model import BreakerPolicy
 
 BreakerState = Literal["closed", "open", "half_open"]
+
+
+class BreakerPolicy(Protocol):
+    """What a breaker needs of a service's policy (``consulgw.policy.model.BreakerPolicy`` is one)."""
+
+    @property
+    def failure_threshold(self) -> int: ...
+
+    @property
+    def recovery_timeout(self) -> float: ...
+
+    @property
+    def failure_statuses(self) -> frozenset[int]: ...
+
 
 log = structlog.get_logger("consulgw.breaker")
 

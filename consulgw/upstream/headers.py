@@ -14,27 +14,19 @@ from typing import Final
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from consulgw.model.http import HOP_BY_HOP, IDENTITY_HEADERS, SPOOFABLE_HEADERS
 from consulgw.settings import IPNetwork
 
-HOP_BY_HOP: Final = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# Identity headers only the gateway may set (after authentication); whatever a client sends is dropped.
-IDENTITY_HEADERS: Final = ("X-Consumer-ID", "X-User-ID", "X-User-Scopes")
-# Other client-address headers an upstream might believe: dropped unless they come from a trusted proxy
-# (X-Forwarded-* are replaced instead, see forwarded_headers).
-SPOOFABLE_HEADERS: Final = ("Forwarded", "X-Real-IP")
+__all__ = [
+    "HOP_BY_HOP",
+    "IDENTITY_HEADERS",
+    "SPOOFABLE_HEADERS",
+    "TrustedProxies",
+    "end_to_end",
+    "forwarded_headers",
+    "strip_hop_by_hop",
+]
+
 _MAX_REQUEST_ID = 200
 
 
@@ -55,17 +47,22 @@ def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str], *, drop: tuple
     filtering every header in Python (this runs twice per proxied request).
     """
     out: CIMultiDict[str] = CIMultiDict(headers)
-    if "Connection" in out:
-        for name in connection_tokens(out):
-            if name in out:
-                del out[name]
-    for name in _HOP_BY_HOP_NAMES:
-        if name in out:
-            del out[name]
+    strip_hop_by_hop(out)
     for name in drop:
         if name in out:
             del out[name]
     return out
+
+
+def strip_hop_by_hop(headers: CIMultiDict[str]) -> None:
+    """Remove hop-by-hop fields in place, including those named in ``Connection`` (RFC 9110 section 7.6.1)."""
+    if "Connection" in headers:
+        for name in connection_tokens(headers):
+            if name in headers:
+                del headers[name]
+    for name in _HOP_BY_HOP_NAMES:
+        if name in headers:
+            del headers[name]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +115,7 @@ def forwarded_headers(
     scheme: str,
     host: str,
     trusted: TrustedProxies,
-) -> list[tuple[str, str]]:
+) -> tuple[tuple[str, str], ...]:
     """X-Forwarded-For/-Proto/-Host for the upstream request.
 
     From a trusted proxy the existing chain is kept and the peer appended; otherwise client-supplied values are
@@ -131,7 +128,7 @@ def forwarded_headers(
         fwd_host = incoming.get("X-Forwarded-Host") or host
     else:
         xff, proto, fwd_host = peer, scheme, host
-    return [("X-Forwarded-For", xff), ("X-Forwarded-Proto", proto), ("X-Forwarded-Host", fwd_host)]
+    return (("X-Forwarded-For", xff), ("X-Forwarded-Proto", proto), ("X-Forwarded-Host", fwd_host))
 
 
 def request_id_from(value: str | None) -> str | None:

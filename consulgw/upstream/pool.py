@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from consulgw.errors import ConfigError
+from consulgw.model.balancing import IP_HASH, LB_ALGORITHMS, LEAST_CONN
 from consulgw.model.snapshot import Instance
 from consulgw.upstream.balancer import (
     Available,
@@ -24,11 +25,6 @@ from consulgw.upstream.balancer import (
     least_conn_pick,
     smooth_weighted_pick,
 )
-
-ROUND_ROBIN = "round_robin"
-LEAST_CONN = "least_conn"
-IP_HASH = "ip_hash"
-ALGORITHMS: tuple[str, ...] = (ROUND_ROBIN, LEAST_CONN, IP_HASH)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,7 +106,7 @@ class ServicePool:
     The member list is immutable; picks and in-flight counting go to the service's shared counters.
     """
 
-    __slots__ = ("_algorithm", "_members", "_rendezvous", "_rng", "_service", "_state")
+    __slots__ = ("_algorithm", "_by_id", "_members", "_rendezvous", "_rng", "_service", "_state")
 
     def __init__(
         self,
@@ -123,6 +119,7 @@ class ServicePool:
     ) -> None:
         self._service = service
         self._members = members
+        self._by_id = {m.id: m for m in members}
         self._algorithm = algorithm
         self._rng = rng
         self._state = state
@@ -142,6 +139,10 @@ class ServicePool:
 
     def __len__(self) -> int:
         return len(self._members)
+
+    def member(self, instance_id: str) -> Instance | None:
+        """The member with this id, if it is one (weight > 0)."""
+        return self._by_id.get(instance_id)
 
     def pick(
         self, client_key: str, *, exclude: frozenset[str] = frozenset(), available: Available | None = None
@@ -198,8 +199,10 @@ class UpstreamPools:
 
     def update(self, service: str, instances: Sequence[Instance], algorithm: str) -> None:
         """Replace ``service``'s members with ``instances`` that have weight > 0 (first of each id wins)."""
-        if algorithm not in ALGORITHMS:
-            raise ConfigError(f"balancer for service {service!r}: {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        if algorithm not in LB_ALGORITHMS:
+            raise ConfigError(
+                f"balancer for service {service!r}: {algorithm!r} is not one of {', '.join(LB_ALGORITHMS)}"
+            )
         by_id: dict[str, Instance] = {}
         for inst in instances:
             if inst.weight > 0:

@@ -24,8 +24,8 @@ from consulgw.policy.consumers import api_key_digest
 from consulgw.policy.model import PolicyBook
 from consulgw.policy.parse import parse_policy
 from consulgw.ratelimit.local import LocalLimiter
-from tests.policy.stage_app import ClientFactory, stage_app
 from tests.policy.test_docs import JsonExample, json_examples
+from tests.support.pipeline import ClientFactory, pipeline_app
 
 API_KEY = "ak_test_0123456789abcdefghijklmnop"
 BOOK = build_policy_book(
@@ -75,7 +75,7 @@ async def test_stage_selection_and_order(deps: StageDeps, doc: dict[str, Any], e
 
 
 async def test_whole_chain(aiohttp_client: ClientFactory, deps: StageDeps) -> None:
-    client = await aiohttp_client(stage_app(build_stages(parse_policy(FULL, key="test"), deps)))
+    client = await aiohttp_client(pipeline_app(build_stages(parse_policy(FULL, key="test"), deps)))
     origin = {"Origin": "https://app.example.com"}
 
     preflight = await client.options(

@@ -1,4 +1,4 @@
-"""CORS, header-transform and body-limit stages on a real aiohttp server (tests/policy/stage_app.py)."""
+"""CORS, header-transform and body-limit stages on a real aiohttp server (tests/support/pipeline.py)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,24 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 from multidict import CIMultiDict
 
 from consulgw.errors import GatewayError, Unauthorized
-from consulgw.pipeline.context import Next, RequestContext
+from consulgw.pipeline.answer import Answer
+from consulgw.pipeline.chain import Next
+from consulgw.pipeline.context import Inbound, RequestContext
 from consulgw.pipeline.stages.body_limit import BodyLimitStage, LimitedBody, limited_body
 from consulgw.pipeline.stages.cors import CorsStage
 from consulgw.pipeline.stages.headers import HeaderTransformStage
 from consulgw.policy.model import CorsPolicy, HeaderPolicy
 from consulgw.policy.parse import parse_policy
-from tests.policy.stage_app import CALLS, ClientFactory, stage_app
+from tests.support.pipeline import CALLS, ClientFactory, pipeline_app
 
 
 class Deny:
     """A later stage that refuses (like auth): CORS headers must still reach the page."""
 
-    async def __call__(self, ctx: RequestContext, request: web.BaseRequest, call_next: Next) -> web.StreamResponse:
+    async def __call__(self, ctx: RequestContext, request: Inbound, call_next: Next) -> Answer:
         raise Unauthorized("token required", headers={"WWW-Authenticate": 'Bearer realm="users"'})
 
 
@@ -50,7 +51,7 @@ def allow_headers(response: Any) -> dict[str, str]:
 
 
 async def test_preflight_from_allowed_origin_is_answered_by_the_gateway(aiohttp_client: ClientFactory) -> None:
-    app = stage_app((cors(**LIST_POLICY),))
+    app = pipeline_app((cors(**LIST_POLICY),))
     client = await aiohttp_client(app)
     response = await client.options(
         "/users",
@@ -82,7 +83,7 @@ async def test_preflight_from_allowed_origin_is_answered_by_the_gateway(aiohttp_
 async def test_refused_preflight_has_no_allow_headers(
     aiohttp_client: ClientFactory, origin: str, method: str, request_headers: str, reason: str
 ) -> None:
-    app = stage_app((cors(**LIST_POLICY),))
+    app = pipeline_app((cors(**LIST_POLICY),))
     client = await aiohttp_client(app)
     headers = {"Origin": origin, "Access-Control-Request-Method": method}
     if request_headers:
@@ -95,7 +96,7 @@ async def test_refused_preflight_has_no_allow_headers(
 
 
 async def test_actual_request_from_allowed_origin(aiohttp_client: ClientFactory) -> None:
-    client = await aiohttp_client(stage_app((cors(**LIST_POLICY),)))
+    client = await aiohttp_client(pipeline_app((cors(**LIST_POLICY),)))
     response = await client.get("/users", headers={"Origin": "https://app.example.com"})
     assert response.status == 200
     assert response.headers.getall("Access-Control-Allow-Origin") == ["https://app.example.com"]
@@ -105,7 +106,7 @@ async def test_actual_request_from_allowed_origin(aiohttp_client: ClientFactory)
 
 
 async def test_actual_request_from_other_origin_gets_no_permission(aiohttp_client: ClientFactory) -> None:
-    client = await aiohttp_client(stage_app((cors(**LIST_POLICY),)))
+    client = await aiohttp_client(pipeline_app((cors(**LIST_POLICY),)))
     response = await client.get("/users", headers={"Origin": "https://evil.example"})
     assert response.status == 200  # CORS is enforced by the browser; the gateway withholds permission
     assert "Access-Control-Allow-Origin" not in response.headers  # the backend's "*" was removed
@@ -113,7 +114,7 @@ async def test_actual_request_from_other_origin_gets_no_permission(aiohttp_clien
 
 
 async def test_request_without_origin_passes_without_cors_headers(aiohttp_client: ClientFactory) -> None:
-    client = await aiohttp_client(stage_app((cors(**LIST_POLICY),)))
+    client = await aiohttp_client(pipeline_app((cors(**LIST_POLICY),)))
     response = await client.get("/users")
     assert response.status == 200
     assert allow_headers(response) == {}
@@ -136,13 +137,13 @@ async def test_request_without_origin_passes_without_cors_headers(aiohttp_client
     ],
 )
 async def test_wildcard_subdomain_origins(aiohttp_client: ClientFactory, origin: str, allowed: bool) -> None:
-    client = await aiohttp_client(stage_app((cors(**LIST_POLICY),)))
+    client = await aiohttp_client(pipeline_app((cors(**LIST_POLICY),)))
     response = await client.get("/users", headers={"Origin": origin})
     assert (response.headers.get("Access-Control-Allow-Origin") == origin) is allowed
 
 
 async def test_any_origin_without_credentials(aiohttp_client: ClientFactory) -> None:
-    client = await aiohttp_client(stage_app((cors(origins=["*"], methods=["*"], headers=["*"]),)))
+    client = await aiohttp_client(pipeline_app((cors(origins=["*"], methods=["*"], headers=["*"]),)))
     response = await client.get("/users", headers={"Origin": "https://anyone.example"})
     assert response.headers["Access-Control-Allow-Origin"] == "*"
     assert "Access-Control-Allow-Credentials" not in response.headers
@@ -162,7 +163,7 @@ async def test_any_origin_without_credentials(aiohttp_client: ClientFactory) -> 
 
 
 async def test_errors_of_later_stages_carry_cors_headers(aiohttp_client: ClientFactory) -> None:
-    client = await aiohttp_client(stage_app((cors(**LIST_POLICY), Deny())))
+    client = await aiohttp_client(pipeline_app((cors(**LIST_POLICY), Deny())))
     response = await client.get("/users", headers={"Origin": "https://app.example.com"})
     assert response.status == 401
     assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
@@ -176,7 +177,7 @@ async def test_errors_of_later_stages_carry_cors_headers(aiohttp_client: ClientF
 
 
 async def test_options_without_request_method_is_an_actual_request(aiohttp_client: ClientFactory) -> None:
-    app = stage_app((cors(**LIST_POLICY),))
+    app = pipeline_app((cors(**LIST_POLICY),))
     client = await aiohttp_client(app)
     response = await client.options("/users", headers={"Origin": "https://app.example.com"})
     assert response.status == 200
@@ -200,7 +201,7 @@ async def test_header_transforms(aiohttp_client: ClientFactory) -> None:
         }
     )
     assert stage.active
-    client = await aiohttp_client(stage_app((stage,)))
+    client = await aiohttp_client(pipeline_app((stage,)))
     response = await client.get(
         "/users", headers=[("X-Debug", "1"), ("X-Env", "dev"), ("X-Via", "client-proxy"), ("X-Keep", "k")]
     )
@@ -242,7 +243,7 @@ async def chunks(total: int, size: int = 1000) -> AsyncIterator[bytes]:
     ],
 )
 async def test_body_limit(aiohttp_client: ClientFactory, limit: int, body: int, chunked: bool, status: int) -> None:
-    app = stage_app((BodyLimitStage.from_policy(limit),))
+    app = pipeline_app((BodyLimitStage.from_policy(limit),), max_body_bytes=limit)
     client = await aiohttp_client(app)
     data: Any = chunks(body) if chunked else b"x" * body
     response = await client.post("/upload", data=data)

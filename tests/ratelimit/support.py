@@ -1,30 +1,25 @@
-"""Test helpers shared by tests/ratelimit and tests/auth: a manual clock, StageDeps, and a real aiohttp server that
-runs a stage chain the way the gateway does (errors rendered with their headers, upstream edits echoed back)."""
+"""Test helpers shared by tests/ratelimit and tests/auth: a manual clock and StageDeps. Stages run on a real server
+through ``tests.support.pipeline.serve_stages`` (re-exported here with ``CLIENT_IP_HEADER``)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import random
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict
 from redis.asyncio import Redis
 
 from consulgw.auth.jwks import JwksCache
-from consulgw.errors import GatewayError
 from consulgw.metrics import GatewayMetrics
-from consulgw.pipeline.context import RequestContext, Stage, build_chain
 from consulgw.pipeline.stages.deps import StageDeps
 from consulgw.policy.model import PolicyBook
 from consulgw.ratelimit.local import LocalLimiter
 from consulgw.ratelimit.outage import BackendOutage
+from tests.support.pipeline import CLIENT_IP_HEADER, serve_stages
 
-CLIENT_IP_HEADER = "X-Test-Client-IP"  # lets one test client act as many addresses
+__all__ = ["CLIENT_IP_HEADER", "FakeClock", "make_deps", "serve_stages"]
 
 
 class FakeClock:
@@ -75,50 +70,3 @@ def make_deps(
         worker_index=worker_index,
         worker_count=worker_count,
     )
-
-
-@asynccontextmanager
-async def serve_stages(stages: tuple[Stage, ...], *, service: str = "svc") -> AsyncIterator[str]:
-    """Run ``stages`` in front of an echo terminal on 127.0.0.1; yields the base URL."""
-
-    request_headers: contextvars.ContextVar[CIMultiDict[str]] = contextvars.ContextVar("request_headers")
-
-    async def terminal(ctx: RequestContext) -> web.StreamResponse:
-        upstream = CIMultiDict(request_headers.get())
-        ctx.upstream_edits.apply(upstream)
-        response = web.json_response(
-            {
-                "consumer": ctx.consumer,
-                "upstream": {k: upstream.getall(k) for k in upstream if k.lower().startswith("x-")},
-            }
-        )
-        ctx.response_edits.apply(response.headers)
-        return response
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        request_headers.set(CIMultiDict(request.headers))
-        ctx = RequestContext(
-            request_id="test",
-            client_ip=request.headers.get(CLIENT_IP_HEADER, request.remote or "127.0.0.1"),
-            service=service,
-            route=f"{service}/",
-            started=0.0,
-        )
-        try:
-            return await build_chain(stages, terminal, request)(ctx)
-        except GatewayError as exc:
-            return web.json_response(
-                {"error": exc.code, "message": exc.message}, status=exc.status, headers=exc.headers
-            )
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()

@@ -9,7 +9,8 @@ import pytest
 
 from consulgw.errors import PolicyError
 from consulgw.metrics import GatewayMetrics
-from consulgw.pipeline.context import Next, RequestContext, Stage
+from consulgw.pipeline.chain import Next, Stage
+from consulgw.pipeline.context import RequestContext
 from consulgw.pipeline.stages.ratelimit import RateLimitStage
 from consulgw.policy.model import Consumer, ConsumerRateLimit, PolicyBook, RateLimitPolicy
 from consulgw.ratelimit.local import LocalLimiter

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from consulgw.errors import ConfigError
+from consulgw.model.balancing import LB_ALGORITHMS
 from consulgw.model.snapshot import Health, Instance, Weights
-from consulgw.routing import LB_ALGORITHMS
-from consulgw.upstream.pool import ALGORITHMS, InstanceStats, UpstreamPools
+from consulgw.policy.parse import parse_policy
+from consulgw.routing import parse_service_routes
+from consulgw.upstream.pool import InstanceStats, UpstreamPools
 
 
 def inst(name: str, weight: int = 1, *, health: Health = Health.PASSING, warning: int = 1) -> Instance:
@@ -42,8 +46,19 @@ def picks(pools: UpstreamPools, count: int, **kwargs: object) -> str:
     return "".join(out)
 
 
-def test_algorithm_names_match_the_tag_grammar() -> None:
-    assert ALGORITHMS == LB_ALGORITHMS
+@pytest.mark.parametrize("algorithm", LB_ALGORITHMS)
+def test_every_balancer_name_is_accepted_by_tags_policies_and_pools(algorithm: str) -> None:
+    """One list of names (consulgw.model.balancing); the tag grammar, the KV schema and the pools all take it."""
+    assert parse_service_routes("svc", ["gw.route=/", f"gw.lb={algorithm}"]).lb == algorithm
+    assert parse_policy({"lb": algorithm}, key="test").lb == algorithm
+    pools = UpstreamPools(rng=random.Random(0))
+    pools.update("svc", [], algorithm)
+    assert pools.pool("svc") is not None
+
+
+def test_the_policy_schema_lists_the_same_balancers() -> None:
+    schema = json.loads((Path(__file__).parents[2] / "consulgw" / "policy" / "schema.json").read_text())
+    assert tuple(v for v in schema["$defs"]["policy"]["properties"]["lb"]["enum"] if v is not None) == LB_ALGORITHMS
 
 
 @pytest.mark.parametrize(
@@ -57,7 +72,7 @@ def test_algorithm_names_match_the_tag_grammar() -> None:
         pytest.param(inst("a", health=Health.MAINTENANCE), False, id="maintenance"),
     ],
 )
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("algorithm", LB_ALGORITHMS)
 def test_membership_follows_effective_weight(instance: Instance, member: bool, algorithm: str) -> None:
     pools = pools_with([instance, inst("b")], algorithm)
     pool = pools.pool("svc")
@@ -71,7 +86,7 @@ def test_warning_uses_its_own_weight() -> None:
     assert Counter(picks(pools, 400)) == {"a": 200, "b": 200}
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("algorithm", LB_ALGORITHMS)
 def test_empty_pool_picks_none(algorithm: str) -> None:
     pools = pools_with([inst("a", health=Health.CRITICAL)], algorithm)
     pool = pools.pool("svc")
@@ -81,7 +96,7 @@ def test_empty_pool_picks_none(algorithm: str) -> None:
     assert UpstreamPools(rng=random.Random(0)).pool("svc") is None
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("algorithm", LB_ALGORITHMS)
 def test_exclude_and_available_are_honoured(algorithm: str) -> None:
     pools = pools_with([inst("a"), inst("b"), inst("c")], algorithm)
     assert set(picks(pools, 30, exclude=frozenset({"node/a", "node/b"}))) == {"c"}
@@ -89,7 +104,7 @@ def test_exclude_and_available_are_honoured(algorithm: str) -> None:
     assert picks(pools, 3, exclude=frozenset({"node/a"}), available=lambda m: m.service_id == "a") == "---"
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("algorithm", LB_ALGORITHMS)
 def test_available_is_asked_only_until_one_accepts(algorithm: str) -> None:
     pools = pools_with([inst(n) for n in "abcdef"], algorithm)
     pool = pools.pool("svc")

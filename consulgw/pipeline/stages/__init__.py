@@ -12,7 +12,7 @@ earlier stages decided. A stage whose policy section is absent is left out.
 
 from __future__ import annotations
 
-from consulgw.pipeline.context import Stage
+from consulgw.pipeline.chain import Stage
 from consulgw.pipeline.stages.auth import AuthStage
 from consulgw.pipeline.stages.body_limit import BodyLimitStage
 from consulgw.pipeline.stages.cors import CorsStage

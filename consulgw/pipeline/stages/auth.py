@@ -18,15 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 
-from aiohttp import web
-
 from consulgw.auth.apikey import ApiKeyAuthenticator
 from consulgw.auth.basic import BasicAuthenticator
 from consulgw.auth.discovery import DiscoveryCache
 from consulgw.auth.introspection import Introspector
 from consulgw.auth.jwt import JwtVerifier
 from consulgw.auth.outcome import IDENTITY_HEADERS, SCOPES_HEADER, Identity, Rejection
-from consulgw.pipeline.context import HeaderEdits, Next, RequestContext
+from consulgw.pipeline.answer import Answer
+from consulgw.pipeline.chain import Next
+from consulgw.pipeline.context import HeaderEdits, Inbound, RequestContext
 from consulgw.pipeline.stages.deps import StageDeps
 from consulgw.policy.model import ApiKeyAuth, AuthPolicy, BasicAuth, IntrospectionAuth, JwtAuth
 
@@ -49,7 +49,7 @@ class AuthStage:
     @classmethod
     def from_policy(cls, policy: AuthPolicy, deps: StageDeps) -> AuthStage:
         """Raises ``PolicyError`` when the policy cannot work (e.g. ``public_key`` is not a PEM public key)."""
-        remove = IDENTITY_HEADERS
+        remove: tuple[str, ...] = IDENTITY_HEADERS
         if isinstance(policy, IntrospectionAuth):
             remove += tuple(header for header, _ in policy.claims_to_headers)
         if policy.hide_credentials:
@@ -84,7 +84,7 @@ class AuthStage:
             return cls(check=introspector.check, deps=deps, remove=remove)
         raise TypeError(f"unknown auth policy {type(policy).__name__}")
 
-    async def __call__(self, ctx: RequestContext, request: web.BaseRequest, call_next: Next) -> web.StreamResponse:
+    async def __call__(self, ctx: RequestContext, request: Inbound, call_next: Next) -> Answer:
         outcome = await self._check(request.headers)
         if isinstance(outcome, Rejection):
             self._deps.metrics.auth_rejected.labels(self._deps.service, outcome.reason).inc()

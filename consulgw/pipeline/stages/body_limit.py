@@ -3,23 +3,12 @@
 Two halves, because the body is streamed, never buffered whole:
 
 1. ``BodyLimitStage`` (in the chain, before auth): a declared ``Content-Length`` above the limit raises
-   ``PayloadTooLarge`` (413) at once, before any byte of the body is read or anything is sent upstream. It also
-   records the limit on the request (``request[BODY_LIMIT_KEY]``, read back with ``body_limit(request)``).
-2. The forwarder enforces the limit while streaming bodies without a length (``Transfer-Encoding: chunked``) -- or
-   with a lying one -- by sending ``LimitedBody(request.content, limit)`` as the upstream request's data::
-
-       limit = policy.max_body_bytes            # or body_limit(request)
-       body = LimitedBody(request.content, limit)
-       try:
-           upstream = await session.request(method, url, data=body, ...)
-       except Exception as exc:
-           if body.exceeded:                     # aiohttp may wrap what the iterator raised
-               raise body.error() from exc
-           raise
-
-   ``LimitedBody`` is an async iterator of chunks; the chunk that crosses the limit is never yielded: iteration
-   raises ``PayloadTooLarge`` instead and ``exceeded`` becomes True. The upstream then sees an aborted request (the
-   connection is closed mid-body) and must not be retried. ``limited_body(...)`` is the same as a plain generator.
+   ``PayloadTooLarge`` (413) at once, before any byte of the body is read or anything is sent upstream.
+2. The forwarder (built with the same policy) enforces the limit while streaming a body without a length
+   (``Transfer-Encoding: chunked``) by sending ``LimitedBody(request.content, limit)``: an async iterator of chunks
+   whose chunk crossing the limit is never yielded; iteration raises ``PayloadTooLarge`` instead and ``exceeded``
+   becomes True. The upstream then sees an aborted request (the connection is closed mid-body), and the attempt is
+   not retried.
 
 ``max_body_bytes: 0`` refuses every request that has a body.
 """
@@ -30,23 +19,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from aiohttp import web
-
 from consulgw.errors import PayloadTooLarge
-from consulgw.pipeline.context import Next, RequestContext
-
-BODY_LIMIT_KEY = web.RequestKey("consulgw_body_limit", int)
+from consulgw.pipeline.answer import Answer
+from consulgw.pipeline.chain import Next
+from consulgw.pipeline.context import Inbound, RequestContext
 
 
 class ByteStream(Protocol):
     """What ``request.content`` (aiohttp StreamReader) offers."""
 
     async def readany(self) -> bytes: ...
-
-
-def body_limit(request: web.BaseRequest) -> int | None:
-    """The limit BodyLimitStage recorded for this request, if any."""
-    return request.get(BODY_LIMIT_KEY)
 
 
 def too_large(limit: int, length: int | None = None) -> PayloadTooLarge:
@@ -104,11 +86,10 @@ class BodyLimitStage:
     def from_policy(cls, max_body_bytes: int) -> BodyLimitStage:
         return cls(limit=max_body_bytes)
 
-    async def __call__(self, ctx: RequestContext, request: web.BaseRequest, call_next: Next) -> web.StreamResponse:
+    async def __call__(self, ctx: RequestContext, request: Inbound, call_next: Next) -> Answer:
         length = request.content_length
         if length is not None and length > self.limit:
             raise too_large(self.limit, length)
         if self.limit == 0 and length is None and request.body_exists:
             raise too_large(self.limit)
-        request[BODY_LIMIT_KEY] = self.limit
         return await call_next(ctx)

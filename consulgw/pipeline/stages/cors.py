@@ -7,8 +7,8 @@
   the browser fail the preflight; the message says which part was refused.
 - Actual requests from an allowed origin: ``Access-Control-Allow-Origin`` (the request's origin, or ``*`` when the
   policy is ``["*"]`` without credentials), ``Access-Control-Allow-Credentials: true`` when configured,
-  ``Access-Control-Expose-Headers``. The same headers are added to error responses raised by later stages (a 401
-  or 429 must be readable by the page), by adding them to the GatewayError's headers.
+  ``Access-Control-Expose-Headers``. They are response edits of the context, so every answer of the request carries
+  them: the upstream's, and a 401 or 429 of a later step (a page must be able to read those).
 - Upstream ``Access-Control-Allow-Origin``/``-Credentials``/``-Expose-Headers`` are removed, so a backend's own
   CORS answer can never widen the policy. Requests from other origins pass through without CORS headers (CORS is
   enforced by the browser; the server only withholds permission).
@@ -24,10 +24,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from aiohttp import web
+from multidict import CIMultiDict
 
-from consulgw.errors import Forbidden, GatewayError
-from consulgw.pipeline.context import HeaderEdits, Next, RequestContext
+from consulgw.errors import Forbidden
+from consulgw.pipeline.answer import Answer
+from consulgw.pipeline.chain import Next
+from consulgw.pipeline.context import HeaderEdits, Inbound, RequestContext
 from consulgw.policy.model import CorsPolicy
 
 ALLOW_ORIGIN = "Access-Control-Allow-Origin"
@@ -85,18 +87,13 @@ class CorsStage:
             passthrough=HeaderEdits(remove=_UPSTREAM_CORS, add=(("Vary", "Origin"),) if vary else ()),
         )
 
-    async def __call__(self, ctx: RequestContext, request: web.BaseRequest, call_next: Next) -> web.StreamResponse:
+    async def __call__(self, ctx: RequestContext, request: Inbound, call_next: Next) -> Answer:
         origin = request.headers.get("Origin")
         if origin is not None and request.method == "OPTIONS" and REQUEST_METHOD in request.headers:
             return self._preflight(request, origin)
         if origin is None or not self.allows_origin(origin):
             return await call_next(ctx.with_response(self.passthrough))
-        edits = self._actual_edits(origin)
-        try:
-            return await call_next(ctx.with_response(edits))
-        except GatewayError as exc:
-            _add_to_error(exc, edits)
-            raise
+        return await call_next(ctx.with_response(self._actual_edits(origin)))
 
     def allows_origin(self, origin: str) -> bool:
         if self.any_origin:
@@ -132,7 +129,7 @@ class CorsStage:
             add=(("Vary", "Origin"),) if self.vary else (),
         )
 
-    def _preflight(self, request: web.BaseRequest, origin: str) -> web.StreamResponse:
+    def _preflight(self, request: Inbound, origin: str) -> Answer:
         vary = {"Vary": _PREFLIGHT_VARY}
         if not self.allows_origin(origin):
             raise Forbidden("CORS preflight refused: origin not allowed", headers=vary)
@@ -155,16 +152,4 @@ class CorsStage:
             headers[ALLOW_CREDENTIALS] = "true"
         if self.policy.max_age is not None:
             headers[MAX_AGE] = str(self.policy.max_age)
-        return web.Response(status=204, headers=headers)
-
-
-def _add_to_error(exc: GatewayError, edits: HeaderEdits) -> None:
-    """Carry the CORS answer onto an error raised further down (the server renders exc.headers)."""
-    for name, value in edits.set:
-        exc.headers[name] = value
-    for name, value in edits.add:
-        existing = next((k for k in exc.headers if k.lower() == name.lower()), None)
-        if existing is None:
-            exc.headers[name] = value
-        elif value.lower() not in exc.headers[existing].lower():
-            exc.headers[existing] = f"{exc.headers[existing]}, {value}"
+        return Answer(status=204, headers=CIMultiDict(headers))

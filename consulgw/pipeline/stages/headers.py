@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aiohttp import web
-
-from consulgw.pipeline.context import HeaderEdits, Next, RequestContext
+from consulgw.pipeline.answer import Answer
+from consulgw.pipeline.chain import Next
+from consulgw.pipeline.context import HeaderEdits, Inbound, RequestContext
 from consulgw.policy.model import HeaderPolicy, HeaderRules
 
 
@@ -38,9 +38,14 @@ class HeaderTransformStage:
     def active(self) -> bool:
         return bool(self.upstream or self.response)
 
-    async def __call__(self, ctx: RequestContext, request: web.BaseRequest, call_next: Next) -> web.StreamResponse:
-        if self.upstream:
+    async def __call__(self, ctx: RequestContext, request: Inbound, call_next: Next) -> Answer:
+        if self.upstream and self.response:
+            ctx = ctx.replace(
+                upstream_edits=ctx.upstream_edits.merged(self.upstream),
+                response_edits=ctx.response_edits.merged(self.response),
+            )
+        elif self.upstream:
             ctx = ctx.with_upstream(self.upstream)
-        if self.response:
+        elif self.response:
             ctx = ctx.with_response(self.response)
         return await call_next(ctx)

@@ -23,10 +23,11 @@ them); ``deny`` answers 503 ``RateLimitBackendUnavailable`` with ``Retry-After: 
 from __future__ import annotations
 
 import structlog
-from aiohttp import web
 
 from consulgw.errors import PolicyError, RateLimitBackendUnavailable, RateLimited
-from consulgw.pipeline.context import HeaderEdits, Next, RequestContext
+from consulgw.pipeline.answer import Answer
+from consulgw.pipeline.chain import Next
+from consulgw.pipeline.context import HeaderEdits, Inbound, RequestContext
 from consulgw.pipeline.stages.deps import StageDeps
 from consulgw.policy.model import RateLimitPolicy
 from consulgw.ratelimit.gcra import Decision, Quota
@@ -67,7 +68,7 @@ class RateLimitStage:
                 redis = RedisLimiter(deps.redis, timeout=deps.redis_timeout)
         return cls(policy=policy, deps=deps, redis=redis)
 
-    def _key(self, ctx: RequestContext, request: web.BaseRequest) -> tuple[str, str]:
+    def _key(self, ctx: RequestContext, request: Inbound) -> tuple[str, str]:
         if self._policy.key == "consumer" and ctx.consumer:
             return "consumer", ctx.consumer
         if self._header is not None:
@@ -84,7 +85,7 @@ class RateLimitStage:
                 return Quota.of(requests=own.requests, per=own.per, burst=self._policy.burst)
         return self._quota
 
-    async def __call__(self, ctx: RequestContext, request: web.BaseRequest, call_next: Next) -> web.StreamResponse:
+    async def __call__(self, ctx: RequestContext, request: Inbound, call_next: Next) -> Answer:
         deps = self._deps
         kind, value = self._key(ctx, request)
         quota = self._quota_for(kind, value)
