@@ -16,7 +16,7 @@ from consulgw.pipeline.stages.auth import AuthStage
 from consulgw.policy.consumers import api_key_digest, hash_password
 from consulgw.policy.model import ApiKeyAuth, AuthPolicy, BasicAuth, Consumer, JwtAuth, PolicyBook
 from tests.auth.keys import HS_SECRET, claims, sign
-from tests.policy.stage_app import ClientFactory, stage_app
+from tests.support.pipeline import ClientFactory, pipeline_app
 from tests.ratelimit.support import FakeClock, make_deps, serve_stages
 
 API_KEY = "k-3f9a0c1e6b7d4a2f9e8d7c6b5a4f3e2d"
@@ -214,7 +214,7 @@ async def test_hide_credentials_strips_the_credential_header(
         for hide in (True, False):
             shown = dataclasses.replace(policy, hide_credentials=hide)
             deps = make_deps(service="svc", http=http, clock=FakeClock(), book=Book(alice))
-            client = await aiohttp_client(stage_app((AuthStage.from_policy(shown, deps),)))
+            client = await aiohttp_client(pipeline_app((AuthStage.from_policy(shown, deps),)))
             resp = await client.get("/", headers={**credential, "X-Other": "kept"})
             assert resp.status == 200
             sent = {k.lower(): v for k, v in (await resp.json())["upstream_headers"]}
