@@ -16,8 +16,8 @@ from consulgw.pipeline.stages.auth import AuthStage
 from consulgw.policy.consumers import api_key_digest, hash_password
 from consulgw.policy.model import ApiKeyAuth, AuthPolicy, BasicAuth, Consumer, JwtAuth, PolicyBook
 from tests.auth.keys import HS_SECRET, claims, sign
-from tests.support.pipeline import ClientFactory, pipeline_app
 from tests.ratelimit.support import FakeClock, make_deps, serve_stages
+from tests.support.pipeline import ClientFactory, pipeline_app
 
 API_KEY = "k-3f9a0c1e6b7d4a2f9e8d7c6b5a4f3e2d"
 PASSWORD = "s3cret pässword"
@@ -190,6 +190,7 @@ async def test_consumer_scopes_against_required_scopes(alice: Consumer, kind: st
     assert body == {
         "error": "forbidden",
         "message": "the credential lacks a required scope (needs: orders:admin orders:read)",
+        "request_id": "req-1",
     }
     assert "WWW-Authenticate" not in headers  # another password or key would not help: no challenge
     assert rejected(metrics, "insufficient_scope") == 1

@@ -23,6 +23,10 @@ from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.pool import UpstreamPools
 
 
+async def _never_called(ctx: object) -> object:
+    raise AssertionError("the time series never runs a request through the pipeline")
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -72,7 +76,7 @@ class World:
             self.pools.update(name, snapshot.instances, "round_robin")
             self.breakers.configure(name, BreakerPolicy(failure_threshold=1, recovery_timeout=60))
             entries[name] = ServiceEntry(snapshot=snapshot, routes=ServiceRoutes(service=name), policy=ServicePolicy(),
-                                         stages=(), lb="round_robin")  # fmt: skip
+                                         chain=_never_called, lb="round_robin")  # fmt: skip
         self.view = GatewayView(table=RouteTable(), services=MappingProxyType(entries))
 
     def request(self, service: str, n: int, status: int, seconds: float) -> None:
