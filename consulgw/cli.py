@@ -96,6 +96,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, wait this long for in-flight requests (env CONSULGW_DRAIN_TIMEOUT, default 30s)",
     )
     run.add_argument(
+        "--client-header-timeout",
+        metavar="DURATION",
+        help="time to receive a request head (env CONSULGW_CLIENT_HEADER_TIMEOUT, default 10s)",
+    )
+    run.add_argument(
+        "--client-body-timeout",
+        metavar="DURATION",
+        help="longest silence while receiving a request body; then 408 (env CONSULGW_CLIENT_BODY_TIMEOUT, default 30s)",
+    )
+    run.add_argument(
+        "--client-body-min-rate",
+        metavar="BYTES",
+        help="after --client-body-timeout, a request body must keep arriving at this many bytes per second; then 408 "
+        "(env CONSULGW_CLIENT_BODY_MIN_RATE, default 500)",
+    )
+    run.add_argument(
+        "--keepalive-timeout",
+        metavar="DURATION",
+        help="idle keep-alive client connections are closed after this (env CONSULGW_KEEPALIVE_TIMEOUT, default 60s)",
+    )
+    run.add_argument(
+        "--send-timeout",
+        metavar="DURATION",
+        help="a client that reads nothing for this long is disconnected (env CONSULGW_SEND_TIMEOUT, default 30s)",
+    )
+    run.add_argument(
+        "--max-connections",
+        metavar="N",
+        help="client connections at once; beyond, new ones get 503 and are closed "
+        "(env CONSULGW_MAX_CONNECTIONS, default 10000)",
+    )
+    run.add_argument(
+        "--request-buffer",
+        metavar="BYTES",
+        help="request bodies up to this size are received whole (memory, then a temporary file) before the upstream "
+        "is contacted; larger ones stream (env CONSULGW_REQUEST_BUFFER, default 1073741824; 0 streams all)",
+    )
+    run.add_argument(
         "--coalesce",
         metavar="DURATION",
         help="window that coalesces bursts of Consul changes into one update (env CONSULGW_COALESCE, default 50ms)",

@@ -11,6 +11,7 @@
         ├── NoRoute                       404 no_route
         ├── MethodNotAllowed              405 method_not_allowed (+ Allow)
         ├── PayloadTooLarge               413 payload_too_large
+        ├── RequestTimeout                408 request_timeout (the client stopped sending its body)
         ├── Unauthorized                  401 unauthorized (+ WWW-Authenticate)
         ├── Forbidden                     403 forbidden
         ├── AuthUnavailable               503 auth_unavailable (the identity provider cannot answer)
@@ -18,6 +19,7 @@
         ├── RateLimitBackendUnavailable   503 rate_limit_unavailable
         ├── NoHealthyUpstream             503 no_healthy_upstream
         ├── CircuitOpen                   503 circuit_open
+        ├── Overloaded                    503 overloaded (the service's max_in_flight is reached)
         └── UpstreamError
             ├── UpstreamUnreachable       502 upstream_unreachable (connect failed, reset before response)
             └── UpstreamTimeout           504 upstream_timeout
@@ -86,6 +88,20 @@ class Unauthorized(GatewayError):
 class Forbidden(GatewayError):
     status = 403
     code = "forbidden"
+
+
+class RequestTimeout(GatewayError):
+    """The client went silent for longer than ``--client-body-timeout`` while sending its body."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class Overloaded(GatewayError):
+    """The service already has ``max_in_flight`` requests on their way to its instances."""
+
+    status = 503
+    code = "overloaded"
 
 
 class AuthUnavailable(GatewayError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -51,6 +51,19 @@ class ConsulSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClientLimits:
+    """How long and how much the public listener gives each client (nginx's client_* settings, same intent)."""
+
+    header_timeout: float = 10.0  # to receive a whole request head, from its first byte or from connecting
+    body_timeout: float = 30.0  # the longest silence while receiving a request body, and its initial allowance
+    body_min_rate: int = 500  # bytes/s: each one received extends the body's allowance by 1/rate s (mod_reqtimeout)
+    keepalive_timeout: float = 60.0  # an idle keep-alive connection is closed after this
+    send_timeout: float = 30.0  # the longest a write to a client that reads nothing may wait; then it is closed
+    max_connections: int = 10_000  # client connections at once; beyond, new ones are answered 503 and closed
+    request_buffer: int = 1024 * 1024 * 1024  # bytes of a request body received before the upstream is contacted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GatewaySettings:
     """Everything ``consulgw run`` needs, validated."""
 
@@ -71,6 +84,7 @@ class GatewaySettings:
     max_staleness: float = 60.0
     drain_timeout: float = 30.0
     coalesce_window: float = 0.05
+    clients: ClientLimits = field(default_factory=ClientLimits)
 
 
 def parse_hostport(key: str, value: str) -> HostPort:
@@ -185,4 +199,28 @@ def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
             "--drain-timeout / CONSULGW_DRAIN_TIMEOUT", text("drain_timeout", "CONSULGW_DRAIN_TIMEOUT", "30s")
         ),
         coalesce_window=parse_duration("--coalesce / CONSULGW_COALESCE", text("coalesce", "CONSULGW_COALESCE", "50ms")),
+        clients=_client_limits(text),
+    )
+
+
+def _client_limits(text: Callable[[str, str, str], str]) -> ClientLimits:
+    def seconds(attr: str, env: str, default: str) -> float:
+        flag = "--" + attr.replace("_", "-")
+        return parse_duration(f"{flag} / {env}", text(attr, env, default), minimum=0.001)
+
+    def count(attr: str, env: str, default: int, minimum: int) -> int:
+        flag = "--" + attr.replace("_", "-")
+        value = text(attr, env, str(default))
+        if not value.isdigit() or int(value) < minimum:
+            raise ConfigError(f"{flag} / {env}: {value!r} must be a whole number >= {minimum}")
+        return int(value)
+
+    return ClientLimits(
+        header_timeout=seconds("client_header_timeout", "CONSULGW_CLIENT_HEADER_TIMEOUT", "10s"),
+        body_timeout=seconds("client_body_timeout", "CONSULGW_CLIENT_BODY_TIMEOUT", "30s"),
+        body_min_rate=count("client_body_min_rate", "CONSULGW_CLIENT_BODY_MIN_RATE", 500, 1),
+        keepalive_timeout=seconds("keepalive_timeout", "CONSULGW_KEEPALIVE_TIMEOUT", "60s"),
+        send_timeout=seconds("send_timeout", "CONSULGW_SEND_TIMEOUT", "30s"),
+        max_connections=count("max_connections", "CONSULGW_MAX_CONNECTIONS", 10_000, 1),
+        request_buffer=count("request_buffer", "CONSULGW_REQUEST_BUFFER", 1024 * 1024 * 1024, 0),
     )

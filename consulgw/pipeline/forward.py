@@ -5,9 +5,13 @@ tried and those whose breaker is open), sends through the :class:`~consulgw.upst
 records the outcome in the instance's breaker and returns an :class:`~consulgw.pipeline.answer.Answer` whose body is
 the spool the upstream's answer streams into. It never writes to the client.
 
-Request bodies: a body of known length up to ``buffer_limit`` is read whole before the first attempt, which makes it
-replayable; a longer or chunked body is streamed (and is sent once). ``Expect: 100-continue`` is answered to the
-client here, once every step before has let the request through, just before the body is read.
+Request bodies are the client's bytes, never decoded (a gzip body stays gzip), framed as the client framed them
+(``Content-Length`` or chunked). Unless the policy says ``buffering.request: false``, the whole body is received
+before the first attempt (in memory up to ``buffer_limit``, then in a temporary file up to ``request_buffer``; a
+longer one streams on from there), so a client that sends slowly never holds an upstream connection; a body kept in
+memory can also be sent again on a retry. A client that stalls or trickles gets ``408`` (``_TimedReader``).
+``Expect: 100-continue`` is answered to the client here, once every step before has let the request through, just
+before the body is read.
 
 Retries (policy ``retries``) go to another instance and only for idempotent methods: after a connect failure (no
 byte reached the instance), and, when the body is replayable, after a reset, a timeout or a listed status.
@@ -15,18 +19,19 @@ byte reached the instance), and, when the body is replayable, after a reset, a t
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from multidict import CIMultiDict
 
-from consulgw.errors import CircuitOpen, NoHealthyUpstream, UpstreamError
+from consulgw.errors import CircuitOpen, NoHealthyUpstream, RequestTimeout, UpstreamError
 from consulgw.metrics import GatewayMetrics
 from consulgw.model.http import IDEMPOTENT_METHODS, REQUEST_ID_HEADER
 from consulgw.model.snapshot import Instance
 from consulgw.pipeline.answer import Answer
 from consulgw.pipeline.context import BodyReader, Inbound, RequestContext
-from consulgw.pipeline.stages.body_limit import LimitedBody, too_large
+from consulgw.pipeline.stages.body_limit import too_large
 from consulgw.pipeline.target import Target
 from consulgw.policy.model import Fallback, ServicePolicy
 from consulgw.upstream.breaker import BreakerBoard
@@ -35,7 +40,6 @@ from consulgw.upstream.headers import end_to_end, strip_hop_by_hop
 from consulgw.upstream.spool import Spool
 from consulgw.upstream.transport import UpstreamRequest, UpstreamResponse, UpstreamTimeouts, UpstreamTransport
 
-_CHUNK = 64 * 1024
 SendContinue = Callable[[Inbound], Awaitable[None]]
 
 
@@ -52,6 +56,9 @@ class Forwarder:
         metrics: GatewayMetrics,
         send_continue: SendContinue,
         buffer_limit: int = 64 * 1024,
+        request_buffer: int = 1024 * 1024 * 1024,
+        body_timeout: float = 30.0,
+        body_min_rate: int = 500,
     ) -> None:
         self._service = service
         self._policy = policy
@@ -60,6 +67,9 @@ class Forwarder:
         self._metrics = metrics
         self._send_continue = send_continue
         self._buffer_limit = buffer_limit
+        self._request_buffer = request_buffer if policy.buffer_request else 0
+        self._body_timeout = body_timeout
+        self._body_min_rate = body_min_rate
         self._timeouts = UpstreamTimeouts(connect=policy.timeouts.connect, read=policy.timeouts.read)
         self._retry_on = policy.retries.on
         self._extra_attempts = policy.retries.attempts
@@ -78,16 +88,26 @@ class Forwarder:
         upgrade = _upgrade_token(request)
         headers = self._headers(ctx, request)
         body, length, replayable = await self._body(request)
-        attempts = 1 + (self._extra_attempts if method in IDEMPOTENT_METHODS else 0)
         outgoing = UpstreamRequest(
-            method=method,
-            target=ctx.upstream_target,
-            headers=headers,
-            body=body,
-            length=length,
-            upgrade=upgrade,
-            expect_continue=False,
+            method=method, target=ctx.upstream_target, headers=headers, body=body, length=length, upgrade=upgrade
         )
+        if not isinstance(body, Spool):
+            return await self._send(ctx, target, outgoing, replayable)
+        try:  # a buffered body: its temporary file goes once the upstream has answered (or nothing was sent)
+            answer = await self._send(ctx, target, outgoing, replayable)
+        except BaseException:
+            body.close()
+            raise
+        if isinstance(answer.body, Spool):
+            answer.body.add_done_callback(body.close)
+        else:
+            body.close()
+        return answer
+
+    async def _send(self, ctx: RequestContext, target: Target, outgoing: UpstreamRequest, replayable: bool) -> Answer:
+        """Attempts on instances of ``target`` until one answers or the retry policy gives up."""
+        upgrade = outgoing.upgrade
+        attempts = 1 + (self._extra_attempts if outgoing.method in IDEMPOTENT_METHODS else 0)
         tried: set[str] = set()
         failures: list[str] = []
         service = self._service
@@ -107,8 +127,6 @@ class Forwarder:
                 )
             except UpstreamError as exc:
                 pool.release(instance.id)
-                if isinstance(body, LimitedBody) and body.exceeded:
-                    raise body.error() from exc  # the client's fault, not the instance's: no breaker, no retry
                 self._breakers.record(service, instance.id, ok=False)
                 self._errors.labels(service, exc.kind).inc()
                 failures.append(exc.kind)
@@ -117,8 +135,8 @@ class Forwarder:
                     self._retries.labels(service).inc()
                     continue
                 break
-            except BaseException:
-                pool.release(instance.id)
+            except BaseException:  # the client's body failed (too large, stalled, gone) or we were cancelled:
+                pool.release(instance.id)  # not the instance's fault, so no breaker and no retry
                 raise
             status = response.status
             self._breakers.record(service, instance.id, ok=status not in self._failure_statuses)
@@ -163,9 +181,7 @@ class Forwarder:
             ctx.upstream_edits.apply(headers)
         return list(headers.items())
 
-    async def _body(
-        self, request: Inbound
-    ) -> tuple[bytes | AsyncIterator[bytes] | LimitedBody | None, int | None, bool]:
+    async def _body(self, request: Inbound) -> tuple[bytes | AsyncIterator[bytes] | None, int | None, bool]:
         """The body to send, its declared length, and whether it can be sent again (for retries)."""
         if not request.body_exists:  # none, or an explicit "Content-Length: 0", which is passed on as sent
             return (b"" if request.content_length == 0 else None), None, True
@@ -173,15 +189,25 @@ class Forwarder:
             await self._send_continue(request)  # every step passed: now invite the client to send its body
         length = request.content_length
         limit = self._policy.max_body_bytes
-        if length is not None:
-            if limit is not None and length > limit:  # BodyLimitStage refuses this first; kept for direct callers
-                raise too_large(limit, length)
-            if length <= self._buffer_limit:
-                return await request.content.readexactly(length), length, True
-            return _stream(request.content), length, False
-        if limit is not None:
-            return LimitedBody(request.content, limit), None, False  # the chunk crossing the limit is never sent
-        return _stream(request.content), None, False
+        if length is not None and limit is not None and length > limit:  # BodyLimitStage refuses this first
+            raise too_large(limit, length)
+        reader = _TimedReader(request.content, self._body_timeout, self._body_min_rate, limit)
+        if length is not None and length <= self._buffer_limit:
+            return await reader.exactly(length), length, True
+        if self._request_buffer <= 0:
+            return reader.stream(), length, False
+        spool = Spool(memory_limit=self._buffer_limit, file_limit=self._request_buffer)
+        try:
+            while spool.total < self._request_buffer:
+                chunk = await reader.next()
+                if not chunk:
+                    spool.feed_eof()
+                    return spool, length, False
+                spool.feed(chunk)
+        except BaseException:
+            spool.close()
+            raise
+        return _then(spool, reader.stream()), length, False  # too long to hold: what we have, then the rest as it comes
 
     # -- choosing an instance --------------------------------------------------------------------------------------
 
@@ -261,8 +287,66 @@ def _upgrade_token(request: Inbound) -> str | None:
     return upgrade
 
 
-async def _stream(content: BodyReader) -> AsyncIterator[bytes]:
-    async for chunk in content.iter_chunked(_CHUNK):
+class _TimedReader:
+    """The client's body, read within time and size limits.
+
+    Time, as Apache's mod_reqtimeout (``body=30,MinRate=500``): the body has ``timeout`` seconds, extended by one
+    second per ``min_rate`` bytes received, and no read may wait longer than ``timeout``; a client that trickles or
+    stalls gets ``408`` (``RequestTimeout``). Size: more than ``limit`` bytes is ``413`` (``PayloadTooLarge``), raised
+    before the chunk that crosses the limit is passed on.
+    """
+
+    __slots__ = ("_content", "_deadline", "_limit", "_loop", "_min_rate", "_timeout", "received")
+
+    def __init__(self, content: BodyReader, timeout: float, min_rate: int, limit: int | None) -> None:
+        self._content = content
+        self._timeout = timeout
+        self._min_rate = min_rate
+        self._limit = limit
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + timeout
+        self.received = 0
+
+    def _wait(self) -> float:
+        left = self._deadline + self.received / self._min_rate - self._loop.time()
+        if left <= 0:
+            raise _stalled(self._timeout)
+        return min(left, self._timeout)
+
+    async def exactly(self, length: int) -> bytes:
+        try:
+            async with asyncio.timeout(self._wait() + length / self._min_rate):
+                return await self._content.readexactly(length)
+        except TimeoutError:
+            raise _stalled(self._timeout) from None
+
+    async def next(self) -> bytes:
+        try:
+            async with asyncio.timeout(self._wait()):
+                chunk = await self._content.readany()
+        except TimeoutError:
+            raise _stalled(self._timeout) from None
+        self.received += len(chunk)
+        if self._limit is not None and self.received > self._limit:
+            raise too_large(self._limit)  # the chunk crossing the limit is never sent
+        return chunk
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        while chunk := await self.next():
+            yield chunk
+
+
+def _stalled(timeout: float) -> RequestTimeout:
+    return RequestTimeout(f"the request body did not arrive in time (more than {timeout:g} s, or too slowly after)")
+
+
+async def _then(first: Spool, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in first:
+            yield chunk
+    finally:
+        first.close()
+    async for chunk in rest:
         yield chunk
 
 

@@ -174,6 +174,8 @@ class ServicePolicy:
     cors: CorsPolicy | None = None
     headers: HeaderPolicy = field(default_factory=HeaderPolicy)
     max_body_bytes: int | None = None
+    buffer_request: bool = True  # buffering.request: receive the whole body before contacting the upstream
+    max_in_flight: int | None = None  # requests on their way to the instances at once; beyond, 503 overloaded
     openapi: OpenApiPolicy = DEFAULT_OPENAPI
 
 

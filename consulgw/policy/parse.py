@@ -437,6 +437,8 @@ def _policy(doc: Mapping[str, Any]) -> ServicePolicy:
         cors=_cors(doc["cors"]) if doc.get("cors") is not None else None,
         headers=_headers(doc.get("headers") or {}),
         max_body_bytes=int(doc["max_body_bytes"]) if doc.get("max_body_bytes") is not None else None,
+        buffer_request=bool((doc.get("buffering") or {}).get("request", True)),
+        max_in_flight=int(doc["max_in_flight"]) if doc.get("max_in_flight") is not None else None,
         openapi=_openapi(doc["openapi"]) if doc.get("openapi") is not None else OpenApiPolicy(),
     )
 

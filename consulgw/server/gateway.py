@@ -30,12 +30,14 @@ from consulgw.openapi.catalog import OpenApiCatalog
 from consulgw.pipeline.chain import Next, Stage, build_chain
 from consulgw.pipeline.forward import Forwarder
 from consulgw.pipeline.stages.deps import StageDeps
+from consulgw.pipeline.stages.inflight import InFlight
 from consulgw.pipeline.target import SelectTarget
 from consulgw.policy.model import ServicePolicy
 from consulgw.ratelimit.local import LocalLimiter
 from consulgw.ratelimit.outage import BackendOutage
 from consulgw.routing.rules import has_route_tags
 from consulgw.server.admin import AdminDeps, create_admin_app
+from consulgw.server.guard import ClientGuard, ConnectionCount
 from consulgw.server.history import TrafficHistory, TrafficRecorder
 from consulgw.server.listener import create_public_app, send_continue
 from consulgw.server.proxy import ProxyHandler
@@ -82,6 +84,7 @@ class Gateway:
         self._watcher: CatalogWatcher | None = None
         self._handler: ProxyHandler | None = None
         self.metrics = GatewayMetrics(multiprocess_dir=metrics_dir)
+        self.connections = ConnectionCount(limit=settings.clients.max_connections)
         self._history_interval = history_interval
         # The per-request hook of the dashboard's per-instance errors and latency (consulgw.server.history).
         self.recorder = TrafficRecorder()
@@ -125,6 +128,7 @@ class Gateway:
         local_limits = LocalLimiter(clock=self._clock)
         redis_outage = BackendOutage()
         verified_passwords = VerifiedPasswords()
+        in_flight = InFlight()
         compat = frozenset(s.tag_compat)
         select = SelectTarget(pools)
 
@@ -136,6 +140,9 @@ class Gateway:
                 breakers=breakers,
                 metrics=self.metrics,
                 send_continue=send_continue,
+                request_buffer=s.clients.request_buffer,
+                body_timeout=s.clients.body_timeout,
+                body_min_rate=s.clients.body_min_rate,
             )
             return build_chain((*stages, select), forwarder)
 
@@ -157,6 +164,7 @@ class Gateway:
                 jwks=jwks,
                 local_limits=local_limits,
                 redis_outage=redis_outage,
+                in_flight=in_flight,
                 verified_passwords=verified_passwords,
                 worker_index=self._worker_index,
                 worker_count=self._worker_count,
@@ -217,27 +225,19 @@ class Gateway:
             handler_cancellation=True,
             access_log=None,
             shutdown_timeout=s.drain_timeout,
+            keepalive_timeout=s.clients.keepalive_timeout,
+            auto_decompress=False,  # a request body is relayed as the client's bytes, never decoded
         )
         await self._public.setup()
         self._exit.push_async_callback(self._public.cleanup)
-        site = web.TCPSite(
-            self._public,
-            s.listen.host,
-            s.listen.port,
-            ssl_context=self._tls,
-            reuse_port=self._reuse_port or None,
-            backlog=1024,
-        )
         if self._worker_count > 1:
             # One of several workers on a shared port: join it only with a loaded view, so a restarted worker never
             # answers 503 while its siblings could serve. (A single process listens at once and answers a clear 503.)
-            self._listen_task = asyncio.create_task(self._listen_when_ready(site), name="consulgw-listen")
+            self._listen_task = asyncio.create_task(self._listen_when_ready(), name="consulgw-listen")
             self._exit.push_async_callback(self._stop_task, self._listen_task)
             self.port = s.listen.port
         else:
-            await site.start()
-            self.port = _bound_port(self._public)
-            self._listening = True
+            await self._listen()
 
         admin_app = create_admin_app(
             AdminDeps(
@@ -276,12 +276,35 @@ class Gateway:
         await self._exit.aclose()
         self._log.info("gateway_stopped")
 
-    async def _listen_when_ready(self, site: web.TCPSite) -> None:
+    async def _listen_when_ready(self) -> None:
         assert self._builder is not None
         await self._builder.ready.wait()
-        await site.start()
+        await self._listen()
+        self._log.info("gateway_listening", listen=f"{self.settings.listen}", worker=self._worker_index)
+
+    async def _listen(self) -> None:
+        """Open the public port: each client connection is aiohttp's protocol behind a ClientGuard."""
+        assert self._public is not None
+        s = self.settings
+        factory = self._public.server
+        assert factory is not None
+        count = self.connections
+        header_timeout, send_timeout = s.clients.header_timeout, s.clients.send_timeout
+
+        def protocol() -> ClientGuard:
+            return ClientGuard(factory(), count, header_timeout=header_timeout, send_timeout=send_timeout)
+
+        server = await asyncio.get_running_loop().create_server(
+            protocol,
+            s.listen.host,
+            s.listen.port,
+            ssl=self._tls,
+            reuse_port=self._reuse_port or None,
+            backlog=1024,
+        )
+        self._exit.push_async_callback(_close_server, server)  # stops accepting before the runner drains
+        self.port = int(server.sockets[0].getsockname()[1])
         self._listening = True
-        self._log.info("gateway_listening", listen=site.name, worker=self._worker_index)
 
     @staticmethod
     async def _stop_task(task: asyncio.Task[None]) -> None:
@@ -331,6 +354,11 @@ class Gateway:
 
 def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    await server.wait_closed()
 
 
 def _bound_port(runner: web.BaseRunner) -> int:

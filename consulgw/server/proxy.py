@@ -28,6 +28,7 @@ from consulgw.model.http import IDENTITY_HEADERS, SPOOFABLE_HEADERS
 from consulgw.pipeline.answer import Answer, error_answer, finish
 from consulgw.pipeline.context import RequestContext
 from consulgw.routing.table import MatchKind
+from consulgw.server.guard import guard_of
 from consulgw.server.history import TrafficRecorder
 from consulgw.server.listener import write_answer
 from consulgw.server.view import GatewayView
@@ -66,6 +67,9 @@ class ProxyHandler:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = self._clock.monotonic()
+        guard = guard_of(request.transport)
+        if guard is not None:
+            guard.request_started()
         self.inflight += 1
         if self._count_inflight:
             self._metrics.inflight.inc()
@@ -139,6 +143,8 @@ class ProxyHandler:
             response = await write_answer(request, answer)
             return response
         finally:
+            if guard is not None:
+                guard.request_finished()
             elapsed = self._clock.monotonic() - started
             status = response.status if response is not None else 499
             self._metrics.observe_request(service, route_label, status, elapsed)

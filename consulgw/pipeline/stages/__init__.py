@@ -2,12 +2,13 @@
 
 ``build_stages(policy, deps)`` returns them in the order they run::
 
-    CORS -> body limit -> auth -> rate limit -> header transforms -> (forwarder)
+    CORS -> body limit -> auth -> rate limit -> header transforms -> max in flight -> (target selection, forwarder)
 
 CORS first, so preflights are answered without credentials and every later error carries the CORS headers; the
 body limit before auth, so an oversized upload is refused before any key lookup; rate limiting after auth, so a
 limit keyed by consumer knows the consumer; header transforms last, so nothing a client sends can change what the
-earlier stages decided. A stage whose policy section is absent is left out.
+earlier stages decided; the in-flight limit last, so only requests that will really be sent count. A stage whose
+policy section is absent is left out.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from consulgw.pipeline.stages.body_limit import BodyLimitStage
 from consulgw.pipeline.stages.cors import CorsStage
 from consulgw.pipeline.stages.deps import StageDeps
 from consulgw.pipeline.stages.headers import HeaderTransformStage
+from consulgw.pipeline.stages.inflight import InFlightLimitStage
 from consulgw.pipeline.stages.ratelimit import RateLimitStage
 from consulgw.policy.model import ServicePolicy
 
@@ -37,4 +39,6 @@ def build_stages(policy: ServicePolicy, deps: StageDeps) -> tuple[Stage, ...]:
     headers = HeaderTransformStage.from_policy(policy.headers)
     if headers.active:
         stages.append(headers)
+    if policy.max_in_flight is not None:
+        stages.append(InFlightLimitStage(policy.max_in_flight, deps.in_flight))
     return tuple(stages)

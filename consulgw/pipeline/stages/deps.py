@@ -19,6 +19,7 @@ from consulgw.auth.basic import VerifiedPasswords
 from consulgw.auth.jwks import JwksCache
 from consulgw.clock import Clock
 from consulgw.metrics import GatewayMetrics
+from consulgw.pipeline.stages.inflight import InFlight
 from consulgw.policy.model import PolicyBook
 from consulgw.ratelimit.local import LocalLimiter
 from consulgw.ratelimit.outage import BackendOutage
@@ -38,6 +39,7 @@ class StageDeps:
     # Shared across rebuilds and services when the server passes one; a fresh one per build is correct but logs a
     # Redis outage once per service instead of once per process.
     redis_outage: BackendOutage = field(default_factory=BackendOutage)
+    in_flight: InFlight = field(default_factory=InFlight)  # shared by the server across rebuilds (max_in_flight)
     verified_passwords: VerifiedPasswords = field(default_factory=VerifiedPasswords)
     redis_timeout: float = 0.25  # seconds per rate-limit decision before on_backend_error applies
     worker_index: int = 0  # this process's index among `consulgw serve --workers N` (0-based)
