@@ -166,3 +166,29 @@ async def test_documented_connection_limit_through_consul_local_config() -> None
         if proc.returncode is None:
             proc.terminate()
             await proc.wait()
+
+
+async def test_documented_unknown_key_warning(tmp_path: Path) -> None:
+    """The warning docs/dev-agent.md shows for a key the dev agent does not use: one line, and the agent runs."""
+    config = json.loads(doc_file("dev-acl.json"))
+    config["server"] = True
+    (tmp_path / "dev-acl.json").write_text(json.dumps(config))
+    port = free_port()
+    env, argv = documented(ACL_COMMAND, port)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=tmp_path, env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        first = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode().rstrip("\n")
+        warning = (
+            "consulgw dev-agent: warning: dev-acl.json: config key 'server' is not supported by the dev agent (ignored)"
+        )
+        assert first == warning
+        assert " ".join(warning.split()) in " ".join((ROOT / "docs" / "dev-agent.md").read_text().split())
+        assert await wait_for_leader(f"http://127.0.0.1:{port}", proc)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
