@@ -102,10 +102,19 @@ class LogHub:
         getattr(log, _STRUCTLOG[line.level])(
             line.message.replace(" ", "_").lower(), module=line.module, **dict(line.fields)
         )
+        self.offer(line)
+
+    def offer(self, line: LogLine) -> None:
+        """To the monitor streams only (the per-request lines: structlog has its own, cheaper one)."""
         rank = _LEVEL_NAMES[line.level]
         for sub in self._subscribers:
             if rank >= sub.min_level:
                 sub.offer(line)
+
+    def wants(self, level: str) -> bool:
+        """Whether any monitor stream takes lines of ``level`` (so a caller can skip building them)."""
+        rank = _LEVEL_NAMES[level]
+        return any(rank >= sub.min_level for sub in self._subscribers)
 
     def subscribe(self, level: str) -> Subscription:
         sub = Subscription(LEVELS[level.upper()])

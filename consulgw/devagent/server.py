@@ -33,6 +33,7 @@ from consulgw.devagent.core import VERSION, Core, Identity
 from consulgw.devagent.health import HealthEndpoints
 from consulgw.devagent.http import HttpApi, Router, redacted_url
 from consulgw.devagent.kv import KVEndpoints
+from consulgw.devagent.monitor import LogLine
 from consulgw.devagent.records import PASSING, SERF_ALIVE_OUTPUT, SERF_CHECK_ID, SERF_CHECK_NAME, Check, Node, Service
 from consulgw.devagent.session import Sessions
 from consulgw.devagent.status import StatusEndpoints
@@ -207,10 +208,14 @@ class DevAgent:
         def finished(request: web.BaseRequest, pattern: str, status: int, seconds: float) -> None:
             label = pattern[1:].replace("/", "_") if pattern else "unknown"
             telemetry.sample("consul.api.http", seconds * 1000.0, (("method", request.method), ("path", label)))
-            peer = request.transport.get_extra_info("peername") if request.transport is not None else None
-            source = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
-            core.log("debug", "agent.http", "Request finished", method=request.method, url=redacted_url(request),
-                     from_=source, latency=f"{seconds * 1e6:.3f}µs")  # fmt: skip
+            log.debug("request_completed", method=request.method, path=request.path, status=status,
+                      duration_ms=round(seconds * 1000, 3))  # fmt: skip
+            if core.logs.wants("debug"):  # Consul's line for each request, built only for a monitor that shows it
+                peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+                source = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
+                fields = (("method", request.method), ("url", redacted_url(request)), ("from", source),
+                          ("latency", f"{seconds * 1e6:.3f}µs"))  # fmt: skip
+                core.logs.offer(LogLine(core.clock.time(), "debug", "agent.http", "Request finished", fields))
 
         await agent.start()
         handler = HttpApi(
