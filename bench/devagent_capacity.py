@@ -1,7 +1,9 @@
 """Capacity benchmark for ``consulgw dev-agent`` (a script, not a test).
 
-Starts the agent as a subprocess (``python -m consulgw dev-agent --listen 127.0.0.1:PORT``) so its memory can be read
-cleanly from /proc/<pid>/status (VmRSS), then:
+Starts the agent as a subprocess (``python -m consulgw dev-agent --listen 127.0.0.1:PORT
+--http-max-conns-per-client 0``: thousands of parked queries come from one client IP, far past Consul's default
+of 200 connections per client, so the limit is lifted as it must be on a real Consul for such a load) so its memory
+can be read cleanly from /proc/<pid>/status (VmRSS), then:
 
 1. parks ``--queries`` concurrent blocking queries (half ``/v1/health/service/<svc>``, half ``/v1/kv/<key>``, each
    with the current index and a long ``wait``) and reports the agent's RSS before/after and per parked query;
@@ -217,7 +219,8 @@ async def main_async(args: argparse.Namespace) -> int:
     limit = raise_fd_limit(args.queries + args.watchers + 1024)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "consulgw", "dev-agent", "--listen", f"127.0.0.1:{port}", "--node", "bench-node"]
+    cmd = [sys.executable, "-m", "consulgw", "dev-agent", "--listen", f"127.0.0.1:{port}", "--node", "bench-node",
+           "--http-max-conns-per-client", "0"]  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )

@@ -43,9 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the embedded in-memory Consul dev agent",
         description="An in-memory agent speaking Consul's HTTP API like `consul agent -dev`, for demos and tests.",
     )
-    agent.add_argument("--listen", default="127.0.0.1:8500", metavar="HOST:PORT", help="default 127.0.0.1:8500")
-    agent.add_argument("--node", metavar="NAME", help="node name (default: this host's name)")
-    agent.add_argument("--datacenter", default="dc1", metavar="DC", help="datacenter name (default dc1)")
+    agent.add_argument(
+        "--listen", metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8500, or ports.http of the config)"
+    )
+    agent.add_argument("--node", metavar="NAME", help="node name (default: node_name, else this host's name)")
+    agent.add_argument("--datacenter", metavar="DC", help="datacenter name (default: datacenter, else dc1)")
+    agent.add_argument(
+        "--config-file",
+        action="append",
+        metavar="PATH",
+        help="Consul JSON agent configuration (repeatable; read after env CONSUL_LOCAL_CONFIG, before the flags)",
+    )
+    agent.add_argument(
+        "--http-max-conns-per-client",
+        metavar="N",
+        help="concurrent HTTP connections per client IP, as limits.http_max_conns_per_client (default 200, 0: none)",
+    )
+    agent.add_argument(
+        "--enable-script-checks",
+        action="store_true",
+        default=None,
+        help="run script checks (as enable_script_checks; env CONSULGW_DEV_SCRIPT_CHECKS=true)",
+    )
     _add_log_flags(agent)
     agent.set_defaults(handler="devagent")
 

@@ -1,7 +1,10 @@
-"""``consulgw dev-agent``: run the in-memory Consul dev agent until SIGINT/SIGTERM.
+"""``consulgw dev-agent``: run the in-memory Consul dev agent until SIGINT/SIGTERM (or ``PUT /v1/agent/leave``).
 
-Like ``consul agent -dev`` it refuses script checks unless enabled; ``CONSULGW_DEV_SCRIPT_CHECKS=true`` is the
-equivalent of Consul's ``enable_script_checks = true`` (py-consul's own test fixture turns it on).
+Configuration as ``consul agent -dev`` takes it: the JSON agent configuration in ``CONSUL_LOCAL_CONFIG`` (what
+Consul's container image reads), then every ``--config-file`` in order, then the flags, each overriding the one
+before (see ``consulgw.devagent.agent_config``). Unknown configuration keys are reported, one warning line each, and
+ignored. Like ``consul agent -dev`` the agent refuses script checks unless enabled (``--enable-script-checks``,
+``enable_script_checks``, or ``CONSULGW_DEV_SCRIPT_CHECKS=true``, which py-consul's own test fixture relies on).
 """
 
 from __future__ import annotations
@@ -11,37 +14,84 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
+from typing import Any
 
 import structlog
 
 from consulgw.devagent import DevAgent
+from consulgw.devagent.agent_config import AgentConfig, Source, load_agent_config
 from consulgw.errors import ConfigError
 from consulgw.logs import configure_logging
-from consulgw.settings import parse_hostport
+from consulgw.settings import HostPort, parse_hostport
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8500
 
 
 def main(args: argparse.Namespace) -> int:
-    listen = parse_hostport("--listen", str(args.listen))
-    node = args.node or None
-    if node is not None and not node.strip():
-        raise ConfigError(f"--node: {args.node!r} must not be empty")
-    datacenter = str(args.datacenter or "dc1")
-    if not datacenter or any(c.isspace() for c in datacenter):
-        raise ConfigError(f"--datacenter: {datacenter!r} must be a single word")
-    script_checks = _env_bool("CONSULGW_DEV_SCRIPT_CHECKS", os.environ.get("CONSULGW_DEV_SCRIPT_CHECKS", ""))
+    config = load(args, os.environ)
+    listen = _listen(args, config)
     configure_logging(args.log_format or "console", args.log_level or "info")
-    agent = DevAgent(
-        node=node,
-        datacenter=datacenter,
-        host=listen.host,
-        port=listen.port,
-        enable_script_checks=script_checks,
-    )
+    agent = DevAgent.from_config(config, host=listen.host, port=listen.port)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we ship
         return asyncio.run(_serve(agent))
     return int(uvloop.run(_serve(agent)))
+
+
+def load(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> AgentConfig:
+    """The merged agent configuration; warnings (unknown keys) go to stderr, one line each."""
+    sources: list[Source] = []
+    local = environ.get("CONSUL_LOCAL_CONFIG", "")
+    if local.strip():
+        sources.append(Source("CONSUL_LOCAL_CONFIG", local))
+    for path in args.config_file or []:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                sources.append(Source(path, handle.read()))
+        except OSError as exc:
+            raise ConfigError(f"--config-file: cannot read {path!r}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--config-file: {path!r} is not UTF-8 text") from None
+    loaded = load_agent_config(sources, _flags(args, environ))
+    for warning in loaded.warnings:
+        print(f"consulgw dev-agent: warning: {warning}", file=sys.stderr)
+    return loaded.config
+
+
+def _flags(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
+    flags: dict[str, Any] = {}
+    if args.node is not None:
+        if not args.node.strip():
+            raise ConfigError(f"--node: {args.node!r} must not be empty")
+        flags["node_name"] = args.node
+    if args.datacenter is not None:
+        if not args.datacenter or any(c.isspace() for c in args.datacenter):
+            raise ConfigError(f"--datacenter: {args.datacenter!r} must be a single word")
+        flags["datacenter"] = args.datacenter
+    if args.http_max_conns_per_client is not None:
+        text = str(args.http_max_conns_per_client).strip()
+        if not text.isdigit():
+            raise ConfigError(
+                f"--http-max-conns-per-client: {args.http_max_conns_per_client!r} must be a whole number >= 0 "
+                "(0: no limit)"
+            )
+        flags["limits.http_max_conns_per_client"] = int(text)
+    if args.enable_script_checks:
+        flags["enable_script_checks"] = True
+    elif environ.get("CONSULGW_DEV_SCRIPT_CHECKS", ""):
+        flags["enable_script_checks"] = _env_bool(
+            "CONSULGW_DEV_SCRIPT_CHECKS", environ.get("CONSULGW_DEV_SCRIPT_CHECKS", "")
+        )
+    return flags
+
+
+def _listen(args: argparse.Namespace, config: AgentConfig) -> HostPort:
+    if args.listen is not None:
+        return parse_hostport("--listen", str(args.listen))
+    return HostPort(DEFAULT_HOST, config.http_port if config.http_port is not None else DEFAULT_PORT)
 
 
 async def _serve(agent: DevAgent) -> int:
@@ -55,10 +105,14 @@ async def _serve(agent: DevAgent) -> int:
     except OSError as exc:
         raise ConfigError(f"--listen: cannot listen on {agent_address(agent)}: {exc.strerror or exc}") from exc
     log.info("dev_agent_started", url=agent.url, node=agent.node, datacenter=agent.datacenter)
+    stopped = asyncio.create_task(stop.wait(), name="dev-agent-signal")
+    left = asyncio.create_task(agent.left.wait(), name="dev-agent-left")
     try:
-        await stop.wait()
+        await asyncio.wait({stopped, left}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        log.info("dev_agent_stopping")
+        for task in (stopped, left):
+            task.cancel()
+        log.info("dev_agent_stopping", left=agent.left.is_set())
         await agent.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):

@@ -32,6 +32,7 @@ from consulgw.devagent.records import (
     Service,
 )
 from consulgw.devagent.render import agent_service_json
+from consulgw.devagent.sidecar import SUFFIX as SIDECAR_SUFFIX
 
 log = structlog.get_logger("consulgw.devagent")
 
@@ -80,6 +81,7 @@ class LocalAgent:
         self.min_deregister_after = min_deregister_after
         self.reap_interval = reap_interval
         self.services: dict[str, Service] = {}
+        self.sidecars: set[str] = set()  # IDs of services registered as a Connect.SidecarService
         self.checks: dict[str, LocalCheck] = {}
         self._session: aiohttp.ClientSession | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -247,7 +249,11 @@ class LocalAgent:
             records.append(rec)
         return records
 
-    def add_service(self, svc: Service, defs: list[CheckDef], *, replace_existing: bool) -> None:
+    def add_service(self, svc: Service, defs: list[CheckDef], *, replace_existing: bool, sidecar: bool = False) -> None:
+        if sidecar:
+            self.sidecars.add(svc.id)
+        else:
+            self.sidecars.discard(svc.id)
         pairs: list[tuple[Check, CheckDef | None]] = []
         for pos, defn in enumerate(defs, start=1):
             check_id = defn.check_id or (f"service:{svc.id}" + (f":{pos}" if len(defs) > 1 else ""))
@@ -286,6 +292,10 @@ class LocalAgent:
         svc = self.services.pop(service_id, None)
         if svc is None:
             return False
+        self.sidecars.discard(service_id)
+        sidecar_id = service_id + SIDECAR_SUFFIX
+        if sidecar_id in self.sidecars:  # a sidecar registered through this service goes with it, as in Consul
+            self.remove_service(sidecar_id)
         removed = [cid for cid, lc in self.checks.items() if lc.record.service_id == service_id]
         for cid in removed:
             self._stop_runner(self.checks.pop(cid))

@@ -8,12 +8,15 @@ from dataclasses import replace
 from typing import Any
 
 from consulgw.devagent.agent_api import is_unspecified, tagged_service_addresses
+from consulgw.devagent.authorizer import Authz
 from consulgw.devagent.bexpr import schema_from_sample
 from consulgw.devagent.blocking import Answer
 from consulgw.devagent.checks import CHECK_ALIASES, parse_check_def
-from consulgw.devagent.core import Core, apply_filter, filter_of, node_meta_filters, node_meta_matches
+from consulgw.devagent.config import TOPIC as CONFIG_TOPIC
+from consulgw.devagent.config import ConfigEndpoints
+from consulgw.devagent.core import Core, Tally, apply_filter, filter_of, node_meta_filters, node_meta_matches
 from consulgw.devagent.decode import DEREGISTER_REQUEST, HEALTH_CHECK, NODE_SERVICE, REGISTER_REQUEST, WEIGHTS, Fields
-from consulgw.devagent.errors import bad_request, server_error
+from consulgw.devagent.errors import ApiError, bad_request, server_error
 from consulgw.devagent.http import Call, Reply, Router, text
 from consulgw.devagent.records import CRITICAL, Check, Node, Service, TaggedAddress
 from consulgw.devagent.render import node_json, node_service_json, service_node_json
@@ -44,9 +47,15 @@ def _sample_service() -> Service:
     )
 
 
+def service_node_readable(authz: Authz, svc: Service) -> bool:
+    """Consul shows an instance only to a token that may read both its node and its service."""
+    return authz.allows("node", "read", svc.node) and authz.allows("service", "read", svc.name)
+
+
 class CatalogEndpoints:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, config: ConfigEndpoints) -> None:
         self.core = core
+        self.config = config
         self.node_schema = schema_from_sample(node_json(_sample_node()), maps=NODE_MAPS)
         self.service_node_schema = schema_from_sample(
             service_node_json(_sample_service(), _sample_node()), maps=NODE_MAPS
@@ -64,6 +73,7 @@ class CatalogEndpoints:
         router.add("/v1/catalog/connect/", get, self.connect)
         router.add("/v1/catalog/node/", get, self.node)
         router.add("/v1/catalog/node-services/", get, self.node_services)
+        router.add("/v1/catalog/gateway-services/", get, self.gateway_services)
 
     # ---- reads ----------------------------------------------------------------------------------------------
 
@@ -75,22 +85,28 @@ class CatalogEndpoints:
         expr = filter_of(call, self.node_schema)
         meta = node_meta_filters(call)
         store = self.core.store
+        authz = call.authz()
+        tally = Tally()
 
         def render() -> list[Any]:
             nodes = [n for _, n in sorted(store.nodes.items()) if node_meta_matches(n.meta, meta)]
-            return apply_filter(expr, nodes, node_json)
+            rendered = apply_filter(expr, nodes, node_json)
+            return [n for n in rendered if tally.keep(authz.allows("node", "read", n["Node"]))]
 
         def query() -> Answer:
             return Answer(index=store.max_index("nodes"), topics=("nodes",), render=render)
 
         answer = await self.core.blocking(opts, query)
-        return call.reply_meta(answer.value, answer.index, opts)
+        value = answer.value
+        return call.reply_meta(value, answer.index, opts, filtered=tally.removed)
 
     async def services(self, call: Call) -> Reply:
         opts = self.core.read_options(call)
         expr = filter_of(call, self.service_node_schema)
         meta = node_meta_filters(call)
         store = self.core.store
+        authz = call.authz()
+        tally = Tally()
 
         def render() -> dict[str, list[str]]:
             out: dict[str, list[str]] = {}
@@ -104,13 +120,14 @@ class CatalogEndpoints:
                 for tag in svc.tags:
                     if tag not in tags:
                         tags.append(tag)
-            return dict(sorted(out.items()))
+            return {k: v for k, v in sorted(out.items()) if tally.keep(authz.allows("service", "read", k))}
 
         def query() -> Answer:
             return Answer(index=store.max_index("services"), topics=("services",), render=render)
 
         answer = await self.core.blocking(opts, query)
-        return call.reply_meta(answer.value, answer.index, opts)
+        value = answer.value
+        return call.reply_meta(value, answer.index, opts, filtered=tally.removed)
 
     async def service(self, call: Call) -> Reply:
         name = call.suffix
@@ -130,6 +147,10 @@ class CatalogEndpoints:
         meta = node_meta_filters(call)
         tags = call.params("tag")
         store = self.core.store
+        authz = call.authz()
+        if connect and not authz.allows("service", "read", name):
+            return call.reply_meta([], store.service_query_index(name), opts)  # Consul answers empty, unfiltered
+        tally = Tally()
 
         def render() -> list[dict[str, Any]]:
             items: list[dict[str, Any]] = []
@@ -138,7 +159,7 @@ class CatalogEndpoints:
                 if node is None or not node_meta_matches(node.meta, meta) or not tags_match(svc, tags):
                     continue
                 rendered = service_node_json(svc, node)
-                if expr is None or expr.evaluate(rendered):
+                if (expr is None or expr.evaluate(rendered)) and tally.keep(service_node_readable(authz, svc)):
                     items.append(rendered)
             return items
 
@@ -146,7 +167,8 @@ class CatalogEndpoints:
             return Answer(index=store.service_query_index(name), topics=("svc:" + name,), render=render)
 
         answer = await self.core.blocking(opts, query)
-        return call.reply_meta(answer.value, answer.index, opts)
+        value = answer.value
+        return call.reply_meta(value, answer.index, opts, filtered=tally.removed)
 
     async def node(self, call: Call) -> Reply:
         name = call.suffix
@@ -155,20 +177,24 @@ class CatalogEndpoints:
         opts = self.core.read_options(call)
         expr = filter_of(call, self.node_service_schema)
         store = self.core.store
+        authz = call.authz()
+        tally = Tally()
 
         def render() -> dict[str, Any] | None:
             node = store.nodes.get(name)
-            if node is None:
+            if node is None or not tally.keep(authz.allows("node", "read", name)):
                 return None
             services = apply_filter(expr, store.services_on_node(name), node_service_json)
-            return {"Node": node_json(node), "Services": {s["ID"]: s for s in services}}
+            kept = [s for s in services if tally.keep(authz.allows("service", "read", s["Service"]))]
+            return {"Node": node_json(node), "Services": {s["ID"]: s for s in kept}}
 
         def query() -> Answer:
             index = store.max_index("nodes", "services", "checks")
             return Answer(index=index, topics=("nodes", "services", "checks"), render=render)
 
         answer = await self.core.blocking(opts, query)
-        return call.reply_meta(answer.value, answer.index, opts)
+        value = answer.value
+        return call.reply_meta(value, answer.index, opts, filtered=tally.removed)
 
     async def node_services(self, call: Call) -> Reply:
         name = call.suffix
@@ -177,31 +203,58 @@ class CatalogEndpoints:
         opts = self.core.read_options(call)
         expr = filter_of(call, self.node_service_schema)
         store = self.core.store
+        authz = call.authz()
+        tally = Tally()
+        node_readable = tally.keep(authz.allows("node", "read", name)) or name not in store.nodes
 
         def render() -> dict[str, Any] | None:
             node = store.nodes.get(name)
             if node is None:
                 return None
             services = apply_filter(expr, store.services_on_node(name), node_service_json)
-            return {"Node": node_json(node), "Services": services}
+            kept = [s for s in services if tally.keep(authz.allows("service", "read", s["Service"]))]
+            return {"Node": node_json(node), "Services": kept}
 
         def query() -> Answer:
             index = store.max_index("nodes", "services", "checks")
-            found = name in store.nodes
+            found = name in store.nodes and node_readable
             return Answer(index=index, topics=("nodes", "services", "checks"), render=render, found=found)
 
         answer = await self.core.blocking(opts, query)
         if not answer.found:
             reply = text(404, f'Node not found: "{name}"')
-            reply.headers.update(call.reply_meta(None, answer.index, opts).headers)
+            reply.headers.update(call.reply_meta(None, answer.index, opts, filtered=tally.removed).headers)
             return reply
-        return call.reply_meta(answer.value, answer.index, opts)
+        value = answer.value
+        return call.reply_meta(value, answer.index, opts, filtered=tally.removed)
+
+    async def gateway_services(self, call: Call) -> Reply:
+        """The services an ingress or terminating gateway's config entry links, with their gateway settings."""
+        gateway = call.suffix
+        opts = self.core.read_options(call)
+        if not gateway:
+            raise bad_request("Missing gateway name")
+        authz = call.authz()
+        authz.require("service", "read", gateway)
+        tally = Tally()
+
+        def render() -> list[dict[str, Any]]:
+            mappings = self.config.gateway_services(gateway)
+            return [m for m in mappings if tally.keep(authz.allows("service", "read", m["Service"]["Name"]))]
+
+        def query() -> Answer:
+            return Answer(index=self.config.table_index, topics=(CONFIG_TOPIC,), render=render)
+
+        answer = await self.core.blocking(opts, query)
+        value = answer.value
+        return call.reply_meta(value, answer.index, opts, filtered=tally.removed)
 
     # ---- writes ---------------------------------------------------------------------------------------------
 
     async def register_(self, call: Call) -> Reply:
         body = await call.json()
         self.core.check_dc(call)
+        authz = call.authz()
         f = Fields(body, "RegisterRequest", known=REGISTER_REQUEST)
         dc = f.string("Datacenter")
         if dc and dc != self.core.datacenter:
@@ -234,9 +287,17 @@ class CatalogEndpoints:
         service: Service | None = None
         if service_fields is not None:
             service = self._parse_service(service_fields, node_name)
+            if service.name != "consul":  # Consul's servicePreApply exempts its own service
+                authz.require("service", "write", service.name)
+            if service.kind == "connect-proxy":
+                authz.require("service", "write", str((service.proxy or {}).get("DestinationServiceName", "")))
         checks: list[Check] = []
         for cf in check_fields:
             checks.append(self._parse_check(cf, node_name, service))
+        if not authz.unrestricted:
+            wanted = Node(id=node_id, name=node_name, address=address, datacenter=dc or self.core.datacenter,
+                          tagged_addresses=tagged, meta=node_meta)  # fmt: skip
+            self._vet_register(authz, wanted, skip_node_update, existing, service, checks)
         # validate check -> service references before writing anything
         for chk in checks:
             if chk.service_id and not (
@@ -264,6 +325,51 @@ class CatalogEndpoints:
         if any(chk.status == CRITICAL for chk in checks):
             self.core.checks_changed()
         return call.reply(True)
+
+    def _vet_register(
+        self,
+        authz: Authz,
+        wanted: Node,
+        skip_node_update: bool,
+        existing: Node | None,
+        service: Service | None,
+        checks: list[Check],
+    ) -> None:
+        """Consul's vetRegisterWithACL: node:write unless the node is unchanged, service:write on the service and
+        on any service it replaces, node:write for node checks and service:write for other services' checks."""
+        store = self.core.store
+        node_name = wanted.name
+        changes_node = existing is None or (
+            not skip_node_update
+            and (
+                wanted.id != existing.id
+                or wanted.address != existing.address
+                or wanted.datacenter != existing.datacenter
+                or dict(wanted.tagged_addresses) != dict(existing.tagged_addresses)
+                or dict(wanted.meta) != dict(existing.meta)
+            )
+        )
+        if changes_node:
+            authz.require("node", "write", node_name)
+        if service is not None:
+            authz.require("service", "write", service.name)
+            replaced = store.services.get((node_name, service.id))
+            if replaced is not None and not authz.allows("service", "write", replaced.name):
+                raise ApiError(403, "Permission denied")
+        for chk in checks:
+            if chk.node.lower() != node_name.lower():
+                raise server_error(
+                    f"Node '{chk.node}' for check '{chk.check_id}' doesn't match register request node '{node_name}'"
+                )
+            if not chk.service_id:
+                authz.require("node", "write", node_name)
+                continue
+            if service is not None and service.id == chk.service_id:
+                continue
+            other = store.services.get((node_name, chk.service_id)) if existing is not None else None
+            if other is None:
+                raise server_error(f"Unknown service ID '{chk.service_id}' for check ID '{chk.check_id}'")
+            authz.require("service", "write", other.name)
 
     def _parse_service(self, f: Fields, node: str) -> Service:
         name = f.string("Service")
@@ -334,6 +440,7 @@ class CatalogEndpoints:
             raise server_error("Must provide node")
         service_id = f.string("ServiceID")
         check_id = f.string("CheckID")
+        self._vet_deregister(call.authz(), node, service_id, check_id)
         with self.core.store.write() as tx:
             if service_id:
                 tx.delete_service(node, service_id)
@@ -343,6 +450,27 @@ class CatalogEndpoints:
                 tx.delete_node(node)
         self.core.checks_changed()
         return call.reply(True)
+
+    def _vet_deregister(self, authz: Authz, node: str, service_id: str, check_id: str) -> None:
+        """Consul's vetDeregisterWithACL: node:write allows everything; else service:write on what is removed."""
+        if authz.allows("node", "write", node):
+            return
+        store = self.core.store
+        if service_id:
+            svc = store.services.get((node, service_id))
+            if svc is None:
+                raise server_error(f"Unknown service ID '{service_id}'")
+            authz.require("service", "write", svc.name)
+        elif check_id:
+            chk = store.checks.get((node, check_id))
+            if chk is None:
+                raise server_error(f"Unknown check ID '{check_id}'")
+            if chk.service_id:
+                authz.require("service", "write", chk.service_name)
+            else:
+                authz.require("node", "write", node)
+        else:
+            authz.require("node", "write", node)
 
 
 def connect_instances(services: Any, name: str) -> list[Service]:

@@ -11,8 +11,9 @@ import base64
 from collections import deque
 from typing import Any
 
+from consulgw.devagent.authorizer import Authz
 from consulgw.devagent.blocking import Answer, query_timeout, wait_for_topics
-from consulgw.devagent.core import LEADER_ADDR, Core
+from consulgw.devagent.core import LEADER_ADDR, Core, Tally
 from consulgw.devagent.errors import bad_request
 from consulgw.devagent.http import Call, Reply, Router
 
@@ -59,33 +60,39 @@ class ClusterEndpoints:
             ]
         )
 
-    def _coordinates(self, only: str | None) -> Answer:
+    def _coordinates(self, only: str | None, authz: Authz, tally: Tally) -> Answer:
         store = self.core.store
 
         def render() -> list[dict[str, Any]]:
             nodes = [name for name in sorted(store.nodes) if only is None or name == only]
+            nodes = [name for name in nodes if tally.keep(authz.allows("node", "read", name))]
             return [{"Node": name, "Segment": "", "Partition": "", "Coord": coordinate()} for name in nodes]
 
         return Answer(index=store.max_index("nodes"), topics=("nodes",), render=render)
 
     async def coordinate_nodes(self, call: Call) -> Reply:
         opts = self.core.read_options(call)
-        answer = await self.core.blocking(opts, lambda: self._coordinates(None))
-        return call.reply_meta(answer.value, answer.index, opts)
+        authz, tally = call.authz(), Tally()
+        answer = await self.core.blocking(opts, lambda: self._coordinates(None, authz, tally))
+        value = answer.value
+        return call.reply_meta(value, answer.index, opts, filtered=tally.removed)
 
     async def coordinate_node(self, call: Call) -> Reply:
         if not call.suffix:
             raise bad_request("Missing node name")
         opts = self.core.read_options(call)
-        answer = await self.core.blocking(opts, lambda: self._coordinates(call.suffix))
-        if not answer.value:
-            reply = call.reply_meta(None, answer.index, opts, status=404)
+        authz, tally = call.authz(), Tally()
+        answer = await self.core.blocking(opts, lambda: self._coordinates(call.suffix, authz, tally))
+        value = answer.value
+        if not value:
+            reply = call.reply_meta(None, answer.index, opts, status=404, filtered=tally.removed)
             reply.body, reply.content_type = b"", None
             return reply
-        return call.reply_meta(answer.value, answer.index, opts)
+        return call.reply_meta(value, answer.index, opts, filtered=tally.removed)
 
     async def raft_configuration(self, call: Call) -> Reply:
         self.core.check_dc(call)
+        call.authz().require("operator", "read")
         ident = self.core.identity
         server = {
             "ID": ident.node_id,
@@ -103,6 +110,7 @@ class ClusterEndpoints:
         name = call.suffix
         if not name:
             raise bad_request("Missing name")
+        call.authz().require("event", "write", name)
         payload = await call.body(100 * 1024, lambda n: bad_request("User event payload exceeds the limit"))
         self.ltime += 1
         event = {
@@ -122,9 +130,12 @@ class ClusterEndpoints:
     async def event_list(self, call: Call) -> Reply:
         opts = self.core.read_options(call)
         name = call.param("name")
+        authz = call.authz()
 
         def query() -> Answer:
-            found = [e for e in self.events if not name or e["Name"] == name]
+            found = [
+                e for e in self.events if (not name or e["Name"] == name) and authz.allows("event", "read", e["Name"])
+            ]
             index = uuid_to_uint64(found[-1]["ID"]) if found else 1
             return Answer(index=index, topics=(EVENTS_TOPIC,), render=lambda: found)
 

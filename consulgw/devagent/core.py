@@ -14,6 +14,7 @@ from consulgw.devagent.bexpr import Expression, compile_filter
 from consulgw.devagent.blocking import SHUTDOWN_TOPIC, Answer, QueryOptions, block
 from consulgw.devagent.errors import ApiError
 from consulgw.devagent.http import Call
+from consulgw.devagent.monitor import LogHub, LogLine
 from consulgw.devagent.store import Store
 
 VERSION = "1.21.5"
@@ -37,6 +38,8 @@ class Core:
         self.store = Store(start_index=start_index)
         self.closing = False
         self.checks_changed_hooks: list[Callable[[], None]] = []
+        self.logs = LogHub()
+        self.leave_requested: Callable[[], None] = lambda: None  # set by the server: PUT /v1/agent/leave
 
     @property
     def node(self) -> str:
@@ -64,6 +67,11 @@ class Core:
             query, opts, watch=self.store.watch, clock=self.clock, rng=self.rng, is_closing=lambda: self.closing
         )
 
+    def log(self, level: str, module: str, message: str, **fields: object) -> None:
+        """One agent log line (Consul's hclog shape): to structlog and to every ``/v1/agent/monitor`` stream."""
+        pairs = tuple((k.rstrip("_"), str(v)) for k, v in fields.items())
+        self.logs.publish(LogLine(self.clock.time(), level, module, message, pairs))
+
     def shutdown(self) -> None:
         self.closing = True
         self.store.watch.notify([SHUTDOWN_TOPIC])
@@ -72,6 +80,20 @@ class Core:
         """A check went critical or disappeared: sessions bound to it must be invalidated."""
         for hook in list(self.checks_changed_hooks):
             hook()
+
+
+class Tally:
+    """Whether an ACL filter removed anything from an answer (for ``X-Consul-Results-Filtered-By-ACLs``)."""
+
+    __slots__ = ("removed",)
+
+    def __init__(self) -> None:
+        self.removed = False
+
+    def keep(self, allowed: bool) -> bool:
+        if not allowed:
+            self.removed = True
+        return allowed
 
 
 def filter_of(call: Call, schema: Any) -> Expression | None:

@@ -5,10 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from consulgw.devagent.authorizer import Authz
 from consulgw.devagent.bexpr import schema_from_sample
 from consulgw.devagent.blocking import Answer
 from consulgw.devagent.catalog import NODE_MAPS, connect_instances, tags_match
-from consulgw.devagent.core import Core, apply_filter, filter_of, node_meta_filters, node_meta_matches, parse_bool
+from consulgw.devagent.core import (
+    Core,
+    Tally,
+    apply_filter,
+    filter_of,
+    node_meta_filters,
+    node_meta_matches,
+    parse_bool,
+)
 from consulgw.devagent.errors import bad_request
 from consulgw.devagent.http import Call, Reply, Router
 from consulgw.devagent.records import PASSING, Check, Node, Service, TaggedAddress
@@ -39,6 +48,13 @@ def filter_non_passing(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         i += 1
     return out[:n]
+
+
+def check_readable(authz: Authz, node: str, service_name: str) -> bool:
+    """Consul's filterHealthChecks: node:read on the check's node, service:read on its service (if any)."""
+    if not authz.allows("node", "read", node):
+        return False
+    return not service_name or authz.allows("service", "read", service_name)
 
 
 class HealthEndpoints:
@@ -95,6 +111,10 @@ class HealthEndpoints:
         tags = call.params("tag")
         peer = call.param("peer")
         store = self.core.store
+        authz = call.authz()
+        tally = Tally()
+        if kind != "service" and not authz.allows("service", "read", name):
+            return call.reply_meta([], store.service_query_index(name), opts)  # Consul answers empty, unfiltered
 
         def render() -> list[dict[str, Any]]:
             items: list[dict[str, Any]] = []
@@ -111,14 +131,21 @@ class HealthEndpoints:
                 if node is None or not node_meta_matches(node.meta, meta) or not tags_match(svc, tags):
                     continue
                 items.append(entry_json(store, svc, node))
-            return apply_filter(expr, items, lambda e: e)
+            return [
+                e
+                for e in apply_filter(expr, items, lambda e: e)
+                if tally.keep(
+                    authz.allows("node", "read", e["Node"]["Node"])
+                    and authz.allows("service", "read", e["Service"]["Service"])
+                )
+            ]
 
         def query() -> Answer:
             return Answer(index=store.service_query_index(name), topics=("svc:" + name,), render=render)
 
         answer = await self.core.blocking(opts, query)
         value = filter_non_passing(answer.value) if passing else answer.value
-        return call.reply_meta(value, answer.index, opts)
+        return call.reply_meta(value, answer.index, opts, filtered=tally.removed)
 
     async def checks(self, call: Call) -> Reply:
         name = call.suffix
@@ -128,6 +155,8 @@ class HealthEndpoints:
         expr = filter_of(call, self.check_schema)
         meta = node_meta_filters(call)
         store = self.core.store
+        authz = call.authz()
+        tally = Tally()
 
         def render() -> list[Any]:
             found = [
@@ -137,13 +166,18 @@ class HealthEndpoints:
                 for c in store.service_checks(svc.node, svc.id)
             ]
             found.sort(key=lambda c: (c.node, c.check_id))
-            return apply_filter(expr, found, check_json)
+            return self._readable(authz, tally, apply_filter(expr, found, check_json))
 
         def query() -> Answer:
             return Answer(index=store.service_query_index(name), topics=("svc:" + name,), render=render)
 
         answer = await self.core.blocking(opts, query)
-        return call.reply_meta(answer.value, answer.index, opts)
+        value = answer.value
+        return call.reply_meta(value, answer.index, opts, filtered=tally.removed)
+
+    @staticmethod
+    def _readable(authz: Authz, tally: Tally, checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [c for c in checks if tally.keep(check_readable(authz, c["Node"], c["ServiceName"]))]
 
     async def state(self, call: Call) -> Reply:
         state = call.suffix
@@ -153,6 +187,8 @@ class HealthEndpoints:
         expr = filter_of(call, self.check_schema)
         meta = node_meta_filters(call)
         store = self.core.store
+        authz = call.authz()
+        tally = Tally()
 
         def render() -> list[Any]:
             found = [
@@ -161,13 +197,14 @@ class HealthEndpoints:
                 if (state == "any" or c.status == state)
                 and (not meta or node_meta_matches(_node_meta(store, c.node), meta))
             ]
-            return apply_filter(expr, found, check_json)
+            return self._readable(authz, tally, apply_filter(expr, found, check_json))
 
         def query() -> Answer:
             return Answer(index=store.max_index("checks"), topics=("checks",), render=render)
 
         answer = await self.core.blocking(opts, query)
-        return call.reply_meta(answer.value, answer.index, opts)
+        value = answer.value
+        return call.reply_meta(value, answer.index, opts, filtered=tally.removed)
 
     async def node(self, call: Call) -> Reply:
         name = call.suffix
@@ -176,16 +213,19 @@ class HealthEndpoints:
         opts = self.core.read_options(call)
         expr = filter_of(call, self.check_schema)
         store = self.core.store
+        authz = call.authz()
+        tally = Tally()
 
         def render() -> list[Any]:
-            return apply_filter(expr, store.checks_on_node(name), check_json)
+            return self._readable(authz, tally, apply_filter(expr, store.checks_on_node(name), check_json))
 
         def query() -> Answer:
             index = store.max_index("nodes", "services", "checks")
             return Answer(index=index, topics=("nodes", "services", "checks"), render=render)
 
         answer = await self.core.blocking(opts, query)
-        return call.reply_meta(answer.value, answer.index, opts)
+        value = answer.value
+        return call.reply_meta(value, answer.index, opts, filtered=tally.removed)
 
 
 def _node_meta(store: Store, node: str) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import posixpath
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ import structlog
 from aiohttp import hdrs, web
 from multidict import MultiDictProxy
 
+from consulgw.devagent.authorizer import ALLOW_ALL, Authz
 from consulgw.devagent.blocking import QueryOptions, meta_headers, parse_query_options
 from consulgw.devagent.decode import parse_json
 from consulgw.devagent.errors import ApiError, DecodeError
@@ -27,6 +29,10 @@ log = structlog.get_logger("consulgw.devagent")
 NOT_V1_TEXT = "Invalid URL path: if attempting to use the HTTP API, ensure the path starts with '/v1/'\n"
 NOT_FOUND_TEXT = "Invalid URL path: not a recognized HTTP API endpoint\n"
 TEXT = "text/plain; charset=utf-8"
+FILTERED_HEADER = "X-Consul-Results-Filtered-By-ACLs"
+
+Stream = Callable[[web.StreamResponse], Awaitable[None]]
+Resolver = Callable[[str], Authz]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -35,18 +41,64 @@ class Reply:
     body: bytes = b""
     content_type: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    stream: Stream | None = None  # a streamed body (agent/monitor): headers are sent, then this writes the body
+    after: Callable[[], None] | None = None  # runs once the whole answer has been written (agent/leave)
+
+
+def request_token(request: web.BaseRequest) -> str:
+    """Consul's token precedence: ``?token=``, then ``X-Consul-Token``, then ``Authorization: Bearer``; else ""."""
+    query = request.query.get("token", "")
+    if query:
+        return query
+    header = request.headers.get("X-Consul-Token", "")
+    if header:
+        return header
+    authorization = request.headers.get(hdrs.AUTHORIZATION, "")
+    parts = authorization.split(" ")
+    if len(parts) > 1 and parts[0].lower() == "bearer":
+        value = " ".join(parts[1:]).strip()
+        return value.split(" ")[0].strip()
+    return ""
+
+
+def redacted_url(request: web.BaseRequest) -> str:
+    """The request path and query with token values hidden, as Consul logs it."""
+    if not request.query_string:
+        return request.path
+    pairs = urllib.parse.parse_qsl(request.query_string, keep_blank_values=True)
+    shown = [(k, "<hidden>" if k == "token" else v) for k, v in pairs]
+    return request.path + "?" + urllib.parse.urlencode(shown, safe="<>/")
 
 
 class Call:
     """One API request as a handler sees it."""
 
-    __slots__ = ("_body", "pretty", "request", "suffix")
+    __slots__ = ("_authz", "_body", "_resolve", "pretty", "request", "suffix", "token")
 
-    def __init__(self, request: web.BaseRequest, suffix: str, *, pretty: bool) -> None:
+    def __init__(self, request: web.BaseRequest, suffix: str, *, pretty: bool, resolve: Resolver | None = None) -> None:
         self.request = request
         self.suffix = suffix
         self.pretty = pretty or "pretty" in request.query
+        self.token = request_token(request)
+        self._resolve = resolve
+        self._authz: Authz | None = None
         self._body: bytes | None = None
+
+    def authz(self) -> Authz:
+        """The requester's permissions (resolved once; an unknown token is ``403 ACL not found``)."""
+        if self._authz is None:
+            self._authz = self._resolve(self.token) if self._resolve is not None else ALLOW_ALL
+        return self._authz
+
+    def authz_for(self, token: str) -> Authz:
+        """The permissions of another token carried by the request (a sidecar registration's own ``Token``)."""
+        return self._resolve(token) if self._resolve is not None else ALLOW_ALL
+
+    def filtered(self, removed: bool) -> dict[str, str]:
+        """The filtered-by-ACLs header, sent only to requesters that gave a token (Consul hides it otherwise)."""
+        if removed and self.authz().supplied:
+            return {FILTERED_HEADER: "true"}
+        return {}
 
     @property
     def query(self) -> MultiDictProxy[str]:
@@ -94,8 +146,10 @@ class Call:
             headers=dict(headers or {}),
         )
 
-    def reply_meta(self, value: object, index: int, opts: QueryOptions, *, status: int = 200) -> Reply:
-        return self.reply(value, status=status, headers=meta_headers(index, opts))
+    def reply_meta(
+        self, value: object, index: int, opts: QueryOptions, *, status: int = 200, filtered: bool = False
+    ) -> Reply:
+        return self.reply(value, status=status, headers={**meta_headers(index, opts), **self.filtered(filtered)})
 
 
 Handler = Callable[[Call], Awaitable[Reply]]
@@ -174,17 +228,35 @@ def _redirect(location: str, request: web.BaseRequest) -> Reply:
     return Reply(status=301, headers={"Location": location}, content_type="text/html; charset=utf-8")
 
 
+Finished = Callable[[web.BaseRequest, str, int, float], None]
+
+
 class HttpApi:
     """The aiohttp handler that dispatches every request through the router."""
 
-    def __init__(self, router: Router, *, pretty: bool = True, gzip_min: int = 1400) -> None:
+    def __init__(
+        self,
+        router: Router,
+        *,
+        pretty: bool = True,
+        gzip_min: int = 1400,
+        default_policy: str = "allow",
+        resolve: Resolver | None = None,
+        finished: Finished | None = None,
+    ) -> None:
         self.router = router
         self.pretty = pretty
         self.gzip_min = gzip_min
+        self.default_policy = default_policy
+        self.resolve = resolve
+        self.finished = finished
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
+        pattern = ""
         try:
+            route = self.router.match(request.path)
+            pattern = route.pattern if route is not None else ""
             reply = await self._dispatch(request)
         except ApiError as exc:
             reply = text(exc.status, exc.text, exc.headers)
@@ -193,21 +265,41 @@ class HttpApi:
         except Exception as exc:
             log.error("request_failed", method=request.method, path=request.path, error=repr(exc), exc_info=True)
             reply = text(500, f"Internal error: {type(exc).__name__}: {exc}".splitlines()[0])
-        response = web.Response(status=reply.status, body=reply.body or None)
+        try:
+            if reply.stream is not None or reply.after is not None:
+                return await self._stream(request, reply)
+            response = web.Response(status=reply.status, body=reply.body or None)
+            self._headers(response, reply)
+            if len(reply.body) > self.gzip_min and "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, ""):
+                response.headers["Vary"] = "Accept-Encoding"
+                response.enable_compression(web.ContentCoding.gzip)
+            return response
+        finally:
+            if self.finished is not None:
+                self.finished(request, pattern, reply.status, time.monotonic() - started)
+
+    def _headers(self, response: web.StreamResponse, reply: Reply) -> None:
         if reply.content_type is not None:
             response.headers[hdrs.CONTENT_TYPE] = reply.content_type
         response.headers.update(reply.headers)
-        response.headers["X-Consul-Default-ACL-Policy"] = "allow"
-        if len(reply.body) > self.gzip_min and "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, ""):
-            response.headers["Vary"] = "Accept-Encoding"
-            response.enable_compression(web.ContentCoding.gzip)
-        log.debug(
-            "request_completed",
-            method=request.method,
-            path=request.path,
-            status=reply.status,
-            duration_ms=round((time.monotonic() - started) * 1000, 3),
-        )
+        response.headers["X-Consul-Default-ACL-Policy"] = self.default_policy
+
+    async def _stream(self, request: web.BaseRequest, reply: Reply) -> web.StreamResponse:
+        response = web.StreamResponse(status=reply.status)
+        self._headers(response, reply)
+        if reply.stream is None:
+            response.content_length = len(reply.body)
+        await response.prepare(request)
+        try:
+            if reply.stream is not None:
+                await reply.stream(response)
+            elif reply.body:
+                await response.write(reply.body)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away; the stream just ends
+        if reply.after is not None:
+            reply.after()
         return response
 
     async def _dispatch(self, request: web.BaseRequest) -> Reply:
@@ -227,5 +319,6 @@ class HttpApi:
             return Reply(headers={"Allow": route.allow})
         if request.method not in route.methods:
             return text(405, f"method {request.method} not allowed", {"Allow": route.allow})
-        call = Call(request, path[len(route.pattern) :] if route.pattern.endswith("/") else "", pretty=self.pretty)
+        suffix = path[len(route.pattern) :] if route.pattern.endswith("/") else ""
+        call = Call(request, suffix, pretty=self.pretty, resolve=self.resolve)
         return await route.handler(call)

@@ -4,9 +4,10 @@ with flags/cas/acquire/release, deletes with recurse/cas, the 512 KiB value limi
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Iterable
 
 from consulgw.devagent.blocking import Answer, QueryOptions, meta_headers, parse_uint64
-from consulgw.devagent.core import Core
+from consulgw.devagent.core import Core, Tally
 from consulgw.devagent.errors import ApiError, bad_request, server_error
 from consulgw.devagent.http import Call, Reply, Router
 from consulgw.devagent.records import KVEntry
@@ -43,10 +44,10 @@ def validate_key(key: str) -> None:
         raise bad_request(f'Invalid key name "{key}": path traversal is not allowed')
 
 
-def list_keys(store: Store, prefix: str, sep: str) -> list[str]:
+def list_keys(entries: Iterable[KVEntry], prefix: str, sep: str) -> list[str]:
     keys: list[str] = []
     last = ""
-    for entry in store.kv_range(prefix):
+    for entry in entries:
         if not sep:
             keys.append(entry.key)
             continue
@@ -126,9 +127,14 @@ def kv_delete_cas(tx: Txn, store: Store, key: str, index: int) -> bool:
 
 
 class KVEndpoints:
-    def __init__(self, core: Core, sessions: Sessions) -> None:
+    """With ACLs: a key read needs ``key:read`` (403 otherwise); ``recurse`` and ``keys`` drop the keys the token
+    cannot read (404 when none is left) and, only with ``acl.enable_key_list_policy``, first need ``key:list`` on
+    the prefix; writes need ``key:write``, a recursive delete write on the whole prefix."""
+
+    def __init__(self, core: Core, sessions: Sessions, *, key_list_policy: bool = False) -> None:
         self.core = core
         self.sessions = sessions
+        self.key_list_policy = key_list_policy
 
     def register(self, router: Router) -> None:
         router.add("/v1/kv/", ("GET", "PUT", "DELETE"), self.dispatch)
@@ -145,37 +151,51 @@ class KVEndpoints:
         key = call.suffix
         opts = self.core.read_options(call)
         store = self.core.store
+        authz = call.authz()
+        listing = call.has("keys") or call.has("recurse")
+        if listing and self.key_list_policy:
+            authz.require("key", "list", key)
+        tally = Tally()
+
+        def readable() -> list[KVEntry]:
+            return [e for e in store.kv_range(key) if tally.keep(authz.allows("key", "read", e.key))]
+
         if call.has("keys"):
             sep = call.param("separator") if call.has("separator") else call.param("seperator")
 
             def keys_query() -> Answer:
+                entries = readable()
                 return Answer(
                     index=store.kv_prefix_index(key),
                     topics=(KV_PREFIX + key,),
-                    found=key == "" or next(store.kv_range(key), None) is not None,
-                    render=lambda: list_keys(store, key, sep),
+                    found=key == "" or bool(entries),
+                    render=lambda: list_keys(entries, key, sep),
                 )
 
             answer = await self.core.blocking(opts, keys_query)
             if not answer.found:
-                return self._not_found(call, answer.index, opts)
-            return call.reply_meta(answer.value, answer.index, opts)
+                return self._not_found(call, answer.index, opts, tally.removed)
+            value = answer.value
+            return call.reply_meta(value, answer.index, opts, filtered=tally.removed)
         if call.has("recurse"):
 
             def list_query() -> Answer:
+                entries = readable()
                 return Answer(
                     index=store.kv_prefix_index(key),
                     topics=(KV_PREFIX + key,),
-                    found=next(store.kv_range(key), None) is not None,
-                    render=lambda: [kv_json(e) for e in store.kv_range(key)],
+                    found=bool(entries),
+                    render=lambda: [kv_json(e) for e in entries],
                 )
 
             answer = await self.core.blocking(opts, list_query)
             if not answer.found:
-                return self._not_found(call, answer.index, opts)
-            return call.reply_meta(answer.value, answer.index, opts)
+                return self._not_found(call, answer.index, opts, tally.removed)
+            value = answer.value
+            return call.reply_meta(value, answer.index, opts, filtered=tally.removed)
         if not key:
             raise bad_request("Missing key name")
+        authz.require("key", "read", key)
 
         def get_query() -> Answer:
             entry = store.kv.get(key)
@@ -198,8 +218,8 @@ class KVEndpoints:
             return reply
         return call.reply_meta([kv_json(entry)], answer.index, opts)
 
-    def _not_found(self, call: Call, index: int, opts: QueryOptions) -> Reply:
-        return Reply(status=404, headers=meta_headers(index, opts))
+    def _not_found(self, call: Call, index: int, opts: QueryOptions, filtered: bool = False) -> Reply:
+        return Reply(status=404, headers={**meta_headers(index, opts), **call.filtered(filtered)})
 
     async def put(self, call: Call) -> Reply:
         key = call.suffix
@@ -211,6 +231,7 @@ class KVEndpoints:
         flags = parse_uint_param(call, "flags") if call.has("flags") else 0
         cas = parse_uint_param(call, "cas") if call.has("cas") else None
         value = await call.body(MAX_VALUE_SIZE, too_large)
+        call.authz().require("key", "write", key)
         store = self.core.store
         with store.write() as tx:
             try:
@@ -238,6 +259,10 @@ class KVEndpoints:
         if not recurse and not key:
             raise bad_request("Missing key name")
         cas = parse_uint_param(call, "cas") if call.has("cas") else None
+        if recurse:
+            call.authz().require_key_write_prefix(key)
+        else:
+            call.authz().require("key", "write", key)
         store = self.core.store
         with store.write() as tx:
             if recurse:

@@ -137,7 +137,10 @@ def agent_service_json(svc: Service, datacenter: str, *, content_hash: str | Non
     if content_hash is not None:
         out["ContentHash"] = content_hash
     if svc.proxy:
-        out["Proxy"] = dict(svc.proxy)
+        proxy = dict(svc.proxy)
+        if svc.kind == "connect-proxy" and not proxy.get("Mode"):
+            proxy.pop("Mode", None)  # the agent API's proxy struct omits an empty mode; the catalog's shows it
+        out["Proxy"] = proxy
     if svc.connect:
         out["Connect"] = dict(svc.connect)
     out["Datacenter"] = datacenter

@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 from consulgw.devagent.blocking import Answer
-from consulgw.devagent.core import Core
+from consulgw.devagent.core import Core, Tally
 from consulgw.devagent.decode import SESSION, Fields
 from consulgw.devagent.errors import bad_request, server_error
 from consulgw.devagent.http import Call, Reply, Router, text
@@ -126,6 +126,7 @@ class Sessions:
         else:
             node_checks = (SERF_CHECK_ID,)
         service_checks = tuple(c.string("ID") for c in f.obj_list("ServiceChecks", "ServiceCheck"))
+        call.authz().require("session", "write", node)
         if behavior not in ("release", "delete"):
             raise server_error(f"Invalid Behavior setting '{behavior}'")
         if ttl:
@@ -166,6 +167,10 @@ class Sessions:
         self.core.check_dc(call)
         if not call.suffix:
             raise bad_request("Missing session")
+        authz = call.authz()
+        existing = self.core.store.sessions.get(call.suffix)
+        if existing is not None:
+            authz.require("session", "write", existing.node)
         self.destroy(call.suffix)
         return call.reply(True)
 
@@ -174,15 +179,19 @@ class Sessions:
         session_id = call.suffix
         if not session_id:
             raise bad_request("Missing session")
+        authz = call.authz()
         sess = self.core.store.sessions.get(session_id)
         if sess is None:
             return text(404, f"Session id '{session_id}' not found")
+        authz.require("session", "write", sess.node)
         self._arm(sess)
         return call.reply([session_json(sess)])
 
     async def _read(self, call: Call, select: str, arg: str) -> Reply:
         opts = self.core.read_options(call)
         store = self.core.store
+        authz = call.authz()
+        tally = Tally()
 
         def render() -> list[dict[str, Any]]:
             found = [s for _, s in sorted(store.sessions.items())]
@@ -190,13 +199,14 @@ class Sessions:
                 found = [s for s in found if s.id == arg]
             elif select == "node":
                 found = [s for s in found if s.node == arg]
-            return [session_json(s) for s in found]
+            return [session_json(s) for s in found if tally.keep(authz.allows("session", "read", s.node))]
 
         def query() -> Answer:
             return Answer(index=store.max_index("sessions"), topics=("sessions",), render=render)
 
         answer = await self.core.blocking(opts, query)
-        return call.reply_meta(answer.value, answer.index, opts)
+        value = answer.value
+        return call.reply_meta(value, answer.index, opts, filtered=tally.removed)
 
     async def info(self, call: Call) -> Reply:
         if not call.suffix:

@@ -8,6 +8,7 @@ import binascii
 from dataclasses import dataclass, replace
 from typing import Any
 
+from consulgw.devagent.authorizer import Authz
 from consulgw.devagent.blocking import QueryOptions, meta_headers
 from consulgw.devagent.core import Core
 from consulgw.devagent.decode import TXN_KV, TXN_OP, Fields, parse_json
@@ -126,6 +127,7 @@ class TxnEndpoint:
                 raise ApiError(413, f'Value for key "{op.key}" is too large ({len(op.value)} > {MAX_VALUE_SIZE} bytes)')
         store = self.core.store
         view = _View(self.core, store.index + 1)
+        authz = call.authz()
         results: list[dict[str, Any]] = []
         errors: list[dict[str, Any]] = []
         for pos, op in enumerate(ops):
@@ -133,9 +135,14 @@ class TxnEndpoint:
                 errors.append({"OpIndex": pos, "What": op})
                 continue
             try:
+                _vet(authz, op)
                 results.extend(self._apply(view, op))
+            except ApiError as exc:
+                errors.append({"OpIndex": pos, "What": exc.text})
             except ValueError as exc:
                 errors.append({"OpIndex": pos, "What": str(exc)})
+        if not authz.unrestricted:  # reads of keys the token cannot read are dropped from the results
+            results = [r for r in results if "KV" not in r or authz.allows("key", "read", r["KV"]["Key"])]
         read_only = all(isinstance(op, KVOp) and op.verb in READ_VERBS for op in ops)
         headers: dict[str, str] = {}
         if read_only:
@@ -232,6 +239,18 @@ class TxnEndpoint:
             return []
         view.delete(key)
         return []
+
+
+def _vet(authz: Authz, op: KVOp) -> None:
+    """Consul's kvsPreApply: reads are filtered afterwards, checks need read, everything else write."""
+    if op.verb == "delete-tree":
+        authz.require_key_write_prefix(op.key)
+    elif op.verb in ("get", "get-tree", "get-or-empty"):
+        return
+    elif op.verb in ("check-session", "check-index"):
+        authz.require("key", "read", op.key)
+    else:
+        authz.require("key", "write", op.key)
 
 
 def _entry(op: KVOp, existing: KVEntry | None) -> KVEntry:

@@ -1,12 +1,14 @@
 """Consul KV access for the ``consulgw policy`` and ``consulgw consumer`` commands (py-consul's sync client).
 
 Every failure -- connection refused, timeout, ACL denial, a Consul error status -- becomes one ``DiscoveryError``
-with a one-line message naming the Consul address, never the token.
+with a one-line message naming the Consul address, never the token. An ACL denial says which permission the token
+lacks, on which key, or that Consul does not know the token at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +41,33 @@ class Entry:
     @property
     def exists(self) -> bool:
         return self.modify_index != 0
+
+
+_LACKS = re.compile(r"lacks permission '([a-z_]+:[a-z]+)'(?: on \"(.*?)\")?")
+
+
+def acl_refusal(address: str, body: str) -> str:
+    """One line for Consul's 403: which permission the token lacks (or that Consul does not know the token).
+
+    Consul's text names the token's AccessorID, which is not needed here and is left out.
+    """
+    text = " ".join(body.split())
+    if "ACL not found" in text:
+        return f"Consul at {address} does not know this ACL token (ACL not found); check --token / CONSUL_HTTP_TOKEN"
+    match = _LACKS.search(text)
+    if match is None:
+        return f"Consul at {address} refused the request: permission denied (ACL)"
+    permission, name = match.groups()
+    what = f"{permission} on {name}" if name else permission
+    if "anonymous token" in text:
+        return (
+            f"Consul at {address} refused the request: no ACL token was given (--token / CONSUL_HTTP_TOKEN) and the "
+            f"anonymous token lacks {what}"
+        )
+    return (
+        f"Consul at {address} refused the request: the ACL token lacks {what} "
+        "(the consulgw-operator policy grants it: deploy/consul/operator-policy.hcl)"
+    )
 
 
 class KvStore:
@@ -91,7 +120,7 @@ class KvStore:
         try:
             return operation()
         except consul.ACLPermissionDenied as exc:
-            raise DiscoveryError(f"Consul at {self.address} refused the request: permission denied (ACL)") from exc
+            raise DiscoveryError(acl_refusal(self.address, str(exc.args[0]) if exc.args else "")) from exc
         except consul.ConsulException as exc:
             detail = " ".join(str(exc).split())[:200]
             raise DiscoveryError(f"Consul at {self.address} answered with an error: {detail}") from exc

@@ -4,6 +4,11 @@
 real Consul ("real") when ``CONSUL_HTTP_ADDR`` is set or a Docker engine can run ``hashicorp/consul:1.22``
 (``agent -dev -client 0.0.0.0``). Without either, the real parametrisation is skipped with a one-line reason.
 
+``acl_consul`` is the same pair with ACLs enabled (``default_policy = "deny"``): a dev agent started with an
+``initial_management`` token, and a real Consul when ``CONSUL_HTTP_ADDR`` and ``CONSUL_HTTP_TOKEN`` (a management
+token of an ACL-enabled Consul) are set, or when Docker can run the image with ``CONSUL_LOCAL_CONFIG`` enabling ACLs.
+``acl_api`` is a client of it carrying the management token.
+
 Markers (registered here):
 - ``dev_agent_only(reason)``: the test needs the dev agent's time knobs; skipped against real Consul.
 - ``dev_agent(**knobs)``: keyword arguments passed to ``DevAgent(...)`` (e.g. ``reap_interval=0.5``, seconds).
@@ -111,6 +116,100 @@ def real_consul() -> Iterator[ConsulTarget]:
         yield ConsulTarget(url=url, kind="real", check_host="host.docker.internal", bind_host="0.0.0.0")
     finally:
         container.stop()
+
+
+ACL_MANAGEMENT = "a0c1d2e3-0000-4000-8000-00000000c0de"  # the initial_management token of the ACL targets
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AclTarget:
+    url: str
+    kind: str  # "dev-agent" or "real"
+    management: str  # a token with the global-management policy
+    default_policy: str  # "allow" or "deny", as the agent reports it
+
+
+def _agent_acl_state(url: str, token: str) -> tuple[bool, str]:
+    request = urllib.request.Request(f"{url}/v1/agent/self", headers={"X-Consul-Token": token})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        debug = json.loads(resp.read()).get("DebugConfig", {})
+    return bool(debug.get("ACLsEnabled")), str(debug.get("ACLDefaultPolicy", ""))
+
+
+@pytest.fixture(scope="session")
+def real_acl_consul() -> Iterator[AclTarget]:
+    addr = os.environ.get("CONSUL_HTTP_ADDR", "").strip()
+    token = os.environ.get("CONSUL_HTTP_TOKEN", "").strip()
+    if addr:
+        if not token:
+            pytest.skip("real Consul with ACLs: CONSUL_HTTP_TOKEN (a management token) is unset")
+        if "://" not in addr:
+            addr = "http://" + addr
+        url = addr.rstrip("/")
+        _wait_for_leader(url, 10.0)
+        enabled, policy = _agent_acl_state(url, token)
+        if not enabled:
+            pytest.skip(f"real Consul with ACLs: ACLs are not enabled on {url}")
+        yield AclTarget(url=url, kind="real", management=token, default_policy=policy)
+        return
+    reason = _docker_unavailable()
+    if reason is not None:
+        pytest.skip(f"real Consul with ACLs: CONSUL_HTTP_ADDR unset and {reason}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from testcontainers.core.container import DockerContainer
+
+    local = {"acl": {"enabled": True, "default_policy": "deny", "tokens": {"initial_management": ACL_MANAGEMENT}}}
+    container = (
+        DockerContainer(REAL_IMAGE)
+        .with_command("agent -dev -client 0.0.0.0")
+        .with_env("CONSUL_LOCAL_CONFIG", json.dumps(local))
+        .with_exposed_ports(8500)
+    )
+    container.start()
+    try:
+        url = f"http://{container.get_container_host_ip()}:{container.get_exposed_port(8500)}"
+        _wait_for_leader(url)
+        yield AclTarget(url=url, kind="real", management=ACL_MANAGEMENT, default_policy="deny")
+    finally:
+        container.stop()
+
+
+@pytest.fixture(params=["dev-agent", "real"])
+async def acl_consul(request: pytest.FixtureRequest) -> AsyncIterator[AclTarget]:
+    if request.param == "real":
+        only = request.node.get_closest_marker("dev_agent_only")
+        if only is not None:
+            pytest.skip(f"dev-agent only: {only.args[0] if only.args else only.kwargs.get('reason', '')}")
+        yield request.getfixturevalue("real_acl_consul")
+        return
+    from consulgw.devagent import DevAgent
+    from consulgw.devagent.agent_config import AclConfig
+
+    acl = AclConfig(enabled=True, default_policy="deny", initial_management=ACL_MANAGEMENT)
+    async with DevAgent(node="test-node", port=0, acl=acl) as agent:
+        yield AclTarget(url=agent.url, kind="dev-agent", management=ACL_MANAGEMENT, default_policy="deny")
+
+
+@pytest.fixture
+async def acl_api(acl_consul: AclTarget) -> AsyncIterator[Client]:
+    """A client of the ACL-enabled target carrying its management token."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        client = Client(acl_consul.url, session, token=acl_consul.management)
+        try:
+            yield client
+        finally:
+            if acl_consul.kind == "real":
+                await client.run_cleanups()
+
+
+@pytest.fixture
+async def acl_kv_prefix(acl_api: Client, acl_consul: AclTarget) -> AsyncIterator[str]:
+    """A key prefix owned by this test on the ACL-enabled target (deleted afterwards with the management token)."""
+    prefix = uid("acl").replace("-", "_") + "/"
+    yield prefix
+    if acl_consul.kind == "real":
+        await acl_api.delete(f"/v1/kv/{prefix}", [("recurse", None)])
 
 
 @pytest.fixture(params=["dev-agent", "real"])

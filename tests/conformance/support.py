@@ -71,6 +71,11 @@ class Client:
     base: str
     session: aiohttp.ClientSession
     cleanups: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    token: str = ""  # sent as X-Consul-Token unless the request sets its own token header
+
+    def with_token(self, token: str) -> Client:
+        """The same agent seen through another ACL token (cleanups stay with this client)."""
+        return Client(self.base, self.session, self.cleanups, token)
 
     async def request(
         self,
@@ -88,6 +93,8 @@ class Client:
         url = self.base + path
         if items:
             url += ("&" if "?" in path else "?") + encode_query(items)
+        if self.token and not any(k.lower() in ("x-consul-token", "authorization") for k in headers or {}):
+            headers = {**(headers or {}), "X-Consul-Token": self.token}
         body: bytes | None
         if json_body is not None:
             body = json.dumps(json_body).encode()

@@ -64,7 +64,13 @@ async def test_missing_key_wakes_only_when_the_key_appears(quiet_api: Api) -> No
     assert reply.index == reply.json()[0]["ModifyIndex"]
 
 
-async def test_one_write_wakes_every_watcher_of_the_key(quiet_api: Api) -> None:
+async def test_one_write_wakes_every_watcher_of_the_key(
+    dev_agent_factory: Callable[..., Awaitable[DevAgent]], session: aiohttp.ClientSession
+) -> None:
+    # 200 watchers and a writer from one IP: past Consul's default of 200 connections per client, so the agent is
+    # configured the way a Consul serving that many watchers from one host has to be (limits.http_max_conns_per_client)
+    agent = await dev_agent_factory(rng=NoJitter(), http_max_conns_per_client=1000)
+    quiet_api = Api(agent.url, session)
     await quiet_api.call("PUT", "/v1/kv/hot", data=b"0")
     index = (await quiet_api.get("/v1/kv/hot")).index
     watchers = [
