@@ -13,6 +13,7 @@ from typing import Literal
 
 from consulgw.duration import parse_duration
 from consulgw.errors import ConfigError
+from consulgw.routing.path import ENCODED_SLASHES, EncodedSlashes
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -61,6 +62,7 @@ class GatewaySettings:
     tag_prefix: str = "gw"
     tag_compat: tuple[str, ...] = ()
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    encoded_slashes: EncodedSlashes = "keep"  # %2F / %5C in a request path: kept encoded, or refused with 400
     workers: int = 1
     log_format: Literal["json", "console"] = "console"
     log_level: str = "info"
@@ -157,6 +159,11 @@ def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
     for item in compat:
         if item != "fabio":
             raise ConfigError(f"--tag-compat / CONSULGW_TAG_COMPAT: {item!r} is not supported (only 'fabio')")
+    encoded_slashes = text("encoded_slashes", "CONSULGW_ENCODED_SLASHES", defaults.encoded_slashes)
+    if encoded_slashes not in ENCODED_SLASHES:
+        raise ConfigError(
+            f"--encoded-slashes / CONSULGW_ENCODED_SLASHES: {encoded_slashes!r} must be 'keep' or 'reject'"
+        )
     tls_cert = _pick(args, "tls_cert", environ, "CONSULGW_TLS_CERT")
     tls_key = _pick(args, "tls_key", environ, "CONSULGW_TLS_KEY")
     if bool(tls_cert) != bool(tls_key):
@@ -171,6 +178,7 @@ def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
         trusted_proxies=parse_cidrs(
             "--trusted-proxies / CONSULGW_TRUSTED_PROXIES", text("trusted_proxies", "CONSULGW_TRUSTED_PROXIES", "")
         ),
+        encoded_slashes="reject" if encoded_slashes == "reject" else "keep",
         workers=int(workers_text),
         log_format="json" if log_format == "json" else "console",
         log_level=log_level,

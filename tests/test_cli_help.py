@@ -38,6 +38,11 @@ def test_help_on_every_level(level: tuple[str, ...]) -> None:
             ("run", "--listen", "nowhere"), "--listen / CONSULGW_LISTEN: 'nowhere' is not HOST:PORT", id="listen"
         ),
         pytest.param(("run", "--workers", "zero"), "--workers / CONSULGW_WORKERS: 'zero'", id="workers"),
+        pytest.param(
+            ("run", "--encoded-slashes", "decode"),
+            "--encoded-slashes / CONSULGW_ENCODED_SLASHES: 'decode' must be 'keep' or 'reject'",
+            id="encoded-slashes",
+        ),
         pytest.param(("run", "--max-staleness", "10"), "--max-staleness / CONSULGW_MAX_STALENESS: '10'", id="duration"),
         pytest.param(("dev-agent", "--listen", "1.2.3.4"), "--listen", id="dev-agent-listen"),
     ],

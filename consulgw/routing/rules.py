@@ -18,7 +18,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from consulgw.errors import ConfigError
+from consulgw.errors import ConfigError, InvalidPath
+from consulgw.routing.path import canonical_path, is_dot_segment, upstream_view
 
 ROUND_ROBIN = "round_robin"
 LEAST_CONN = "least_conn"
@@ -52,7 +53,6 @@ _FABIO_PROTO_REASONS = {
 _LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _METHOD_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_ESCAPE_RE = re.compile(r"%[0-9a-f]{2}|%[0-9A-F][0-9a-f]|%[0-9a-f][0-9A-F]")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,8 +60,9 @@ class RouteSpec:
     """One route of one service: where requests match and how the path is rewritten.
 
     ``host`` is lower-case ASCII (IDNA), ``None`` for any host, or ``*.example.com`` (one or more labels to the
-    left of ``example.com``). ``prefix`` starts with ``/`` and has no trailing slash (except ``/`` itself);
-    percent-escapes are upper-case. ``methods`` is ``None`` for every method; ``GET`` implies ``HEAD``.
+    left of ``example.com``). ``prefix`` starts with ``/``, has no trailing slash (except ``/`` itself) and is in
+    the canonical form request paths are matched in (``consulgw.routing.path``: unreserved characters decoded,
+    other escapes upper-case). ``methods`` is ``None`` for every method; ``GET`` implies ``HEAD``.
     """
 
     service: str
@@ -261,7 +262,7 @@ def _parse_methods(raw: str) -> frozenset[str]:
 
 
 def _normalize_prefix(text: str, what: str) -> str:
-    """Validate a path prefix and bring it to canonical form (no trailing slash, upper-case escapes)."""
+    """Validate a path prefix and bring it to the canonical form of request paths, without a trailing slash."""
     if not text.startswith("/"):
         raise _TagError(f"{what} {text!r} must start with '/'")
     for char in "?#*":
@@ -279,18 +280,19 @@ def _normalize_prefix(text: str, what: str) -> str:
             else:
                 encoded.extend(f"%{b:02X}" for b in char.encode("utf-8"))
         text = "".join(encoded)
-    segments = text.split("/")
-    if any(seg in (".", "..") for seg in segments):
+    view = upstream_view(text)
+    if any(is_dot_segment(seg) for seg in view.split("/")):
         raise _TagError(f"{what} {text!r} contains a '.' or '..' segment")
-    text = text.rstrip("/") or "/"
-    return upper_escapes(text)
-
-
-def upper_escapes(path: str) -> str:
-    """``/caf%c3%a9`` -> ``/caf%C3%A9`` (same length; RFC 3986 says escapes are case-insensitive)."""
-    if "%" not in path:
-        return path
-    return _ESCAPE_RE.sub(lambda m: m.group(0).upper(), path)
+    if view.count("/") != text.count("/"):
+        raise _TagError(
+            f"{what} {text!r} holds an encoded slash (%2F or %5C, or a backslash): a request for it would be "
+            "refused as ambiguous; use '/'"
+        )
+    try:
+        text = canonical_path(text).path  # the form request paths are matched in (consulgw.routing.path)
+    except InvalidPath as exc:
+        raise _TagError(f"{what} {text!r}: {exc.message.removeprefix(f'the path {text!r} ')}") from None
+    return text.rstrip("/") or "/"
 
 
 def _normalize_route_host(text: str) -> str | None:

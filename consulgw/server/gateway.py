@@ -163,6 +163,7 @@ class Gateway:
             clock=self._clock,
             new_request_id=self._new_request_id,
             scheme="https" if self._tls is not None else "http",
+            encoded_slashes=s.encoded_slashes,
         )
         self._handler = handler
         self._watch_task = asyncio.create_task(watcher.run(builder.apply), name="consulgw-watcher")

@@ -20,6 +20,7 @@ from consulgw.logs import access_logger
 from consulgw.metrics import GatewayMetrics
 from consulgw.pipeline.context import NO_EDITS, HeaderEdits, RequestContext, build_chain
 from consulgw.pipeline.forward import Forwarder, Outcome, Target
+from consulgw.routing.path import EncodedSlashes
 from consulgw.routing.table import MatchKind
 from consulgw.server.view import GatewayView
 from consulgw.upstream.headers import (
@@ -47,6 +48,7 @@ class ProxyHandler:
         clock: Clock,
         new_request_id: Callable[[], str],
         scheme: str = "http",
+        encoded_slashes: EncodedSlashes = "keep",
     ) -> None:
         self._view = view
         self._pools = pools
@@ -56,6 +58,7 @@ class ProxyHandler:
         self._clock = clock
         self._new_request_id = new_request_id
         self._scheme = scheme
+        self._encoded_slashes: EncodedSlashes = encoded_slashes
         self._log = access_logger()
         self._errors = structlog.get_logger("consulgw.proxy")
         self.inflight = 0
@@ -88,7 +91,9 @@ class ProxyHandler:
             if method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
                 # A CORS preflight belongs to the route of the method it asks about; its CORS stage answers it.
                 method = request.headers["Access-Control-Request-Method"]
-            match = view.table.lookup(request.host, request.raw_path, method)
+            # The table matches the canonical path (consulgw.routing.path; 400 invalid_path when there is none)
+            # and match.upstream_path is that same path after strip, with the query as sent.
+            match = view.table.lookup(request.host, request.raw_path, method, encoded_slashes=self._encoded_slashes)
             if match.kind is MatchKind.METHOD_NOT_ALLOWED:
                 allowed = ", ".join(match.allowed)
                 raise MethodNotAllowed(f"{request.method} is not allowed here", headers={"Allow": allowed})

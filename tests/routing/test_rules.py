@@ -38,6 +38,9 @@ def one_route(tag: str, **kwargs: object) -> RouteSpec:
         pytest.param("gw.route=//", None, "/", None, None, id="slashes-only-is-root"),
         pytest.param("gw.route=/caf%c3%a9", None, "/caf%C3%A9", None, None, id="escapes-uppercased"),
         pytest.param("gw.route=/café", None, "/caf%C3%A9", None, None, id="non-ascii-percent-encoded"),
+        pytest.param("gw.route=/%61pi/%7Eu", None, "/api/~u", None, None, id="unreserved-escapes-decoded"),
+        pytest.param("gw.route=/a//b", None, "/a/b", None, None, id="slashes-merged"),
+        pytest.param("gw.route=/api strip=/%61pi", None, "/api", "/api", None, id="strip-canonical-too"),
         pytest.param("gw.route=/api/users strip=/api", None, "/api/users", "/api", None, id="strip"),
         pytest.param("gw.route=/api strip=/api/", None, "/api", "/api", None, id="strip-everything"),
         pytest.param(
@@ -94,6 +97,9 @@ def test_valid_route(tag: str, host: str | None, prefix: str, strip: str | None,
         pytest.param("gw.route=/a/*", "contains '*'", id="glob-in-path"),
         pytest.param("gw.route=/a/../b", "'..' segment", id="dot-dot"),
         pytest.param("gw.route=/a%zz", "'%' that is not a %XX escape", id="bad-escape"),
+        pytest.param("gw.route=/a/%2e%2E/b", "'..' segment", id="encoded-dot-dot"),
+        pytest.param("gw.route=/a/..;x/b", "'..' segment", id="dot-dot-with-parameter"),
+        pytest.param("gw.route=/a%2Fb", "holds an encoded slash", id="encoded-slash"),
         pytest.param("gw.rout=/x", "unknown key 'rout' (did you mean 'gw.route'?)", id="key-typo"),
         pytest.param("gw.weight=5", "unknown key 'weight'", id="unknown-key"),
         pytest.param("gw.lb=fastest", "unknown balancer 'fastest'", id="bad-lb"),
@@ -209,6 +215,11 @@ def test_disjoint_methods_on_one_prefix_are_two_routes() -> None:
 )
 def test_label(route: str, label: str) -> None:
     assert one_route(route).label == label
+
+
+def test_backslash_in_a_prefix_is_an_encoded_slash() -> None:
+    (error,) = parse_service_routes("svc", ["gw.route=/a\\b"]).errors
+    assert "holds an encoded slash" in error.reason
 
 
 # --- Fabio compatibility -------------------------------------------------------------------------------------------
