@@ -47,7 +47,7 @@ class Target:
     pool: ServicePool
     path_qs: str  # raw (still percent-encoded) path after strip, plus "?query" if any
     forwarded: tuple[tuple[str, str], ...]  # X-Forwarded-* for this request
-    drop: tuple[str, ...] = IDENTITY_HEADERS  # client headers never forwarded (+ SPOOFABLE_HEADERS if untrusted)
+    drop: tuple[str, ...] = IDENTITY_HEADERS  # client headers never forwarded (see client_headers_to_drop)
 
 
 @dataclass(slots=True)

@@ -24,16 +24,15 @@ from consulgw.routing.path import EncodedSlashes
 from consulgw.routing.table import MatchKind
 from consulgw.server.view import GatewayView
 from consulgw.upstream.headers import (
-    IDENTITY_HEADERS,
-    SPOOFABLE_HEADERS,
     TrustedProxies,
+    client_headers_to_drop,
     forwarded_headers,
     request_id_from,
+    require_single_credentials,
 )
 from consulgw.upstream.pool import UpstreamPools
 
 _NO_SERVICE = "-"
-_UNTRUSTED_DROP = IDENTITY_HEADERS + SPOOFABLE_HEADERS
 
 
 class ProxyHandler:
@@ -101,6 +100,7 @@ class ProxyHandler:
                 raise NoRoute(f"no route for {request.method} {request.path}")
             route = match.route
             service, route_label = route.service, route.label
+            require_single_credentials(request.headers)  # two Authorization headers: 400 ambiguous_credentials
             entry = view.services.get(service)
             pool = self._pools.pool(service)
             if entry is None or pool is None:
@@ -110,7 +110,7 @@ class ProxyHandler:
                 policy=entry.policy,
                 pool=pool,
                 path_qs=match.upstream_path,
-                drop=IDENTITY_HEADERS if trusted_peer else _UNTRUSTED_DROP,
+                drop=client_headers_to_drop(request.headers, trusted=trusted_peer),
                 forwarded=tuple(
                     forwarded_headers(
                         incoming=request.headers,

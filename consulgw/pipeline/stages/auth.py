@@ -24,14 +24,23 @@ from consulgw.auth.outcome import IDENTITY_HEADERS, SCOPES_HEADER, Identity, Rej
 from consulgw.pipeline.context import HeaderEdits, Next, RequestContext
 from consulgw.pipeline.stages.deps import StageDeps
 from consulgw.policy.model import ApiKeyAuth, AuthPolicy, BasicAuth, JwtAuth
+from consulgw.upstream.headers import CREDENTIAL_HEADER, require_single_credentials
 
 Check = Callable[[Mapping[str, str]], Awaitable[Identity | Rejection]]
 
 
+def _credential_headers(header: str) -> tuple[str, ...]:
+    """``Authorization`` and the policy's own credential header, if that is another one."""
+    return (CREDENTIAL_HEADER,) if header.lower() == CREDENTIAL_HEADER.lower() else (CREDENTIAL_HEADER, header)
+
+
 class AuthStage:
-    def __init__(self, *, check: Check, deps: StageDeps) -> None:
+    def __init__(
+        self, *, check: Check, deps: StageDeps, credential_headers: tuple[str, ...] = (CREDENTIAL_HEADER,)
+    ) -> None:
         self._check = check
         self._deps = deps
+        self._credential_headers = credential_headers  # each may come once (400 ambiguous_credentials)
 
     @classmethod
     def from_policy(cls, policy: AuthPolicy, deps: StageDeps) -> AuthStage:
@@ -42,20 +51,22 @@ class AuthStage:
             async def check_jwt(headers: Mapping[str, str]) -> Identity | Rejection:
                 return await verifier.check(headers.get(verifier.header))
 
-            return cls(check=check_jwt, deps=deps)
+            return cls(check=check_jwt, deps=deps, credential_headers=_credential_headers(verifier.header))
         if isinstance(policy, ApiKeyAuth):
             api_keys = ApiKeyAuthenticator(policy, consumers=deps.consumers)
 
             async def check_api_key(headers: Mapping[str, str]) -> Identity | Rejection:
                 return api_keys.check(headers)
 
-            return cls(check=check_api_key, deps=deps)
+            return cls(check=check_api_key, deps=deps, credential_headers=_credential_headers(api_keys.header))
         if isinstance(policy, BasicAuth):
             basic = BasicAuthenticator(policy, consumers=deps.consumers, verified=deps.verified_passwords)
             return cls(check=basic.check, deps=deps)
         raise TypeError(f"unknown auth policy {type(policy).__name__}")
 
     async def __call__(self, ctx: RequestContext, request: web.BaseRequest, call_next: Next) -> web.StreamResponse:
+        # Two credentials: this stage would verify one while the upstream might read the other.
+        require_single_credentials(request.headers, self._credential_headers)
         outcome = await self._check(request.headers)
         if isinstance(outcome, Rejection):
             self._deps.metrics.auth_rejected.labels(self._deps.service, outcome.reason).inc()
