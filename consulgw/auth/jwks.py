@@ -16,6 +16,9 @@ One ``JwksCache`` lives for the life of the server (``StageDeps.jwks``), so poli
   a failed fetch too (an IdP serving an empty or broken set is far likelier than one revoking every key at once).
 
 Tokens without a ``kid`` are accepted only when exactly one cached key fits the token's algorithm.
+
+A URL is logged without its userinfo and query (``consulgw.redaction.redact_url``): a ``jwks_url`` may carry
+``user:pass@`` or ``?api_key=``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from jwt.exceptions import PyJWTError
 from consulgw.auth.keys import PublicKey, key_fits
 from consulgw.clock import Clock
 from consulgw.errors import ConsulgwError
+from consulgw.redaction import redact_url, redact_urls
 
 log = structlog.get_logger("consulgw.auth")
 
@@ -106,11 +110,11 @@ class JwksCache:
             try:
                 keys = await self._fetch(url)
             except _FetchFailed as exc:
-                log.warning("jwks_fetch_failed", url=url, error=str(exc), cached_keys=len(keyset.keys))
+                log.warning("jwks_fetch_failed", url=redact_url(url), error=str(exc), cached_keys=len(keyset.keys))
                 return key
             keyset.keys = keys
             keyset.fetched_at = self._clock.monotonic()
-            log.info("jwks_refreshed", url=url, keys=len(keys))
+            log.info("jwks_refreshed", url=redact_url(url), keys=len(keys))
             return keyset.find(kid, alg)
 
     def _stale(self, keyset: _KeySet) -> bool:
@@ -132,7 +136,7 @@ class JwksCache:
                     if len(body) > self._max_bytes:
                         raise _FetchFailed(f"key set larger than {self._max_bytes} bytes")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise _FetchFailed(f"{type(exc).__name__}: {exc}") from exc
+            raise _FetchFailed(f"{type(exc).__name__}: {redact_urls(str(exc))}") from exc
         try:
             document = json.loads(bytes(body))
         except (ValueError, RecursionError) as exc:

@@ -36,6 +36,7 @@ from consulgw.errors import ConfigError, DiscoveryError
 from consulgw.model.snapshot import Instance, ServiceSnapshot
 from consulgw.policy.book import build_policy_book
 from consulgw.policy.model import PolicyBook
+from consulgw.redaction import redact_url
 from consulgw.routing.rules import FABIO, FABIO_TAG_PREFIX, ServiceRoutes, has_route_tags, parse_service_routes
 from consulgw.routing.table import RouteTable
 from consulgw.settings import ConsulSettings, consul_settings
@@ -74,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         report = asyncio.run(read_routes(consul, tag_prefix=tag_prefix, compat=compat, kv_prefix=kv_prefix))
     except DiscoveryError as exc:
-        where = consul.address + (f" (datacenter {consul.datacenter})" if consul.datacenter else "")
+        where = redact_url(consul.address) + (f" (datacenter {consul.datacenter})" if consul.datacenter else "")
         print(f"consulgw routes: error: cannot read Consul at {where}: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -185,7 +186,7 @@ def as_json(report: RoutesReport) -> dict[str, Any]:
         }
     return {
         "consul": {
-            "address": report.consul.address,
+            "address": redact_url(report.consul.address),
             "datacenter": report.consul.datacenter,
             "services_index": report.services_index,
             "services_total": report.services_total,
@@ -220,7 +221,7 @@ def as_text(report: RoutesReport) -> str:
     table = report.table
     dc = report.consul.datacenter or "the agent's datacenter"
     lines = [
-        f"Consul {report.consul.address} ({dc}), services index {report.services_index}: "
+        f"Consul {redact_url(report.consul.address)} ({dc}), services index {report.services_index}: "
         f"{report.services_total} services, {len(report.snapshots)} with route tags",
         "",
         f"Routes, in lookup order ({len(table.routes)}):",

@@ -30,6 +30,7 @@ from consulgw.pipeline.forward import Forwarder
 from consulgw.pipeline.stages.deps import StageDeps
 from consulgw.ratelimit.local import LocalLimiter
 from consulgw.ratelimit.outage import BackendOutage
+from consulgw.redaction import redact_url
 from consulgw.routing.rules import has_route_tags
 from consulgw.server.admin import AdminDeps, create_admin_app
 from consulgw.server.proxy import ProxyHandler
@@ -216,7 +217,7 @@ class Gateway:
             "gateway_started",
             listen=f"{s.listen.host}:{self.port}",
             admin=f"{s.admin_listen.host}:{self.admin_port}",
-            consul=s.consul.address,
+            consul=redact_url(s.consul.address),
             tls=self._tls is not None,
             worker=self._worker_index,
         )
