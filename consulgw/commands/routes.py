@@ -115,7 +115,7 @@ async def read_routes(
             sorted(
                 name
                 for name, tags in catalog.value.items()
-                if FABIO not in compat and any(t.startswith(FABIO_TAG_PREFIX) for t in tags)
+                if FABIO not in compat and any(t.strip().startswith(FABIO_TAG_PREFIX) for t in tags)
             )
         )
         answers = await asyncio.gather(
@@ -142,7 +142,8 @@ async def read_routes(
         for name, result in zip(routed, healths, strict=True)
     }
     parsed: list[ServiceRoutes] = [
-        parse_service_routes(name, snap.tags, tag_prefix=tag_prefix, compat=compat) for name, snap in snapshots.items()
+        parse_service_routes(name, snap.tags, tag_prefix=tag_prefix, compat=compat, datacenter=snap.datacenter)
+        for name, snap in snapshots.items()
     ]
     return RoutesReport(
         consul=consul,

@@ -51,8 +51,14 @@ async def test_bad_tags_are_explained_next_to_the_routes_that_work(dev_agent: De
     # why is my service not routed: every rejected tag, with the part that is wrong and a suggestion
     assert "Rejected tags (3):" in out
     assert "  users: 'gw.route=/x strip=nope': strip 'nope' must start with '/'" in out
-    assert "  users: 'gw.lbb=ip_hash': unknown key 'lbb' (did you mean 'gw.lb'?)" in out
-    assert "  billing: 'gw.rout=/billing': unknown key 'rout' (did you mean 'gw.route'?)" in out
+    assert (
+        "  users: 'gw.lbb=ip_hash': unknown key 'lbb'; expected one of gw.route, gw.lb; did you mean 'gw.lb=ip_hash'?"
+        in out
+    )
+    assert (
+        "  billing: 'gw.rout=/billing': unknown key 'rout'; expected one of gw.route, gw.lb; did you mean 'gw.route=/billing'?"
+        in out
+    )
     assert "billing: every route tag was rejected or lost a conflict" in out
     assert "plain" not in out
     assert "Note:" not in out

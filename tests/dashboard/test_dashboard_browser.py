@@ -132,7 +132,7 @@ async def test_dashboard_follows_consul_live(
     assert route == [["*/users", "users", "GET, HEAD, POST", "/users", "gw.route=/users strip=/users methods=GET,POST"]]
     problems = await page.evaluate("document.querySelector('[data-testid=problems]').textContent")
     assert "gw.lbb=ip_hash" in problems
-    assert "did you mean 'gw.lb'?" in problems
+    assert "did you mean 'gw.lb=ip_hash'?" in problems
     assert (await page.evaluate("document.querySelector('[data-testid=sync] .pill').textContent")) == (
         "in sync with Consul"
     )
