@@ -13,6 +13,7 @@ from typing import Literal
 
 from consulgw.duration import parse_duration
 from consulgw.errors import ConfigError
+from consulgw.redisclient import parse_redis_url
 from consulgw.routing.path import ENCODED_SLASHES, EncodedSlashes
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -112,6 +113,13 @@ def normalize_consul_address(key: str, value: str, *, ssl: bool = False) -> str:
     return text
 
 
+def _redis_url(value: str) -> str:
+    """Checked now (a bad URL stops the command); the client is built from it by ``consulgw.redisclient``."""
+    if value:
+        parse_redis_url("--redis / CONSULGW_REDIS_URL", value)
+    return value
+
+
 def _pick(args: argparse.Namespace, attr: str, environ: Mapping[str, str], env: str) -> str | None:
     value = getattr(args, attr, None)
     if value is not None:
@@ -182,7 +190,7 @@ def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
         workers=int(workers_text),
         log_format="json" if log_format == "json" else "console",
         log_level=log_level,
-        redis_url=Secret(value=text("redis", "CONSULGW_REDIS_URL", "")),
+        redis_url=Secret(value=_redis_url(text("redis", "CONSULGW_REDIS_URL", ""))),
         tls_cert=tls_cert,
         tls_key=tls_key,
         upstream_ca=_pick(args, "upstream_ca", environ, "CONSULGW_UPSTREAM_CA"),

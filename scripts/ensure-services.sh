@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure what the test suite needs is on this machine and running:
 #  - a Redis server answering on 127.0.0.1:6379 (installed from Debian's packages if missing);
-#  - the redis-server binary itself (tests start private servers to stop them mid-test);
+#  - the redis-server binary itself (tests start private servers to stop them mid-test), redis-cli (to join a
+#    test cluster) and redis-sentinel (Sentinel failover tests);
 #  - Debian's chromium for the dashboard test.
 set -euo pipefail
 
@@ -29,6 +30,8 @@ redis_answers() {
 }
 
 have redis-server || apt_install redis-server
+have redis-cli || apt_install redis-tools
+have redis-sentinel || apt_install redis-sentinel
 if ! redis_answers; then
   echo "ensure-services: starting redis-server on 127.0.0.1:6379"
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
@@ -40,4 +43,4 @@ fi
 if ! have chromium; then
   apt_install chromium || echo "ensure-services: chromium unavailable; the dashboard browser test will skip" >&2
 fi
-echo "ensure-services: redis on 127.0.0.1:6379 answers; redis-server at $(command -v redis-server); chromium: $(command -v chromium || echo none)"
+echo "ensure-services: redis on 127.0.0.1:6379 answers; redis-server at $(command -v redis-server); redis-sentinel at $(command -v redis-sentinel); chromium: $(command -v chromium || echo none)"

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from types import TracebackType
 
 import aiohttp
-import redis.asyncio as redis_asyncio
 import structlog
 from aiohttp import web
 
@@ -31,6 +30,7 @@ from consulgw.pipeline.stages.deps import StageDeps
 from consulgw.ratelimit.local import LocalLimiter
 from consulgw.ratelimit.outage import BackendOutage
 from consulgw.redaction import redact_url
+from consulgw.redisclient import RedisClient, open_redis
 from consulgw.routing.rules import has_route_tags
 from consulgw.server.admin import AdminDeps, create_admin_app
 from consulgw.server.proxy import ProxyHandler
@@ -103,12 +103,11 @@ class Gateway:
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None))
         )
         upstream_session = await self._exit.enter_async_context(create_upstream_session(ca_file=s.upstream_ca))
-        redis_client: redis_asyncio.Redis | None = None
-        if s.redis_url:
-            redis_client = redis_asyncio.from_url(
-                s.redis_url.value, socket_timeout=0.25, socket_connect_timeout=0.25, health_check_interval=5
-            )
-            self._exit.push_async_callback(redis_client.aclose)
+        redis_client: RedisClient | None = None
+        if s.redis_url:  # one server, TLS, Sentinel or Cluster: consulgw.redisclient builds it from the URL
+            redis = open_redis(s.redis_url.value, socket_timeout=0.25, connect_timeout=0.25, health_check_interval=5)
+            self._exit.push_async_callback(redis.aclose)
+            redis_client = redis.client
         pools = UpstreamPools(rng=self._rng)
         breakers = BreakerBoard(clock=self._clock, metrics=self.metrics)
         jwks = JwksCache(http=consul_session, clock=self._clock)
