@@ -124,8 +124,17 @@ async def test_fabio_tags_route_exactly_like_native_tags(world: Callable[..., Aw
             "prefix": "/orders",
             "strip": None,
             "methods": None,
+            "lb": "round_robin",
         },
-        {"route": "*/users", "service": "users", "host": None, "prefix": "/users", "strip": "/users", "methods": None},
+        {
+            "route": "*/users",
+            "service": "users",
+            "host": None,
+            "prefix": "/users",
+            "strip": "/users",
+            "methods": None,
+            "lb": "round_robin",
+        },
     ]
     assert [r["tag"] for r in fabio.routes["routes"]] == [
         "urlprefix-api.example.com/orders",
@@ -188,8 +197,9 @@ async def test_unsupported_fabio_options_are_reported_not_half_applied(
     mixed = await world({**FABIO_TAGS, "legacy": [tag]}, compat=("fabio",))
 
     assert mixed.answers == EXPECTED_ANSWERS  # the other services are untouched
-    assert mixed.routes["route_errors"] == [{"service": "legacy", "tag": tag, "reason": reason}]
-    assert mixed.routes["services"]["legacy"]["route_errors"] == [{"tag": tag, "reason": reason}]
+    fix = "urlprefix-/legacy" if "proto=https" in tag else None  # the one case with a (valid) corrected tag
+    assert mixed.routes["route_errors"] == [{"service": "legacy", "tag": tag, "reason": reason, "fix": fix}]
+    assert mixed.routes["services"]["legacy"]["route_errors"] == [{"tag": tag, "reason": reason, "fix": fix}]
     assert all(r["service"] != "legacy" for r in mixed.routes["routes"])
 
 
