@@ -45,7 +45,7 @@ class Target:
     service: str
     policy: ServicePolicy
     pool: ServicePool
-    path_qs: str  # raw (still percent-encoded) path after strip, plus "?query" if any
+    path_qs: str  # the canonical path the route matched, after strip (consulgw.routing.path), plus "?query" as sent
     forwarded: tuple[tuple[str, str], ...]  # X-Forwarded-* for this request
     drop: tuple[str, ...] = IDENTITY_HEADERS  # client headers never forwarded (see client_headers_to_drop)
 
