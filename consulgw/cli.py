@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated CIDRs whose X-Forwarded-For is believed (env CONSULGW_TRUSTED_PROXIES)",
     )
     run.add_argument(
+        "--encoded-slashes",
+        metavar="keep|reject",
+        help="request paths holding %%2F or %%5C: keep them encoded, or answer 400 "
+        "(env CONSULGW_ENCODED_SLASHES, default keep)",
+    )
+    run.add_argument(
         "--workers", metavar="N", help="processes sharing the port via SO_REUSEPORT (env CONSULGW_WORKERS)"
     )
     run.add_argument("--redis", metavar="URL", help="Redis URL for shared rate limits (env CONSULGW_REDIS_URL)")

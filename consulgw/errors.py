@@ -8,6 +8,8 @@
     ├── DiscoveryError           Consul could not be read (network, status, undecodable body)
     ├── OpenApiError             a service's OpenAPI document could not be fetched or used (the last good one stays)
     └── GatewayError             an answer to a client; carries HTTP status, stable code and extra headers
+        ├── InvalidPath                   400 invalid_path (malformed, climbs above the root, ambiguous once decoded)
+        ├── AmbiguousCredentials          400 ambiguous_credentials (two Authorization or API-key headers)
         ├── NoRoute                       404 no_route
         ├── MethodNotAllowed              405 method_not_allowed (+ Allow)
         ├── PayloadTooLarge               413 payload_too_large
@@ -63,6 +65,21 @@ class GatewayError(ConsulgwError):
         super().__init__(message)
         self.message = message
         self.headers: dict[str, str] = dict(headers or {})
+
+
+class InvalidPath(GatewayError):
+    """The request path is malformed, climbs above the root, or would mean another path to an upstream that decodes
+    what the gateway keeps encoded (``consulgw.routing.path``)."""
+
+    status = 400
+    code = "invalid_path"
+
+
+class AmbiguousCredentials(GatewayError):
+    """More than one credential header of one kind: the gateway would verify one and the upstream might read another."""
+
+    status = 400
+    code = "ambiguous_credentials"
 
 
 class NoRoute(GatewayError):

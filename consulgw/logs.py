@@ -5,61 +5,34 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import Any, Final, TextIO
+from typing import Any, TextIO
 
 import structlog
 
-REDACTED: Final = "[redacted]"
-
-# Keys (lower-cased, '-' and '_' folded) whose values are never written to a log line.
-_SECRET_KEYS: Final = frozenset(
-    {
-        "authorization",
-        "proxyauthorization",
-        "cookie",
-        "setcookie",
-        "token",
-        "xconsultoken",
-        "apikey",
-        "xapikey",
-        "password",
-        "secret",
-        "clientsecret",
-        "accesstoken",
-        "refreshtoken",
-        "jwt",
-    }
-)
-
-
-def _fold(key: str) -> str:
-    return key.lower().replace("-", "").replace("_", "")
-
-
-@functools.lru_cache(maxsize=4096)  # field and header names form a small set; this runs for every log field
-def is_secret_key(key: str) -> bool:
-    """True when a field or header of this name carries a credential."""
-    folded = _fold(key)
-    return folded in _SECRET_KEYS or folded.endswith(("token", "password", "secret", "apikey"))
+from consulgw.redaction import REDACTED, is_secret_name, redact_urls
 
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {k: (REDACTED if isinstance(k, str) and is_secret_key(k) else _scrub(v)) for k, v in value.items()}
+        return {k: (REDACTED if isinstance(k, str) and is_secret_name(k) else _scrub(v)) for k, v in value.items()}
+    if isinstance(value, str):
+        return redact_urls(value)
     return value
 
 
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: mask credential fields, including inside nested header mappings."""
+    """structlog processor: mask credential fields, including inside nested header mappings, and show every URL
+    in a field (a ``url``, an ``error`` message, a traceback) without its userinfo and query."""
     for key in list(event_dict):
-        if is_secret_key(key):
+        if is_secret_name(key):
             event_dict[key] = REDACTED
-        elif isinstance(event_dict[key], Mapping):
-            event_dict[key] = _scrub(event_dict[key])
+        else:
+            value = event_dict[key]
+            if isinstance(value, Mapping | str):
+                event_dict[key] = _scrub(value)
     return event_dict
 
 
@@ -122,8 +95,8 @@ def configure_logging(
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_secrets,
             structlog.processors.format_exc_info,
+            redact_secrets,  # after format_exc_info: a traceback's messages are scrubbed too
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -13,6 +13,8 @@ from typing import Literal
 
 from consulgw.duration import parse_duration
 from consulgw.errors import ConfigError
+from consulgw.redisclient import parse_redis_url
+from consulgw.routing.path import ENCODED_SLASHES, EncodedSlashes
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -74,6 +76,7 @@ class GatewaySettings:
     tag_prefix: str = "gw"
     tag_compat: tuple[str, ...] = ()
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    encoded_slashes: EncodedSlashes = "keep"  # %2F / %5C in a request path: kept encoded, or refused with 400
     workers: int = 1
     log_format: Literal["json", "console"] = "console"
     log_level: str = "info"
@@ -124,6 +127,13 @@ def normalize_consul_address(key: str, value: str, *, ssl: bool = False) -> str:
     return text
 
 
+def _redis_url(value: str) -> str:
+    """Checked now (a bad URL stops the command); the client is built from it by ``consulgw.redisclient``."""
+    if value:
+        parse_redis_url("--redis / CONSULGW_REDIS_URL", value)
+    return value
+
+
 def _pick(args: argparse.Namespace, attr: str, environ: Mapping[str, str], env: str) -> str | None:
     value = getattr(args, attr, None)
     if value is not None:
@@ -171,6 +181,11 @@ def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
     for item in compat:
         if item != "fabio":
             raise ConfigError(f"--tag-compat / CONSULGW_TAG_COMPAT: {item!r} is not supported (only 'fabio')")
+    encoded_slashes = text("encoded_slashes", "CONSULGW_ENCODED_SLASHES", defaults.encoded_slashes)
+    if encoded_slashes not in ENCODED_SLASHES:
+        raise ConfigError(
+            f"--encoded-slashes / CONSULGW_ENCODED_SLASHES: {encoded_slashes!r} must be 'keep' or 'reject'"
+        )
     tls_cert = _pick(args, "tls_cert", environ, "CONSULGW_TLS_CERT")
     tls_key = _pick(args, "tls_key", environ, "CONSULGW_TLS_KEY")
     if bool(tls_cert) != bool(tls_key):
@@ -185,10 +200,11 @@ def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
         trusted_proxies=parse_cidrs(
             "--trusted-proxies / CONSULGW_TRUSTED_PROXIES", text("trusted_proxies", "CONSULGW_TRUSTED_PROXIES", "")
         ),
+        encoded_slashes="reject" if encoded_slashes == "reject" else "keep",
         workers=int(workers_text),
         log_format="json" if log_format == "json" else "console",
         log_level=log_level,
-        redis_url=Secret(value=text("redis", "CONSULGW_REDIS_URL", "")),
+        redis_url=Secret(value=_redis_url(text("redis", "CONSULGW_REDIS_URL", ""))),
         tls_cert=tls_cert,
         tls_key=tls_key,
         upstream_ca=_pick(args, "upstream_ca", environ, "CONSULGW_UPSTREAM_CA"),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure what the test suite needs is on this machine and running:
 #  - a Redis server answering on 127.0.0.1:6379 (installed from Debian's packages if missing);
-#  - the redis-server binary itself (tests start private servers to stop them mid-test);
+#  - the redis-server binary itself (tests start private servers to stop them mid-test), redis-cli (to join a
+#    test cluster) and redis-sentinel (Sentinel failover tests);
 #  - Debian's chromium for the dashboard and API reference tests;
 #  - promtool (Debian's prometheus package) for the alert rules of deploy/grafana.
 set -euo pipefail
@@ -30,6 +31,8 @@ redis_answers() {
 }
 
 have redis-server || apt_install redis-server
+have redis-cli || apt_install redis-tools
+have redis-sentinel || apt_install redis-sentinel
 if ! redis_answers; then
   echo "ensure-services: starting redis-server on 127.0.0.1:6379"
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
@@ -44,4 +47,4 @@ fi
 if ! have promtool; then
   apt_install prometheus || echo "ensure-services: prometheus unavailable; the alert rules test will skip" >&2
 fi
-echo "ensure-services: redis on 127.0.0.1:6379 answers; redis-server at $(command -v redis-server); chromium: $(command -v chromium || echo none); promtool: $(command -v promtool || echo none)"
+echo "ensure-services: redis on 127.0.0.1:6379 answers; redis-server at $(command -v redis-server); redis-sentinel at $(command -v redis-sentinel); chromium: $(command -v chromium || echo none); promtool: $(command -v promtool || echo none)"

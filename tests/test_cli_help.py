@@ -38,6 +38,16 @@ def test_help_on_every_level(level: tuple[str, ...]) -> None:
             ("run", "--listen", "nowhere"), "--listen / CONSULGW_LISTEN: 'nowhere' is not HOST:PORT", id="listen"
         ),
         pytest.param(("run", "--workers", "zero"), "--workers / CONSULGW_WORKERS: 'zero'", id="workers"),
+        pytest.param(
+            ("run", "--encoded-slashes", "decode"),
+            "--encoded-slashes / CONSULGW_ENCODED_SLASHES: 'decode' must be 'keep' or 'reject'",
+            id="encoded-slashes",
+        ),
+        pytest.param(
+            ("run", "--redis", "redis+sentinel://:s3cr3t@127.0.0.1:26379"),
+            "--redis / CONSULGW_REDIS_URL: 'redis+sentinel://***@127.0.0.1:26379' has no service name",
+            id="redis-url-password-hidden",
+        ),
         pytest.param(("run", "--max-staleness", "10"), "--max-staleness / CONSULGW_MAX_STALENESS: '10'", id="duration"),
         pytest.param(("dev-agent", "--listen", "1.2.3.4"), "--listen", id="dev-agent-listen"),
     ],
@@ -48,5 +58,6 @@ def test_bad_values_get_one_line_naming_the_flag(argv: tuple[str, ...], needle: 
     )
     assert done.returncode == 2
     assert needle in done.stderr
+    assert "s3cr3t" not in done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

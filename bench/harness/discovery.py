@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from harness.http import Client, Consul
 from harness.jsonlog import JsonLog, epoch
@@ -142,9 +143,16 @@ def _wait_quiet(log: JsonLog, quiet: float, timeout: float) -> list[dict[str, An
 
 
 def _complete(admin: Client, names: set[str], instances: int) -> bool:
-    doc = admin.get_json("/-/routes")
-    routed = {r["service"] for r in doc.get("routes", [])}
-    services = doc.get("services", {})
+    # /-/routes answers a page of services (100 by default, at most 1,000): ask for the names themselves, a page
+    # of at most 100 at a time (the service filter takes at most 100 names).
+    ordered = sorted(names)
+    routed: set[str] = set()
+    services: dict[str, Any] = {}
+    for start in range(0, len(ordered), 100):
+        chunk = quote(",".join(ordered[start : start + 100]), safe=",")
+        doc = admin.get_json(f"/-/routes?limit=100&service={chunk}")
+        routed |= {r["service"] for r in doc.get("routes", [])}
+        services.update(doc.get("services", {}))
     return names <= routed and all(len(services.get(n, {}).get("instances", [])) == instances for n in names)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import aiohttp
 
 from consulgw.errors import ConsulgwError
+from consulgw.redaction import redact_urls
 
 MAX_DOCUMENT_BYTES = 1 << 20
 
@@ -55,7 +56,7 @@ async def fetch_json(
     except TimeoutError as exc:
         raise FetchFailed(f"no answer within {timeout:g}s") from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise FetchFailed(f"{type(exc).__name__}: {exc}") from exc
+        raise FetchFailed(f"{type(exc).__name__}: {redact_urls(str(exc))}") from exc
     try:
         return json.loads(bytes(body))
     except (ValueError, RecursionError) as exc:

@@ -63,7 +63,6 @@ from typing import Any
 
 import aiohttp
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from consulgw.auth.claims import audiences, number, token_scopes
@@ -81,6 +80,7 @@ from consulgw.auth.outcome import (
 )
 from consulgw.clock import Clock
 from consulgw.policy.model import IntrospectionAuth
+from consulgw.redisclient import RedisClient
 
 log = structlog.get_logger("consulgw.auth")
 
@@ -200,7 +200,7 @@ class Introspector:
         http: aiohttp.ClientSession,
         clock: Clock,
         service: str,
-        redis: Redis | None = None,
+        redis: RedisClient | None = None,
         redis_timeout: float = 0.25,
         discovery: DiscoveryCache | None = None,
     ) -> None:

@@ -17,6 +17,9 @@ One ``JwksCache`` lives for the life of the server (``StageDeps.jwks``), so poli
   a failed fetch too (an IdP serving an empty or broken set is far likelier than one revoking every key at once).
 
 Tokens without a ``kid`` are accepted only when exactly one cached key fits the token's algorithm.
+
+A URL is logged without its userinfo and query (``consulgw.redaction.redact_url``): a ``jwks_url`` may carry
+``user:pass@`` or ``?api_key=``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from consulgw.auth.fetch import FetchFailed, fetch_json
 from consulgw.auth.keys import PublicKey, key_fits
 from consulgw.clock import Clock
 from consulgw.errors import ConsulgwError
+from consulgw.redaction import redact_url
 
 log = structlog.get_logger("consulgw.auth")
 
@@ -107,11 +111,11 @@ class JwksCache:
             try:
                 keys = await self._fetch(url)
             except _FetchFailed as exc:
-                log.warning("jwks_fetch_failed", url=url, error=str(exc), cached_keys=len(keyset.keys))
+                log.warning("jwks_fetch_failed", url=redact_url(url), error=str(exc), cached_keys=len(keyset.keys))
                 return key
             keyset.keys = keys
             keyset.fetched_at = self._clock.monotonic()
-            log.info("jwks_refreshed", url=url, keys=len(keys))
+            log.info("jwks_refreshed", url=redact_url(url), keys=len(keys))
             return keyset.find(kid, alg)
 
     def _stale(self, keyset: _KeySet) -> bool:

@@ -8,7 +8,8 @@ policies under the gateway's prefix decide each service's balancer like in the g
 
 It prints the routes in lookup order with each route's service, methods, strip, balancer and instances (address,
 health, effective weight), then every rejected tag with its reason ("why is my service not routed?") and every
-conflict. ``--json`` prints one JSON document instead, shaped like the admin API's ``/-/routes``.
+conflict. ``--json`` prints one JSON document instead, built like the admin API's ``/-/routes`` (same builder,
+consulgw.server.routes_document), with every service.
 
 Settings: ``--consul``/``--token``/``--datacenter`` (or ``CONSUL_HTTP_ADDR``, ``CONSUL_HTTP_TOKEN``,
 ``CONSUL_DATACENTER``), ``--tag-prefix``/``--tag-compat`` (or ``CONSULGW_TAG_PREFIX``, ``CONSULGW_TAG_COMPAT``, so
@@ -36,8 +37,17 @@ from consulgw.errors import ConfigError, DiscoveryError
 from consulgw.model.snapshot import Instance, ServiceSnapshot
 from consulgw.policy.book import build_policy_book
 from consulgw.policy.model import PolicyBook
+from consulgw.redaction import redact_url
 from consulgw.routing.rules import FABIO, FABIO_TAG_PREFIX, ServiceRoutes, has_route_tags, parse_service_routes
 from consulgw.routing.table import RouteTable
+from consulgw.server.routes_document import (
+    TAG_CHARS,
+    TEXT_CHARS,
+    DocumentQuery,
+    ServiceFacts,
+    routes_document,
+    truncate,
+)
 from consulgw.settings import ConsulSettings, consul_settings
 
 _PARALLEL_READS = 8
@@ -74,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         report = asyncio.run(read_routes(consul, tag_prefix=tag_prefix, compat=compat, kv_prefix=kv_prefix))
     except DiscoveryError as exc:
-        where = consul.address + (f" (datacenter {consul.datacenter})" if consul.datacenter else "")
+        where = redact_url(consul.address) + (f" (datacenter {consul.datacenter})" if consul.datacenter else "")
         print(f"consulgw routes: error: cannot read Consul at {where}: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -114,7 +124,7 @@ async def read_routes(
             sorted(
                 name
                 for name, tags in catalog.value.items()
-                if FABIO not in compat and any(t.startswith(FABIO_TAG_PREFIX) for t in tags)
+                if FABIO not in compat and any(t.strip().startswith(FABIO_TAG_PREFIX) for t in tags)
             )
         )
         answers = await asyncio.gather(
@@ -141,7 +151,8 @@ async def read_routes(
         for name, result in zip(routed, healths, strict=True)
     }
     parsed: list[ServiceRoutes] = [
-        parse_service_routes(name, snap.tags, tag_prefix=tag_prefix, compat=compat) for name, snap in snapshots.items()
+        parse_service_routes(name, snap.tags, tag_prefix=tag_prefix, compat=compat, datacenter=snap.datacenter)
+        for name, snap in snapshots.items()
     ]
     return RoutesReport(
         consul=consul,
@@ -158,34 +169,27 @@ async def read_routes(
 # -- output ---------------------------------------------------------------------------------------------------------
 
 
-def _instance_json(inst: Instance) -> dict[str, Any]:
-    return {
-        "id": inst.id,
-        "node": inst.node,
-        "address": inst.address,
-        "port": inst.port,
-        "scheme": inst.scheme,
-        "health": inst.health.value,
-        "weight": inst.weight,
-        "weights": {"passing": inst.weights.passing, "warning": inst.weights.warning},
-    }
-
-
 def as_json(report: RoutesReport) -> dict[str, Any]:
-    """The report as one JSON document: the keys of ``/-/routes`` (routes, services, route_errors, conflicts,
-    policy_errors) without the gateway's runtime counters, plus ``lb`` on each route and ``consul`` read facts."""
-    table = report.table
-    services: dict[str, Any] = {}
-    for name, snap in sorted(report.snapshots.items()):
-        parsed = table.services.get(name)
-        services[name] = {
-            "lb": report.lb(name),
-            "instances": [_instance_json(i) for i in snap.instances],
-            "route_errors": [{"tag": e.tag, "reason": e.reason} for e in (parsed.errors if parsed else ())],
-        }
+    """The report as one JSON document, built like the admin API's ``/-/routes`` (consulgw.server.routes_document)
+    with every service (nobody polls the CLI), without the gateway's runtime counters, plus ``consul`` read facts."""
+    facts = {
+        name: ServiceFacts(
+            snapshot=snap,
+            routes=report.table.services.get(name) or ServiceRoutes(service=name),
+            lb=report.lb(name),
+            policy=report.book.for_service(name),
+        )
+        for name, snap in report.snapshots.items()
+    }
+    document = routes_document(
+        table=report.table,
+        services=facts,
+        policy_errors=report.book.errors,
+        query=DocumentQuery(limit=None),
+    )
     return {
         "consul": {
-            "address": report.consul.address,
+            "address": redact_url(report.consul.address),
             "datacenter": report.consul.datacenter,
             "services_index": report.services_index,
             "services_total": report.services_total,
@@ -193,25 +197,7 @@ def as_json(report: RoutesReport) -> dict[str, Any]:
             "kv_error": report.kv_error,
             "fabio_tags_ignored": list(report.fabio_ignored),
         },
-        "routes": [
-            {
-                "route": r.label,
-                "service": r.service,
-                "host": r.host,
-                "prefix": r.prefix,
-                "strip": r.strip,
-                "methods": sorted(r.methods) if r.methods else None,
-                "tag": r.tag,
-                "lb": report.lb(r.service),
-            }
-            for r in table.routes
-        ],
-        "services": services,
-        "route_errors": [{"service": e.service, "tag": e.tag, "reason": e.reason} for e in table.errors],
-        "conflicts": [
-            {"host": c.host, "prefix": c.prefix, "winner": c.winner, "losers": list(c.losers)} for c in table.conflicts
-        ],
-        "policy_errors": dict(report.book.errors),
+        **document,
     }
 
 
@@ -220,7 +206,7 @@ def as_text(report: RoutesReport) -> str:
     table = report.table
     dc = report.consul.datacenter or "the agent's datacenter"
     lines = [
-        f"Consul {report.consul.address} ({dc}), services index {report.services_index}: "
+        f"Consul {redact_url(report.consul.address)} ({dc}), services index {report.services_index}: "
         f"{report.services_total} services, {len(report.snapshots)} with route tags",
         "",
         f"Routes, in lookup order ({len(table.routes)}):",
@@ -231,7 +217,7 @@ def as_text(report: RoutesReport) -> str:
         methods = ",".join(sorted(route.methods)) if route.methods else "any"
         lines.append(
             f"  {route.label}  ->  {route.service}   methods {methods}   strip {route.strip or '-'}"
-            f"   lb {report.lb(route.service)}   tag {route.tag!r}"
+            f"   lb {report.lb(route.service)}   tag {truncate(route.tag, TAG_CHARS)!r}"
         )
         lines.extend(_instance_lines(report.snapshots[route.service].instances))
     unrouted = [name for name in sorted(report.snapshots) if not table.routes_of(name)]
@@ -241,12 +227,14 @@ def as_text(report: RoutesReport) -> str:
             lines.append(f"  {name}: every route tag was rejected or lost a conflict (see below)")
             lines.extend(_instance_lines(report.snapshots[name].instances))
     lines += ["", f"Rejected tags ({len(table.errors)}):"]
-    lines += [f"  {e.service}: {e.tag!r}: {e.reason}" for e in table.errors] or ["  (none)"]
+    lines += [
+        f"  {e.service}: {truncate(e.tag, TAG_CHARS)!r}: {truncate(e.reason, TEXT_CHARS)}" for e in table.errors
+    ] or ["  (none)"]
     lines += ["", f"Conflicts ({len(table.conflicts)}):"]
     lines += [f"  {c.message}" for c in table.conflicts] or ["  (none)"]
     if report.book.errors:
         lines += ["", f"Rejected policies ({len(report.book.errors)}):"]
-        lines += [f"  {key}: {reason}" for key, reason in sorted(report.book.errors.items())]
+        lines += [f"  {key}: {truncate(reason, TEXT_CHARS)}" for key, reason in sorted(report.book.errors.items())]
     if report.fabio_ignored:
         names = ", ".join(report.fabio_ignored)
         lines += ["", f"Note: Fabio urlprefix- tags on {names} are ignored; add --tag-compat fabio to read them"]

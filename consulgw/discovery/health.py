@@ -131,4 +131,5 @@ def instance_from_entry(entry: Mapping[str, Any]) -> Instance:
         meta=_meta(where, service.get("Meta")),
         health=aggregate_health(top.get("Checks"), where=where),
         weights=_weights(where, service.get("Weights")),
+        datacenter=_text(where, "Node.Datacenter", node.get("Datacenter"), optional=True),
     )

@@ -26,9 +26,12 @@ USER_ID_HEADER: Final = "X-User-ID"
 CONSUMER_ID_HEADER: Final = "X-Consumer-ID"
 SCOPES_HEADER: Final = "X-User-Scopes"
 IDENTITY_HEADERS: Final = (CONSUMER_ID_HEADER, USER_ID_HEADER, SCOPES_HEADER)
-# Other client-address fields an upstream might believe: dropped unless they come from a trusted proxy
-# (X-Forwarded-* are replaced instead).
-SPOOFABLE_HEADERS: Final = ("Forwarded", "X-Real-IP")
+# Fields that name the client or the way it came: believed only from a trusted proxy. The three X-Forwarded-* the
+# gateway composes are set on every request; any other X-Forwarded-* name counts too (FORWARDING_PREFIX).
+FORWARDING_HEADERS: Final = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded", "X-Real-IP")
+FORWARDING_PREFIX: Final = "x-forwarded-"
+# The one credential field the gateway and most applications read; a request carries at most one.
+CREDENTIAL_HEADER: Final = "Authorization"
 REQUEST_ID_HEADER: Final = "X-Request-ID"
 # Methods a request may be sent again for (RFC 9110 section 9.2.2).
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})

@@ -44,6 +44,7 @@ class Instance:
     meta: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
     health: Health = Health.PASSING
     weights: Weights = field(default_factory=Weights)
+    datacenter: str = ""  # Node.Datacenter: the datacenter this instance was read from ("" when Consul omits it)
 
     @property
     def weight(self) -> int:
@@ -72,6 +73,11 @@ class ServiceSnapshot:
     name: str
     index: int
     instances: tuple[Instance, ...] = ()
+
+    @property
+    def datacenter(self) -> str | None:
+        """The datacenter the instances were read from (what ``$DC`` in a Fabio tag expands to), None if unknown."""
+        return next((inst.datacenter for inst in self.instances if inst.datacenter), None)
 
     @property
     def tags(self) -> tuple[str, ...]:

@@ -26,8 +26,10 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from consulgw.errors import InvalidPath
 from consulgw.openapi.document import METHODS, check_document
-from consulgw.routing.rules import RouteSpec, upper_escapes
+from consulgw.routing.path import canonical_path
+from consulgw.routing.rules import RouteSpec
 from consulgw.routing.table import MatchKind, RouteTable
 
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
@@ -192,7 +194,10 @@ def _exposures(
             continue
         strip = route.strip
         client = upstream if strip is None else (strip if upstream == "/" else strip + upstream)
-        match = table.lookup(_probe_host(route.host), _encode(client), method)
+        try:
+            match = table.lookup(_probe_host(route.host), _encode(client), method)
+        except InvalidPath:
+            continue  # a documented path no client could send as such
         if match.kind is not MatchKind.FOUND or match.route != route or match.upstream_path != _encode(upstream):
             continue
         hosts, labels = found.setdefault(client, (set(), set()))
@@ -208,16 +213,16 @@ def _probe_host(host: str | None) -> str | None:
 
 
 def _encode(path: str) -> str:
-    """A documented path as it travels on the wire, the way route prefixes are stored (non-ASCII as %XX)."""
-    if path.isascii() and path.isprintable():
-        return upper_escapes(path)
-    out: list[str] = []
-    for char in path:
-        if char.isascii() and char.isprintable():
-            out.append(char)
-        else:
-            out.extend(f"%{b:02X}" for b in char.encode("utf-8"))
-    return upper_escapes("".join(out))
+    """A documented path as it travels on the wire, in the canonical form the route table matches and forwards
+    (``consulgw.routing.path``): non-ASCII as %XX; a path that has no canonical form comes back as it is."""
+    wire = "".join(
+        char if char.isascii() and char.isprintable() else "".join(f"%{b:02X}" for b in char.encode("utf-8"))
+        for char in path
+    )
+    try:
+        return canonical_path(wire).path
+    except InvalidPath:
+        return wire
 
 
 def _join(base: str, path: str) -> str:

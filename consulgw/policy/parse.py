@@ -9,8 +9,10 @@ Every failure is a ``PolicyError`` whose message names the KV key, the JSON path
 
     consulgw/services/users: rate_limit.per: '10 s' is not a duration (time: unknown unit " s" in duration "10 s")
 
-Values at secret paths (``secret``, ``password_hash``, ``api_key_sha256``, ``public_key``, credential-bearing
-header values) are shown as ``'***'``; objects and lists are described, never dumped; long values are truncated.
+Values at secret paths are shown as ``'***'``: keys named like a credential (``secret``, ``password_hash``,
+``api_key_sha256``, ``public_key``; ``consulgw.redaction.is_secret_name``) and the value of every header rule,
+whatever the header is called (``X-Upstream-Auth: Bearer ...``). URLs (``jwks_url``) are shown without userinfo
+and query. Objects and lists are described, never dumped; long values are truncated.
 Whatever the input -- any JSON, any bytes, absurd nesting -- the result is a model or a PolicyError.
 """
 
@@ -38,7 +40,7 @@ from consulgw.auth.discovery import expected_issuer, same_issuer
 from consulgw.duration import parse_go_duration
 from consulgw.errors import PolicyError
 from consulgw.model.balancing import as_lb
-from consulgw.model.http import HOP_BY_HOP, IDENTITY_HEADERS, SPOOFABLE_HEADERS
+from consulgw.model.http import FORWARDING_HEADERS, HOP_BY_HOP, IDENTITY_HEADERS
 from consulgw.policy.consumers import is_api_key_digest, parse_password_hash
 from consulgw.policy.model import (
     ApiKeyAuth,
@@ -59,6 +61,7 @@ from consulgw.policy.model import (
     ServicePolicy,
     Timeouts,
 )
+from consulgw.redaction import HIDDEN, is_secret_name, redact_url
 
 Path = tuple[str | int, ...]
 
@@ -72,25 +75,6 @@ _CONSUMER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 # Headers a policy may not add, set or remove: connection management (hop-by-hop, RFC 9110 section 7.6.1) and
 # framing, which the proxy owns.
 FORBIDDEN_HEADERS = HOP_BY_HOP | {"host", "content-length"}
-_SECRET_NAMES = frozenset(
-    {
-        "secret",
-        "password",
-        "password_hash",
-        "api_key_sha256",
-        "public_key",
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "set-cookie",
-        "x-api-key",
-        "api-key",
-        "api_key",
-        "apikey",
-    }
-)
-_SECRET_WORDS = ("secret", "password", "passwd", "token", "private", "session")
-
 _ASYMMETRIC_KEY_SOURCES = ("public_key", "jwks_url", "discovery")
 _PRIVATE_KEY_TYPES = (
     rsa.RSAPrivateKey,
@@ -316,7 +300,12 @@ def _message(key: str, path: Path, reason: str, value: object, show_value: bool)
     where = _path_text(path) or "(document)"
     if not show_value:
         return f"{key}: {where}: {reason}"
-    shown = "'***'" if _is_secret_path(path) and not isinstance(value, Mapping | list) else _show(value)
+    if _is_secret_path(path) and not isinstance(value, Mapping | list) and not (path and value == path[-1]):
+        shown = repr(HIDDEN)  # (a refused header *name* is the path's last part: showing it again reveals nothing)
+    elif isinstance(value, str) and _is_url_path(path):
+        shown = _show(redact_url(value))
+    else:
+        shown = _show(value)
     return f"{key}: {where}: {shown} {reason}"
 
 
@@ -334,12 +323,20 @@ def _path_text(path: Iterable[object]) -> str:
 
 
 def _is_secret_path(path: Path) -> bool:
-    for part in path:
-        if isinstance(part, str):
-            lowered = part.lower()
-            if lowered in _SECRET_NAMES or any(word in lowered for word in _SECRET_WORDS):
-                return True
-    return False
+    """A credential's place: a key named like one (``consulgw.redaction``), or the value of any header rule."""
+    return _is_header_value_path(path) or any(isinstance(part, str) and is_secret_name(part) for part in path)
+
+
+def _is_header_value_path(path: Path) -> bool:
+    """``headers.request.set.<name>``, ``headers.response.add.<name>``, ``circuit_breaker.fallback.headers.<name>``
+    and anything below: a header's value may be a credential whatever the header is called."""
+    if len(path) >= 4 and path[0] == "headers" and path[2] in ("add", "set"):
+        return True
+    return len(path) >= 4 and path[:3] == ("circuit_breaker", "fallback", "headers")
+
+
+def _is_url_path(path: Path) -> bool:
+    return bool(path) and isinstance(path[-1], str) and path[-1].lower().endswith("url")
 
 
 def _show(value: object) -> str:
@@ -633,7 +630,7 @@ def _check_url(path: Path, url: str) -> None:
 # Headers ``claims_to_headers`` may not fill: the gateway sets them itself (identity after auth, client address and
 # forwarding, request id, trace context) or they carry credentials; Content-* would change how the body is read.
 _GATEWAY_OWNED_HEADERS = frozenset(
-    {name.lower() for name in (*IDENTITY_HEADERS, *SPOOFABLE_HEADERS)}
+    {name.lower() for name in (*IDENTITY_HEADERS, *FORWARDING_HEADERS)}
     | {"x-request-id", "via", "authorization", "proxy-authorization", "cookie", "traceparent", "tracestate", "baggage"}
 )
 _TOKEN_TYPE_HINT = re.compile(r"[A-Za-z0-9_.:-]{1,256}")

@@ -8,6 +8,12 @@ do not reset counters.
 The value (a client IP, a consumer name, a header value such as an API key) is hashed so raw identifiers and
 credentials never reach Redis (or this process's memory, for long header values); the kind keeps an IP and a
 header value that happen to be equal apart. Kinds: ``ip``, ``consumer``, ``header.<lower-case header name>``.
+
+Redis Cluster: a key has no ``{hash tag}``, so the keys of one service spread over every slot and node. Each GCRA
+decision is one script call on one key (``KEYS[1]``), which therefore always hashes to one slot, whichever node
+owns it (``tests/ratelimit/test_redisclient.py`` runs it on a three-node cluster). Decisions batched in one
+pipeline must be sent per node on a Cluster (redis-py's cluster pipeline does so); one script call over several
+keys would need a common hash tag, which would put a whole service's limits on one node.
 """
 
 from __future__ import annotations

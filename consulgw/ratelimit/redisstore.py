@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from consulgw.errors import RateLimitBackendUnavailable
 from consulgw.ratelimit.gcra import Decision, Quota, decide
+from consulgw.redisclient import RedisClient
 
 # KEYS[1] = limit key; ARGV[1] = interval (µs), ARGV[2] = tolerance (µs). Returns {admitted (0/1), tat - now (µs)}.
 GCRA_SCRIPT = """
@@ -46,7 +46,7 @@ return {0, tat - now}
 class RedisLimiter:
     """GCRA decisions in Redis. Cheap to build (one per stage); the connection pool belongs to the Redis client."""
 
-    def __init__(self, redis: Redis, *, timeout: float = 0.25) -> None:
+    def __init__(self, redis: RedisClient, *, timeout: float = 0.25) -> None:
         self._script = redis.register_script(GCRA_SCRIPT)
         self._timeout = timeout
 

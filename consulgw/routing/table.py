@@ -21,7 +21,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from consulgw.routing.rules import RouteError, RouteSpec, ServiceRoutes, upper_escapes
+from consulgw.errors import InvalidPath
+from consulgw.routing.path import EncodedSlashes, canonical_path, is_canonical, split_target
+from consulgw.routing.rules import RouteError, RouteSpec, ServiceRoutes
 
 
 class MatchKind(enum.Enum):
@@ -34,8 +36,9 @@ class MatchKind(enum.Enum):
 class RouteMatch:
     """The answer of :meth:`RouteTable.lookup`.
 
-    ``upstream_path`` (only for ``FOUND``, else ``""``) is the request path with the route's ``strip`` applied and
-    the query string, if one was given, carried over verbatim. Nothing is ever percent-decoded.
+    ``upstream_path`` (only for ``FOUND``, else ``""``) is the canonical request path (``consulgw.routing.path``)
+    the route matched, with the route's ``strip`` applied, and the query string, if one was given, carried over
+    byte for byte. So the upstream receives exactly the path that was routed.
     """
 
     kind: MatchKind
@@ -146,15 +149,35 @@ class RouteTable:
             _index=_build_index(winners),
         )
 
-    def lookup(self, host: str | None, path: str, method: str) -> RouteMatch:
-        """Match a request. ``path`` is the raw (percent-encoded) request path, optionally with ``?query``;
-        ``host`` is the Host header (``:port`` ignored, case-insensitive) or None; ``method`` is case-sensitive.
+    def lookup(
+        self, host: str | None, target: str, method: str, *, encoded_slashes: EncodedSlashes = "keep"
+    ) -> RouteMatch:
+        """Match a request. ``target`` is the raw request-target: the percent-encoded path, optionally with
+        ``?query``; ``host`` is the Host header (``:port`` ignored, case-insensitive) or None; ``method`` is
+        case-sensitive.
+
+        The path is brought to its canonical form first (``consulgw.routing.path``), which raises ``InvalidPath``
+        (400) for a path that is malformed, climbs above the root, holds an encoded slash under
+        ``encoded_slashes="reject"``, or would select another route once its encoded slashes are decoded.
+        A target that is not a path (``*``, absolute-form) finds no route.
         """
-        query = path.find("?")
-        bare = path if query < 0 else path[:query]
-        if not bare.startswith("/"):
+        raw_path, query = split_target(target)
+        if not raw_path.startswith("/"):
             return NO_ROUTE
-        match_path = upper_escapes(bare)
+        if is_canonical(raw_path):
+            return self._match(host, raw_path, method, query)
+        canonical = canonical_path(raw_path, encoded_slashes=encoded_slashes)
+        match = self._match(host, canonical.path, method, query)
+        # A kept %2F / %5C: an upstream that decodes it must not land on another route's path.
+        if (
+            canonical.decoded is not None
+            and match.route is not None
+            and self._match(host, canonical.decoded, method, "").route is not match.route
+        ):
+            raise InvalidPath(f"the path {raw_path[:80]!r} selects another route once its encoded slashes are decoded")
+        return match
+
+    def _match(self, host: str | None, match_path: str, method: str, query: str) -> RouteMatch:
         index = self._index
         allowed: set[str] | None = None
 
@@ -184,7 +207,9 @@ class RouteTable:
                         route = slot.by_method.get(method) or slot.any_method
                         if route is not None:
                             return RouteMatch(
-                                kind=MatchKind.FOUND, route=route, upstream_path=_upstream_path(route, path)
+                                kind=MatchKind.FOUND,
+                                route=route,
+                                upstream_path=_upstream_path(route, match_path) + query,
                             )
                         if allowed is None:
                             allowed = set(slot.methods)
@@ -257,6 +282,7 @@ def _normalize_host(host: str) -> str:
 
 
 def _upstream_path(route: RouteSpec, path: str) -> str:
+    """The canonical path the route matched, with its ``strip`` removed (``/`` when nothing is left)."""
     strip = route.strip
     if strip is None:
         return path

@@ -14,11 +14,21 @@ from aiohttp import web
 
 from consulgw.clock import Clock
 from consulgw.discovery.watcher import WatcherStatus
-from consulgw.logs import REDACTED, is_secret_key
 from consulgw.metrics import GatewayMetrics
+from consulgw.model.snapshot import Instance
 from consulgw.openapi.catalog import OpenApiCatalog
 from consulgw.policy.model import ServicePolicy
+from consulgw.redaction import REDACTED, is_secret_name
+from consulgw.routing.table import RouteTable
 from consulgw.server.history import TrafficHistory
+from consulgw.server.routes_document import (
+    DocumentQuery,
+    QueryError,
+    Runtime,
+    ServiceFacts,
+    parse_query,
+    routes_document,
+)
 from consulgw.server.view import GatewayView
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.pool import UpstreamPools
@@ -74,19 +84,25 @@ def create_admin_app(deps: AdminDeps) -> web.Application:
             return web.json_response({"ready": False, "reason": reason, "sync_age_seconds": age}, status=503)
         return web.json_response({"ready": True, "sync_age_seconds": age, "version": view.version})
 
-    rendered: list[tuple[float, float, bytes]] = []  # (rendered at, seconds it took, body): the last render
+    rendered: list[tuple[float, float, bytes]] = []  # (rendered at, seconds it took, body): the last plain render
 
-    async def routes(_: web.Request) -> web.Response:
-        # Rendering runs on the event loop that serves traffic (188 ms at 1,000 services x 10 instances in
-        # docs/benchmarks.md). A cheap render is always fresh; an expensive one is reused for up to ten times its
-        # own cost, so dashboards and scrapers together never take more than about a tenth of the loop.
+    async def routes(request: web.Request) -> web.Response:
+        # Rendering runs on the event loop that serves traffic. The document is bounded (a page of services, see
+        # consulgw.server.routes_document); a plain render (no query) that was expensive is still reused for up
+        # to ten times its own cost, so dashboards and scrapers together never take more than about a tenth of it.
+        try:
+            query = parse_query({k: request.query.getall(k) for k in request.query})
+        except QueryError as exc:
+            return web.json_response({"error": "bad_query", "message": str(exc)}, status=400)
+        plain = not request.query_string
         now = deps.clock.monotonic()
-        if rendered:
+        if plain and rendered:
             at, cost, body = rendered[0]
             if cost > _ROUTES_CHEAP and now - at < _ROUTES_REUSE * cost:
                 return web.Response(body=body, content_type="application/json")
-        body = json.dumps(describe(deps)).encode()  # one line: indentation doubled the size and the time
-        rendered[:] = [(now, deps.clock.monotonic() - now, body)]
+        body = json.dumps(describe(deps, query)).encode()  # one line: indentation doubled the size and the time
+        if plain:
+            rendered[:] = [(now, deps.clock.monotonic() - now, body)]
         return web.Response(body=body, content_type="application/json")
 
     counted_errors = [0]  # the watcher's errors_total already added to consulgw_consul_errors_total
@@ -159,7 +175,7 @@ def add_dashboard_routes(app: web.Application, deps: AdminDeps) -> None:
 def policy_document(policy: ServicePolicy) -> dict[str, Any]:
     """The whole effective policy as JSON, with every secret replaced by the logs' ``[redacted]``.
 
-    Secrets are found the way log lines find them (``consulgw.logs.is_secret_key``), on field names and on header
+    Secrets are found the way log lines find them (``consulgw.redaction.is_secret_name``), on field names and on header
     names: header lists become ``{name: value}`` objects first, so ``Authorization`` set by a header rule is masked
     like a JWT ``secret``.
     """
@@ -168,7 +184,7 @@ def policy_document(policy: ServicePolicy) -> dict[str, Any]:
 
 def _redact(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: REDACTED if is_secret_key(str(k)) and v is not None else _redact(v) for k, v in value.items()}
+        return {k: REDACTED if is_secret_name(str(k)) and v is not None else _redact(v) for k, v in value.items()}
     if isinstance(value, tuple | list) and value and all(_is_header_pair(v) for v in value):
         return _redact(dict(value))
     if isinstance(value, frozenset | set):
@@ -232,8 +248,9 @@ def add_openapi_routes(app: web.Application, deps: AdminDeps) -> None:
     app.router.add_get("/-/docs/{name}", asset)
 
 
-def describe(deps: AdminDeps) -> dict[str, Any]:
-    """The whole state as one JSON document (the dashboard and `/-/routes` consumers read this)."""
+def describe(deps: AdminDeps, query: DocumentQuery | None = None) -> dict[str, Any]:
+    """The state as one JSON document (the dashboard and `/-/routes` consumers read this): the view's version, what
+    the watcher knows of Consul, and the route document (consulgw.server.routes_document) with runtime counters."""
     view = deps.view()
     status = deps.status()
     consul = {
@@ -246,80 +263,37 @@ def describe(deps: AdminDeps) -> dict[str, Any]:
         "sync_age_seconds": sync_age(status, deps.clock),
     }
     if view is None:
-        return {"version": 0, "consul": consul, "routes": [], "services": {}, "route_errors": [], "conflicts": []}
+        empty = routes_document(table=RouteTable(), services={}, policy_errors={})
+        return {"version": 0, "consul": consul, **empty}
     rate_limited = _counter_by_service(deps.metrics, "consulgw_rate_limited")
-    services: dict[str, Any] = {}
-    for name, entry in sorted(view.services.items()):
-        pool_stats = deps.pools.stats(name)
-        instances = []
-        for inst in entry.snapshot.instances:
-            stats = pool_stats.get(inst.id)
-            instances.append(
-                {
-                    "id": inst.id,
-                    "node": inst.node,
-                    "address": inst.address,
-                    "port": inst.port,
-                    "health": inst.health.value,
-                    "weight": inst.weight,
-                    "weights": {"passing": inst.weights.passing, "warning": inst.weights.warning},
-                    "in_flight": stats.in_flight if stats is not None else 0,
-                    "requests": stats.requests if stats is not None else 0,
-                    "breaker": deps.breakers.state(name, inst.id),
-                }
-            )
-        services[name] = {
-            "lb": entry.lb,
-            "policy": policy_summary(entry.policy),
-            "instances": instances,
-            "route_errors": [{"tag": e.tag, "reason": e.reason} for e in entry.routes.errors],
-            "rate_limited": rate_limited.get(name, 0),
-            "openapi": deps.openapi.status(name) if deps.openapi is not None else None,
+    pool_stats: dict[str, Any] = {}
+
+    def instance(service: str, inst: Instance) -> dict[str, Any]:
+        stats = pool_stats.setdefault(service, deps.pools.stats(service)).get(inst.id)
+        return {
+            "in_flight": stats.in_flight if stats is not None else 0,
+            "requests": stats.requests if stats is not None else 0,
+            "breaker": deps.breakers.state(service, inst.id),
         }
-    return {
-        "version": view.version,
-        "consul": consul,
-        "routes": [
-            {
-                "route": r.label,
-                "service": r.service,
-                "host": r.host,
-                "prefix": r.prefix,
-                "strip": r.strip,
-                "methods": sorted(r.methods) if r.methods else None,
-                "tag": r.tag,
-            }
-            for r in view.table.routes
-        ],
-        "services": services,
-        "route_errors": [{"service": e.service, "tag": e.tag, "reason": e.reason} for e in view.table.errors],
-        "conflicts": [
-            {"host": c.host, "prefix": c.prefix, "winner": c.winner, "losers": list(c.losers)}
-            for c in view.table.conflicts
-        ],
-        "policy_errors": dict(view.book.errors),
-    }
 
+    def service_runtime(name: str) -> dict[str, Any]:
+        runtime: dict[str, Any] = {"rate_limited": rate_limited.get(name, 0)}
+        if deps.openapi is not None:
+            runtime["openapi"] = deps.openapi.status(name)
+        return runtime
 
-def policy_summary(policy: ServicePolicy) -> dict[str, Any]:
-    """What is in force, without secrets (no JWT secret, no key material)."""
-    auth = policy.auth
-    limit = policy.rate_limit
-    breaker = policy.circuit_breaker
-    return {
-        "lb": policy.lb,
-        "timeouts": {"connect": policy.timeouts.connect, "read": policy.timeouts.read},
-        "retries": {"attempts": policy.retries.attempts, "on": sorted(policy.retries.on)},
-        "auth": None if auth is None else {"type": auth.type},
-        "rate_limit": None
-        if limit is None
-        else {"requests": limit.requests, "per": limit.per, "key": limit.key, "backend": limit.backend},
-        "circuit_breaker": None
-        if breaker is None
-        else {"failure_threshold": breaker.failure_threshold, "recovery_timeout": breaker.recovery_timeout},
-        "cors": policy.cors is not None,
-        "max_body_bytes": policy.max_body_bytes,
+    facts = {
+        name: ServiceFacts(snapshot=entry.snapshot, routes=entry.routes, lb=entry.lb, policy=entry.policy)
+        for name, entry in view.services.items()
     }
+    document = routes_document(
+        table=view.table,
+        services=facts,
+        policy_errors=view.book.errors,
+        query=query or DocumentQuery(),
+        runtime=Runtime(instance=instance, service=service_runtime),
+    )
+    return {"version": view.version, "consul": consul, **document}
 
 
 def _counter_by_service(metrics: GatewayMetrics, name: str) -> dict[str, int]:

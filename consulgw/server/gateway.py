@@ -15,7 +15,6 @@ from collections.abc import Callable
 from types import TracebackType
 
 import aiohttp
-import redis.asyncio as redis_asyncio
 import structlog
 from aiohttp import web
 
@@ -35,6 +34,8 @@ from consulgw.pipeline.target import SelectTarget
 from consulgw.policy.model import ServicePolicy
 from consulgw.ratelimit.local import LocalLimiter
 from consulgw.ratelimit.outage import BackendOutage
+from consulgw.redaction import redact_url
+from consulgw.redisclient import RedisClient, open_redis
 from consulgw.routing.rules import has_route_tags
 from consulgw.server.admin import AdminDeps, create_admin_app
 from consulgw.server.guard import ClientGuard, ConnectionCount
@@ -116,12 +117,11 @@ class Gateway:
         )
         transport = Http1Transport(ca_file=s.upstream_ca)
         self._exit.push_async_callback(transport.close)
-        redis_client: redis_asyncio.Redis | None = None
-        if s.redis_url:
-            redis_client = redis_asyncio.from_url(
-                s.redis_url.value, socket_timeout=0.25, socket_connect_timeout=0.25, health_check_interval=5
-            )
-            self._exit.push_async_callback(redis_client.aclose)
+        redis_client: RedisClient | None = None
+        if s.redis_url:  # one server, TLS, Sentinel or Cluster: consulgw.redisclient builds it from the URL
+            redis = open_redis(s.redis_url.value, socket_timeout=0.25, connect_timeout=0.25, health_check_interval=5)
+            self._exit.push_async_callback(redis.aclose)
+            redis_client = redis.client
         pools = UpstreamPools(rng=self._rng)
         breakers = BreakerBoard(clock=self._clock, metrics=self.metrics)
         jwks = JwksCache(http=consul_session, clock=self._clock)
@@ -194,6 +194,7 @@ class Gateway:
             clock=self._clock,
             new_request_id=self._new_request_id,
             scheme="https" if self._tls is not None else "http",
+            encoded_slashes=s.encoded_slashes,
         )
         self._handler = handler
         self._watch_task = asyncio.create_task(watcher.run(builder.apply), name="consulgw-watcher")
@@ -265,7 +266,7 @@ class Gateway:
             "gateway_started",
             listen=f"{s.listen.host}:{self.port}",
             admin=f"{s.admin_listen.host}:{self.admin_port}",
-            consul=s.consul.address,
+            consul=redact_url(s.consul.address),
             tls=self._tls is not None,
             worker=self._worker_index,
         )

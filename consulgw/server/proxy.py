@@ -24,18 +24,23 @@ from consulgw.clock import Clock
 from consulgw.errors import GatewayError, MethodNotAllowed, NoHealthyUpstream, NoRoute
 from consulgw.logs import access_logger
 from consulgw.metrics import GatewayMetrics
-from consulgw.model.http import IDENTITY_HEADERS, SPOOFABLE_HEADERS
 from consulgw.pipeline.answer import Answer, error_answer, finish
 from consulgw.pipeline.context import RequestContext
+from consulgw.routing.path import EncodedSlashes
 from consulgw.routing.table import MatchKind
 from consulgw.server.guard import guard_of
 from consulgw.server.history import TrafficRecorder
 from consulgw.server.listener import write_answer
 from consulgw.server.view import GatewayView
-from consulgw.upstream.headers import TrustedProxies, forwarded_headers, request_id_from
+from consulgw.upstream.headers import (
+    TrustedProxies,
+    client_headers_to_drop,
+    forwarded_headers,
+    request_id_from,
+    require_single_credentials,
+)
 
 _NO_SERVICE = "-"
-_UNTRUSTED_DROP = IDENTITY_HEADERS + SPOOFABLE_HEADERS
 
 
 class ProxyHandler:
@@ -49,6 +54,7 @@ class ProxyHandler:
         clock: Clock,
         new_request_id: Callable[[], str],
         scheme: str = "http",
+        encoded_slashes: EncodedSlashes = "keep",
     ) -> None:
         self._view = view
         self._metrics = metrics
@@ -57,6 +63,7 @@ class ProxyHandler:
         self._clock = clock
         self._new_request_id = new_request_id
         self._scheme = scheme
+        self._encoded_slashes: EncodedSlashes = encoded_slashes
         self._log = access_logger()
         self._errors = structlog.get_logger("consulgw.proxy")
         self.inflight = 0
@@ -92,7 +99,9 @@ class ProxyHandler:
                 if method == "OPTIONS" and "Access-Control-Request-Method" in headers:
                     # A CORS preflight belongs to the route of the method it asks about; its CORS step answers it.
                     method = headers["Access-Control-Request-Method"]
-                match = view.table.lookup(request.host, request.raw_path, method)
+                # The table matches the canonical path (consulgw.routing.path; 400 invalid_path when there is none)
+                # and match.upstream_path is that same path after strip, with the query as sent.
+                match = view.table.lookup(request.host, request.raw_path, method, encoded_slashes=self._encoded_slashes)
                 if match.kind is MatchKind.METHOD_NOT_ALLOWED:
                     raise MethodNotAllowed(
                         f"{request.method} is not allowed here", headers={"Allow": ", ".join(match.allowed)}
@@ -101,6 +110,7 @@ class ProxyHandler:
                 if route is None:
                     raise NoRoute(f"no route for {request.method} {request.path}")
                 service, route_label = route.service, route.label
+                require_single_credentials(headers)  # two Authorization headers: 400 ambiguous_credentials
                 entry = view.services.get(service)
                 if entry is None:
                     raise NoHealthyUpstream(f"no healthy instance of {service}")
@@ -115,7 +125,7 @@ class ProxyHandler:
                     forwarded=forwarded_headers(
                         incoming=headers, peer=peer, scheme=self._scheme, host=request.host, trusted=trusted
                     ),
-                    drop=IDENTITY_HEADERS if trusted_peer else _UNTRUSTED_DROP,
+                    drop=client_headers_to_drop(headers, trusted=trusted_peer),
                 )
                 answer = await entry.chain(ctx)
             except GatewayError as exc:

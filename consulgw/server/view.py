@@ -114,7 +114,9 @@ class ViewBuilder:
             if old is not None and old.snapshot.tags == svc.tags:
                 routes = old.routes
             else:
-                routes = parse_service_routes(name, svc.tags, tag_prefix=self._tag_prefix, compat=self._compat)
+                routes = parse_service_routes(
+                    name, svc.tags, tag_prefix=self._tag_prefix, compat=self._compat, datacenter=svc.datacenter
+                )
                 routes_changed = True
                 for error in routes.errors:
                     self._log.warning("route_tag_rejected", service=name, tag=error.tag, reason=error.reason)

@@ -1,36 +1,99 @@
-"""Pure header logic of the proxy: hop-by-hop stripping, client IP resolution, X-Forwarded-* composition.
+"""Pure header logic of the proxy: hop-by-hop stripping, what a client may not send, client IP resolution,
+X-Forwarded-* composition, and the one-credential rule.
 
 Trusted proxies are parsed once (settings); the client IP is the peer address unless the peer is a trusted proxy,
 in which case X-Forwarded-For is walked right to left and the first untrusted hop is the client (repeated XFF
 header lines are joined, not collapsed).
+
+Header names the gateway owns are listed once, here (identity names come from ``consulgw.auth.outcome``): the
+identity headers auth sets, the forwarding headers that name the client, and the hop-by-hop fields. A client's
+copy of an identity header is never forwarded; forwarding headers only from a trusted proxy. CGI and WSGI servers
+read ``X_User_ID`` as ``X-User-ID`` (both become ``HTTP_X_USER_ID``), so a name that equals an owned one once
+``_`` is read as ``-`` is dropped too, from any peer, as nginx drops names with underscores by default.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
-from consulgw.model.http import HOP_BY_HOP, IDENTITY_HEADERS, SPOOFABLE_HEADERS
+from consulgw.errors import AmbiguousCredentials
+from consulgw.model.http import (
+    CREDENTIAL_HEADER,
+    FORWARDING_HEADERS,
+    FORWARDING_PREFIX,
+    HOP_BY_HOP,
+    IDENTITY_HEADERS,
+)
 from consulgw.settings import IPNetwork
 
 __all__ = [
+    "CREDENTIAL_HEADER",
+    "FORWARDING_HEADERS",
     "HOP_BY_HOP",
     "IDENTITY_HEADERS",
-    "SPOOFABLE_HEADERS",
     "TrustedProxies",
+    "client_headers_to_drop",
     "end_to_end",
     "forwarded_headers",
+    "is_gateway_owned",
+    "require_single_credentials",
     "strip_hop_by_hop",
 ]
 
 _MAX_REQUEST_ID = 200
-
+_MAX_REQUEST_ID = 200
 
 _HOP_BY_HOP_NAMES: Final = tuple(sorted(HOP_BY_HOP))
+_IDENTITY: Final = frozenset(name.lower() for name in IDENTITY_HEADERS)
+_FORWARDING: Final = frozenset(name.lower() for name in FORWARDING_HEADERS)
+_OWNED: Final = HOP_BY_HOP | _IDENTITY | _FORWARDING
+_UNTRUSTED_STATIC: Final = (*IDENTITY_HEADERS, "Forwarded", "X-Real-IP")  # X-Forwarded-* are found by prefix
+
+
+def is_gateway_owned(name: str) -> bool:
+    """An identity, forwarding (``X-Forwarded-*`` included) or hop-by-hop header name, ``_`` read as ``-``."""
+    folded = name.lower().replace("_", "-")
+    return folded in _OWNED or folded.startswith(FORWARDING_PREFIX)
+
+
+def client_headers_to_drop(headers: MultiMapping[str], *, trusted: bool) -> tuple[str, ...]:
+    """Names of client headers the upstream must not get (beside the hop-by-hop ones ``end_to_end`` removes).
+
+    From anyone: the identity headers, and every name with ``_`` that reads as an owned one (``X_User_ID``,
+    ``X_Forwarded_For``, ``Transfer_Encoding``). From a peer that is not a trusted proxy: ``Forwarded``,
+    ``X-Real-IP`` and every ``X-Forwarded-*`` name too (the gateway sets its own X-Forwarded-For/-Proto/-Host).
+    """
+    static = IDENTITY_HEADERS if trusted else _UNTRUSTED_STATIC
+    extra: list[str] = []
+    for name in headers:
+        if "_" in name:
+            if is_gateway_owned(name):
+                extra.append(name)
+        elif not trusted and name.lower().startswith(FORWARDING_PREFIX):
+            extra.append(name)
+    return static + tuple(extra) if extra else static
+
+
+def require_single_credentials(headers: MultiMapping[str], names: Iterable[str] = (CREDENTIAL_HEADER,)) -> None:
+    """Raise ``AmbiguousCredentials`` (400) when one of ``names`` comes more than once.
+
+    Copies are counted case-insensitively, and a name with ``_`` that reads as one of ``names`` counts as another
+    copy: a CGI/WSGI upstream would merge ``X_API_Key`` into ``X-API-Key``. With two credentials the gateway would
+    verify one while the upstream might read the other. The message names the header, never a value.
+    """
+    aliases = [key for key in headers if "_" in key]
+    for name in names:
+        copies = len(headers.getall(name, ()))
+        if aliases:
+            folded = name.lower()
+            copies += sum(1 for key in aliases if key.lower().replace("_", "-") == folded)
+        if copies > 1:
+            raise AmbiguousCredentials(f"the request carries more than one {name} header")
 
 
 def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set[str]:

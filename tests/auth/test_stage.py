@@ -224,3 +224,25 @@ async def test_hide_credentials_strips_the_credential_header(
                 assert header.lower() not in sent
             else:
                 assert sent[header.lower()] == credential[header]  # forwarded unchanged by default
+
+
+@pytest.mark.parametrize(
+    ("policy", "name"),
+    [
+        pytest.param(JwtAuth(algorithms=("HS256",), secret=HS_SECRET), "Authorization", id="jwt"),
+        pytest.param(JwtAuth(algorithms=("HS256",), secret=HS_SECRET, header="X-Token"), "X-Token", id="jwt-header"),
+        pytest.param(ApiKeyAuth(), "X-API-Key", id="api-key"),
+        pytest.param(BasicAuth(), "Authorization", id="basic"),
+    ],
+)
+async def test_two_credentials_are_refused_before_any_check(policy: AuthPolicy, name: str, alice: Consumer) -> None:
+    """Issue 13 finding 6: the first credential was verified while both went upstream."""
+    metrics = GatewayMetrics()
+    twice = [(name, API_KEY), (name, "second")]
+    underscore = [(name, API_KEY), (name.replace("-", "_"), "second")]  # Authorization: the same as twice
+    async with aiohttp.ClientSession() as http:
+        deps = make_deps(service="svc", http=http, clock=FakeClock(), book=Book(alice), metrics=metrics)
+        async with serve_stages((AuthStage.from_policy(policy, deps),)) as url:
+            for headers in (twice, underscore):
+                async with http.get(url, headers=headers) as resp:
+                    assert (resp.status, (await resp.json())["error"]) == (400, "ambiguous_credentials"), headers

@@ -47,15 +47,16 @@ def table_rows() -> list[tuple[list[str], list[str], str]]:
 
 
 def test_doc_table_tells_what_the_routing_module_does() -> None:
-    """Every Fabio tag in the table parses, with ``compat={"fabio"}``, to exactly the route of the consulgw tag next
-    to it, or, where the table says there is no plain equivalent, is rejected with a reason."""
+    """Every Fabio tag in the table parses, with ``compat={"fabio"}`` in datacenter ``dc1`` (for its ``$DC`` rows),
+    to exactly the route of the consulgw tag next to it, or, where the table says there is no plain equivalent, is
+    rejected with a reason."""
     compat = frozenset({"fabio"})
     rows = table_rows()
     assert len(rows) >= 15
     checked = 0
     for fabio_tags, our_tags, ours in rows:
         for tag in fabio_tags:
-            fabio = parse_service_routes("svc", [tag], compat=compat)
+            fabio = parse_service_routes("svc", [tag], compat=compat, datacenter="dc1")
             if not our_tags or "+" in ours:  # "none", a KV policy, or a tag plus something else
                 assert fabio.routes == (), tag
                 assert len(fabio.errors) == 1, tag

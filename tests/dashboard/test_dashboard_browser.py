@@ -132,7 +132,7 @@ async def test_dashboard_follows_consul_live(
     assert route == [["*/users", "users", "GET, HEAD, POST", "/users", "gw.route=/users strip=/users methods=GET,POST"]]
     problems = await page.evaluate("document.querySelector('[data-testid=problems]').textContent")
     assert "gw.lbb=ip_hash" in problems
-    assert "did you mean 'gw.lb'?" in problems
+    assert "did you mean 'gw.lb=ip_hash'?" in problems
     assert (await page.evaluate("document.querySelector('[data-testid=sync] .pill').textContent")) == (
         "in sync with Consul"
     )
@@ -157,6 +157,29 @@ async def test_dashboard_follows_consul_live(
     assert text.startswith("Consul unreachable")
     assert await page.evaluate(instance_health("test-node/users-2")) == ["passing", "pill passing"]
     (ARTIFACTS / "dashboard-consul-down.png").write_bytes(await page.screenshot())
+
+
+async def test_dashboard_pages_and_filters_services(
+    page: Page, gateway: Gateway, consul: Consul, upstream: Upstream
+) -> None:
+    """/-/routes answers a page of services (issue 13: 5,000 services made 4 MB per poll); the dashboard says how
+    many it shows, passes its own ?limit= and ?service= on, and filters by service name."""
+    for name in ("svc-a", "svc-b", "svc-c"):
+        await consul.register(name, upstream.port, service_id=f"{name}-1", tags=[f"gw.route=/{name}"])
+    await page.navigate(f"{gateway.admin_url}/?limit=2")
+    services = "[...document.querySelectorAll('[data-service]')].map(d => d.dataset.service)"
+    await poll(page, services, ["svc-a", "svc-b"], timeout=10)
+    await poll(page, "document.querySelector('[data-testid=shown]').textContent", "showing 2 of 3 (by name)", timeout=5)
+    choose = (
+        "(() => { const f = document.querySelector('[data-testid=filter]'); f.value = 'svc-c, svc-a';"
+        " f.dispatchEvent(new Event('change')); return location.search; })()"
+    )
+    assert await page.evaluate(choose) == "?limit=2&service=svc-c%2C+svc-a"
+    await poll(page, services, ["svc-a", "svc-c"], timeout=5)
+    await poll(page, "document.querySelector('[data-testid=shown]').textContent", "", timeout=5)
+    routes = "[...document.querySelectorAll('#routes tbody tr[data-route]')].map(r => r.dataset.route)"
+    assert await page.evaluate(routes) == ["*/svc-a", "*/svc-c"]
+    assert page.events("Runtime.exceptionThrown") == []
 
 
 def group_alive(pgid: int) -> bool:

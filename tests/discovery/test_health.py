@@ -91,6 +91,13 @@ def test_full_entry() -> None:
     assert inst.scheme == "https"
     assert inst.health is Health.PASSING
     assert inst.weights == Weights(passing=1, warning=1)
+    assert inst.datacenter == "dc1"  # Node.Datacenter: what $DC in a Fabio tag expands to
+
+
+def test_datacenter_is_optional() -> None:
+    raw = entry()
+    del raw["Node"]["Datacenter"]
+    assert instance_from_entry(raw).datacenter == ""
 
 
 def test_meta_is_read_only() -> None:

@@ -82,3 +82,40 @@ async def test_not_ready_before_consul_is_loaded(dev_agent: Any, http: aiohttp.C
         await wait_for(failures_counted, timeout=10)
     finally:
         await gateway.stop()
+
+
+async def test_routes_filters_and_pages(
+    gateway: Any, consul: Consul, upstreams: Any, http: aiohttp.ClientSession
+) -> None:
+    """/-/routes answers a page of services (``limit``, ``after``, ``next``) or the ones named in ``service``;
+    consulgw/server/routes_document.py has the bounds (tested with 5,000 services in tests/server)."""
+    up = await upstreams("a")
+    names = [f"svc-{i}" for i in range(5)]
+    for name in names:
+        await consul.register(name, up.port, tags=[f"gw.route=/{name}"])
+    for name in names:
+        await wait_for(lambda name=name: routed(gateway, name, 1))
+
+    async def get(query: str) -> tuple[int, dict[str, Any]]:
+        async with http.get(f"{gateway.admin_url}/-/routes{query}") as resp:
+            return resp.status, await resp.json()
+
+    status, body = await get("?service=svc-3&service=svc-1")
+    assert status == 200
+    assert list(body["services"]) == ["svc-1", "svc-3"]
+    assert [r["service"] for r in body["routes"]] == ["svc-1", "svc-3"]
+    assert body["totals"]["services"] == 2
+    assert body["services"]["svc-1"]["instances"][0]["breaker"] == "closed"  # runtime counters are there
+
+    _, first = await get("?limit=2")
+    _, second = await get(f"?limit=2&after={first['next']}")
+    _, third = await get(f"?limit=2&after={second['next']}")
+    assert [list(page["services"]) for page in (first, second, third)] == [names[:2], names[2:4], names[4:]]
+    assert third["next"] is None
+    assert first["totals"]["services"] == 5
+
+    status, body = await get("?limit=0")
+    assert (status, body["error"]) == (400, "bad_query")
+    status, body = await get("?sevice=svc-1")
+    assert status == 400
+    assert "unknown parameter 'sevice'" in body["message"]

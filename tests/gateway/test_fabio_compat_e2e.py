@@ -124,8 +124,17 @@ async def test_fabio_tags_route_exactly_like_native_tags(world: Callable[..., Aw
             "prefix": "/orders",
             "strip": None,
             "methods": None,
+            "lb": "round_robin",
         },
-        {"route": "*/users", "service": "users", "host": None, "prefix": "/users", "strip": "/users", "methods": None},
+        {
+            "route": "*/users",
+            "service": "users",
+            "host": None,
+            "prefix": "/users",
+            "strip": "/users",
+            "methods": None,
+            "lb": "round_robin",
+        },
     ]
     assert [r["tag"] for r in fabio.routes["routes"]] == [
         "urlprefix-api.example.com/orders",
@@ -166,12 +175,13 @@ async def test_both_tag_styles_during_the_migration_count_once(world: Callable[.
         ),
         pytest.param(
             "urlprefix-/legacy proto=https",
-            "proto=https is not supported in tags; set Meta gw-scheme=https on the service instead",
+            "proto=https: in consulgw the upstream's scheme belongs to its instances; set Meta gw-scheme=https on "
+            "the service and drop proto=https; did you mean 'urlprefix-/legacy'?",
             id="proto-https",
         ),
         pytest.param(
             "urlprefix-:1234 proto=tcp",
-            "TCP route ':1234' is not supported; consulgw routes HTTP only",
+            "proto=tcp: TCP routes are not supported; consulgw routes HTTP (and WebSocket) only",
             id="tcp-route",
         ),
         pytest.param(
@@ -187,6 +197,31 @@ async def test_unsupported_fabio_options_are_reported_not_half_applied(
     mixed = await world({**FABIO_TAGS, "legacy": [tag]}, compat=("fabio",))
 
     assert mixed.answers == EXPECTED_ANSWERS  # the other services are untouched
-    assert mixed.routes["route_errors"] == [{"service": "legacy", "tag": tag, "reason": reason}]
-    assert mixed.routes["services"]["legacy"]["route_errors"] == [{"tag": tag, "reason": reason}]
+    fix = "urlprefix-/legacy" if "proto=https" in tag else None  # the one case with a (valid) corrected tag
+    assert mixed.routes["route_errors"] == [{"service": "legacy", "tag": tag, "reason": reason, "fix": fix}]
+    assert mixed.routes["services"]["legacy"]["route_errors"] == [{"tag": tag, "reason": reason, "fix": fix}]
     assert all(r["service"] != "legacy" for r in mixed.routes["routes"])
+
+
+async def test_fabio_whitespace_and_dc_route_as_fabio_routes_them(
+    gateway_factory: Callable[..., Awaitable[Gateway]], consul: Consul, http: aiohttp.ClientSession
+) -> None:
+    """Issue 13 finding 7: a tag with a leading space was ignored without a word (the service was not even
+    watched), and ``$DC`` was taken literally. Fabio trims the tag and expands $DC from the agent's datacenter."""
+    gateway = await gateway_factory(tag_compat=("fabio",))
+    users, orders = await start_upstream("users"), await start_upstream("orders")
+    try:
+        await consul.register("users", users.port, tags=[" urlprefix-/users strip=/users"])
+        await consul.register("orders", orders.port, tags=["urlprefix-api.$DC.example.com/${DC}/orders"])
+        await wait_for(lambda: _has(gateway, {"users", "orders"}))
+        async with http.get(f"{gateway.url}/users/7") as resp:
+            assert (resp.status, json.loads(await resp.read())["raw_path"]) == (200, "/7")
+        async with http.get(f"{gateway.url}/dc1/orders/1", headers={"Host": "api.dc1.example.com"}) as resp:
+            assert (resp.status, json.loads(await resp.read())["upstream"]) == (200, "orders")
+        async with http.get(f"{gateway.admin_url}/-/routes") as resp:
+            routes = await resp.json()
+        assert routes["route_errors"] == []
+        assert sorted(r["route"] for r in routes["routes"]) == ["*/users", "api.dc1.example.com/dc1/orders"]
+    finally:
+        await users.stop()
+        await orders.stop()

@@ -469,7 +469,7 @@ def test_input_forms_are_equivalent() -> None:
         ),
         pytest.param(
             {"headers": {"response": {"add": {"X-A": "one\r\nSet-Cookie: x=1"}}}},
-            "headers.response.add.X-A: 'one\\r\\nSet-Cookie: x=1' contains control characters",
+            "headers.response.add.X-A: '***' contains control characters",  # header-rule values are never shown
             id="header-injection",
         ),
         pytest.param(
@@ -545,6 +545,37 @@ SECRET = "s3cr3t-value-that-must-never-be-printed"
         ),
         pytest.param(
             {"auth": {"type": "jwt", "algorithms": ["HS256"], "secret": [SECRET]}}, "auth.secret", id="secret-list"
+        ),
+        # Issue 13 finding 5: a header-rule value is a credential whatever the header is called.
+        pytest.param(
+            {"headers": {"request": {"set": {"X-Upstream-Auth": "Bearer " + SECRET + "\r\n"}}}},
+            "headers.request.set.X-Upstream-Auth",
+            id="any-header-name-control-chars",
+        ),
+        pytest.param(
+            {"headers": {"response": {"add": {"X-Partner": "Basic " + SECRET + "\x7f"}}}},
+            "headers.response.add.X-Partner",
+            id="response-header-value",
+        ),
+        pytest.param(
+            {"headers": {"request": {"set": {"X-Upstream-Auth": "Bearer " + SECRET * 250}}}},
+            "headers.request.set.X-Upstream-Auth",
+            id="schema-error-on-a-header-value",
+        ),
+        pytest.param(
+            {"circuit_breaker": {"fallback": {"headers": {"X-Note": SECRET + "\n"}}}},
+            "circuit_breaker.fallback.headers.X-Note",
+            id="fallback-header-value",
+        ),
+        pytest.param(
+            {"auth": {"type": "jwt", "algorithms": ["RS256"], "jwks_url": "ftp://user:" + SECRET + "@idp/jwks"}},
+            "auth.jwks_url",
+            id="jwks-url-userinfo",
+        ),
+        pytest.param(
+            {"auth": {"type": "jwt", "algorithms": ["RS256"], "jwks_url": "ftp://idp/jwks?api_key=" + SECRET}},
+            "auth.jwks_url",
+            id="jwks-url-query",
         ),
     ],
 )

@@ -134,8 +134,11 @@ def test_lookup_misses(
         pytest.param("gw.route=/api strip=/api", "/api?x=1", "/?x=1", id="strip-everything-query"),
         pytest.param("gw.route=/a/b/c strip=/a/b/c", "/a/b/c/d", "/d", id="strip-deep"),
         pytest.param("gw.route=/api", "/api/x%2Fy", "/api/x%2Fy", id="no-strip-no-decoding"),
-        pytest.param("gw.route=/caf%C3%A9 strip=/café", "/caf%c3%a9/x%41", "/x%41", id="escape-case-insensitive"),
-        pytest.param("gw.route=/caf%C3%A9", "/caf%c3%a9", "/caf%c3%a9", id="client-bytes-passed-on"),
+        pytest.param("gw.route=/caf%C3%A9 strip=/café", "/caf%c3%a9/x%41", "/xA", id="escape-case-insensitive"),
+        pytest.param("gw.route=/caf%C3%A9", "/caf%c3%a9", "/caf%C3%A9", id="canonical-path-passed-on"),
+        pytest.param("gw.route=/app", "/app/x/../%61dmin//y?a=%2e%2e//", "/app/admin/y?a=%2e%2e//", id="query-exact"),
+        pytest.param("gw.route=/pub strip=/pub", "/pub/public/./x/..", "/public/", id="strip-after-dots"),
+        pytest.param("gw.route=/%61pp", "/app/x", "/app/x", id="prefix-is-canonical-too"),
     ],
 )
 def test_upstream_path(tag: str, path: str, upstream_path: str) -> None:

@@ -29,6 +29,7 @@ from consulgw.pipeline.chain import Next
 from consulgw.pipeline.context import HeaderEdits, Inbound, RequestContext
 from consulgw.pipeline.stages.deps import StageDeps
 from consulgw.policy.model import ApiKeyAuth, AuthPolicy, BasicAuth, IntrospectionAuth, JwtAuth
+from consulgw.upstream.headers import CREDENTIAL_HEADER, require_single_credentials
 
 Check = Callable[[Mapping[str, str]], Awaitable[Identity | Rejection]]
 
@@ -40,16 +41,30 @@ def credential_header(policy: AuthPolicy) -> str:
     return policy.header
 
 
+def _credential_headers(header: str) -> tuple[str, ...]:
+    """``Authorization`` and the policy's own credential header, if that is another one."""
+    return (CREDENTIAL_HEADER,) if header.lower() == CREDENTIAL_HEADER.lower() else (CREDENTIAL_HEADER, header)
+
+
 class AuthStage:
-    def __init__(self, *, check: Check, deps: StageDeps, remove: tuple[str, ...] = IDENTITY_HEADERS) -> None:
+    def __init__(
+        self,
+        *,
+        check: Check,
+        deps: StageDeps,
+        remove: tuple[str, ...] = IDENTITY_HEADERS,
+        credential_headers: tuple[str, ...] = (CREDENTIAL_HEADER,),
+    ) -> None:
         self._check = check
         self._deps = deps
         self._remove = remove  # client-sent headers never forwarded: identity, mapped claims, a hidden credential
+        self._credential_headers = credential_headers  # each may come once (400 ambiguous_credentials)
 
     @classmethod
     def from_policy(cls, policy: AuthPolicy, deps: StageDeps) -> AuthStage:
         """Raises ``PolicyError`` when the policy cannot work (e.g. ``public_key`` is not a PEM public key)."""
         remove: tuple[str, ...] = IDENTITY_HEADERS
+        credentials = _credential_headers(credential_header(policy))
         if isinstance(policy, IntrospectionAuth):
             remove += tuple(header for header, _ in policy.claims_to_headers)
         if policy.hide_credentials:
@@ -61,17 +76,17 @@ class AuthStage:
             async def check_jwt(headers: Mapping[str, str]) -> Identity | Rejection:
                 return await verifier.check(headers.get(verifier.header))
 
-            return cls(check=check_jwt, deps=deps, remove=remove)
+            return cls(check=check_jwt, deps=deps, remove=remove, credential_headers=credentials)
         if isinstance(policy, ApiKeyAuth):
             api_keys = ApiKeyAuthenticator(policy, consumers=deps.consumers)
 
             async def check_api_key(headers: Mapping[str, str]) -> Identity | Rejection:
                 return api_keys.check(headers)
 
-            return cls(check=check_api_key, deps=deps, remove=remove)
+            return cls(check=check_api_key, deps=deps, remove=remove, credential_headers=credentials)
         if isinstance(policy, BasicAuth):
             basic = BasicAuthenticator(policy, consumers=deps.consumers, verified=deps.verified_passwords)
-            return cls(check=basic.check, deps=deps, remove=remove)
+            return cls(check=basic.check, deps=deps, remove=remove, credential_headers=credentials)
         if isinstance(policy, IntrospectionAuth):
             introspector = Introspector(
                 policy,
@@ -81,10 +96,12 @@ class AuthStage:
                 redis=deps.redis,
                 redis_timeout=deps.redis_timeout,
             )
-            return cls(check=introspector.check, deps=deps, remove=remove)
+            return cls(check=introspector.check, deps=deps, remove=remove, credential_headers=credentials)
         raise TypeError(f"unknown auth policy {type(policy).__name__}")
 
     async def __call__(self, ctx: RequestContext, request: Inbound, call_next: Next) -> Answer:
+        # Two credentials: this stage would verify one while the upstream might read the other.
+        require_single_credentials(request.headers, self._credential_headers)
         outcome = await self._check(request.headers)
         if isinstance(outcome, Rejection):
             self._deps.metrics.auth_rejected.labels(self._deps.service, outcome.reason).inc()

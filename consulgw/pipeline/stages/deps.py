@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
-from redis.asyncio import Redis
 
 from consulgw.auth.basic import VerifiedPasswords
 from consulgw.auth.jwks import JwksCache
@@ -23,6 +22,7 @@ from consulgw.pipeline.stages.inflight import InFlight
 from consulgw.policy.model import PolicyBook
 from consulgw.ratelimit.local import LocalLimiter
 from consulgw.ratelimit.outage import BackendOutage
+from consulgw.redisclient import RedisClient
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,7 +32,7 @@ class StageDeps:
     rng: random.Random
     metrics: GatewayMetrics
     http: aiohttp.ClientSession  # owned by the server (JWKS fetches)
-    redis: Redis | None  # owned by the server; None when no Redis is configured
+    redis: RedisClient | None  # owned by the server (consulgw.redisclient); None when no Redis is configured
     consumers: Callable[[], PolicyBook]  # the CURRENT book
     jwks: JwksCache  # shared across rebuilds, keyed by URL
     local_limits: LocalLimiter  # shared across rebuilds
