@@ -90,7 +90,7 @@ def canonical_path(raw: str, *, encoded_slashes: EncodedSlashes = "keep") -> Can
         raise InvalidPath(
             f"the path {_shown(raw)} would hold a '.' or '..' segment or an empty segment once its escapes are decoded"
         )
-    if not has_separator:
+    if not has_separator or ("%2F" not in path and "%5C" not in path):  # none, or only in a removed segment
         return CanonicalPath(path)
     decoded = path
     for escape in _SEPARATORS:
