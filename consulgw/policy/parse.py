@@ -40,7 +40,7 @@ from consulgw.auth.discovery import expected_issuer, same_issuer
 from consulgw.duration import parse_go_duration
 from consulgw.errors import PolicyError
 from consulgw.model.balancing import as_lb
-from consulgw.model.http import FORWARDING_HEADERS, HOP_BY_HOP, IDENTITY_HEADERS
+from consulgw.model.http import HOP_BY_HOP, IDENTITY_HEADERS
 from consulgw.policy.consumers import is_api_key_digest, parse_password_hash
 from consulgw.policy.model import (
     ApiKeyAuth,
@@ -630,7 +630,7 @@ def _check_url(path: Path, url: str) -> None:
 # Headers ``claims_to_headers`` may not fill: the gateway sets them itself (identity after auth, client address and
 # forwarding, request id, trace context) or they carry credentials; Content-* would change how the body is read.
 _GATEWAY_OWNED_HEADERS = frozenset(
-    {name.lower() for name in (*IDENTITY_HEADERS, *FORWARDING_HEADERS)}
+    {name.lower() for name in (*IDENTITY_HEADERS, "Forwarded", "X-Real-IP")}  # X-Forwarded-*: a rule of its own
     | {"x-request-id", "via", "authorization", "proxy-authorization", "cookie", "traceparent", "tracestate", "baggage"}
 )
 _TOKEN_TYPE_HINT = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
