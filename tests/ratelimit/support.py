@@ -1,16 +1,22 @@
-"""Test helpers shared by tests/ratelimit and tests/auth: a manual clock, StageDeps, and a real aiohttp server that
-runs a stage chain the way the gateway does (errors rendered with their headers, upstream edits echoed back)."""
+"""Test helpers shared by tests/ratelimit and tests/auth: a manual clock, StageDeps, a real aiohttp server that
+runs a stage chain the way the gateway does (errors rendered with their headers, upstream edits echoed back), and a
+private redis-server that tests stop and restart."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import random
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 from redis.asyncio import Redis
@@ -122,3 +128,47 @@ async def serve_stages(stages: tuple[Stage, ...], *, service: str = "svc") -> As
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port (no persistence): stop() and start() simulate an outage."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed (make services installs it)")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(7).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis-server did not come up")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
