@@ -2,7 +2,9 @@
 # Make sure what the test suite needs is on this machine and running:
 #  - a Redis server answering on 127.0.0.1:6379 (installed from Debian's packages if missing);
 #  - the redis-server binary itself (tests start private servers to stop them mid-test);
-#  - Debian's chromium for the dashboard test.
+#  - Debian's chromium for the dashboard test;
+#  - nginx and wrk for the benchmark harness's own small real run (bench/test_harness.py, part of `make test`) and
+#    `make bench`: nginx is the upstream and a yardstick, wrk the load generator.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -40,4 +42,14 @@ fi
 if ! have chromium; then
   apt_install chromium || echo "ensure-services: chromium unavailable; the dashboard browser test will skip" >&2
 fi
-echo "ensure-services: redis on 127.0.0.1:6379 answers; redis-server at $(command -v redis-server); chromium: $(command -v chromium || echo none)"
+# nginx lives in /usr/sbin, which a non-root PATH may lack.
+have_nginx() { have nginx || [ -x /usr/sbin/nginx ]; }
+missing_bench=()
+have_nginx || missing_bench+=(nginx)
+have wrk || missing_bench+=(wrk)
+if [ "${#missing_bench[@]}" -gt 0 ]; then
+  apt_install --no-install-recommends "${missing_bench[@]}" ||
+    echo "ensure-services: ${missing_bench[*]} unavailable; bench/test_harness.py's real run will skip" >&2
+fi
+nginx_at=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || echo none)
+echo "ensure-services: redis on 127.0.0.1:6379 answers; redis-server at $(command -v redis-server); chromium: $(command -v chromium || echo none); nginx: $nginx_at; wrk: $(command -v wrk || echo none)"
