@@ -115,12 +115,19 @@ class RedisLimiter:
         self._waiting.append(_Ask(key, quota, answer))
         if len(self._waiting) >= self._max_batch:
             self._send(loop)
+        # The budget as a plain timer on the future (a fraction of asyncio.timeout's cost): when it fires first,
+        # the answer fails and its batch skips it.
+        expiry = loop.call_later(self._timeout, self._expire, answer)
         try:
-            async with asyncio.timeout(self._timeout):
-                allowed, ahead = await answer  # a timeout cancels the future: its batch then skips it
-        except TimeoutError as exc:
-            raise _unavailable("the rate limit backend is unavailable", exc) from exc
+            allowed, ahead = await answer
+        finally:
+            expiry.cancel()
         return decide(allowed, ahead, quota)
+
+    def _expire(self, answer: asyncio.Future[tuple[bool, int]]) -> None:
+        if not answer.done():
+            cause = TimeoutError(f"no rate-limit decision within {self._timeout:g} s")
+            answer.set_exception(_unavailable("the rate limit backend is unavailable", cause))
 
     async def _alone(self, key: str, quota: Quota, loop: asyncio.AbstractEventLoop) -> Decision:
         """Nothing in flight: this decision goes at once, from the caller's own task (no queue, no extra task).
