@@ -69,12 +69,18 @@ def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, A
     return event_dict
 
 
+# orjson serializes dataclasses field by field and datetimes natively; the stdlib hands both to structlog's
+# ``default`` (their repr). Passing them through keeps the stdlib's output, and with it the redaction that lives in a
+# repr: a ``settings.Secret`` is a dataclass whose repr hides its value, which orjson would otherwise print.
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
 def _dumps(obj: Any, **kw: Any) -> str:
     """structlog ``JSONRenderer`` serializer: orjson (about 10x the stdlib's speed on an access line), with the
     stdlib as the fallback for what orjson refuses (a ``str`` holding lone surrogates, an int beyond 64 bits), so a
     line is never lost to the serializer. ``kw`` carries structlog's ``default`` (``repr`` for unknown objects)."""
     try:
-        return orjson.dumps(obj, default=kw.get("default"), option=orjson.OPT_NON_STR_KEYS).decode()
+        return orjson.dumps(obj, default=kw.get("default"), option=_ORJSON_OPTIONS).decode()
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return json.dumps(obj, **kw)
 

@@ -7,6 +7,7 @@ a generous deadline.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 import structlog
 
 from consulgw.logs import REDACTED, BufferedLines, access_logger, configure_logging
+from consulgw.settings import Secret
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -176,6 +178,20 @@ def test_json_lines_are_valid_redacted_and_survive_what_orjson_refuses(sinks: li
     assert access["level"] == "info"
     assert access["status"] == 200
     assert all(x["timestamp"].endswith("Z") for x in lines)
+
+
+def test_dataclasses_and_datetimes_render_as_their_repr_so_a_secret_stays_hidden(sinks: list[BufferedLines]) -> None:
+    stream = RecordingStream()
+    sink = configure_logging("json", "info", stream, buffered=True)
+    assert sink is not None
+    sinks.append(sink)
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    structlog.get_logger("test").info("settings_loaded", redis=Secret(value="redis-password-1"), at=when)
+    sink.drain()
+    (line,) = [json.loads(x) for x in stream.lines()]
+    assert line["redis"] == "Secret('**')"
+    assert line["at"] == repr(when)  # what the stdlib serializer wrote (structlog's default: repr)
+    assert "redis-password-1" not in stream.getvalue()
 
 
 def test_unbuffered_console_lines_are_written_at_once() -> None:
