@@ -97,13 +97,15 @@ def start(script: str, upstream_url: str) -> tuple[subprocess.Popen[bytes], str]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"{script} exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            _, err = proc.communicate(timeout=10)  # reads and closes the pipe
+            raise AssertionError(f"{script} exited: {err.decode(errors='replace')}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return proc, f"http://127.0.0.1:{port}"
         except OSError:
             time.sleep(0.05)
     proc.kill()
+    proc.communicate(timeout=10)
     raise AssertionError(f"{script} did not listen within 30 s")
 
 
