@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(BIN)/consulgw demo $(DEMO_ARGS)
 
 bench: $(STAMP) services
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis test-artifacts

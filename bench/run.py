@@ -1,5 +1,7 @@
-"""``make bench``: consulgw against nginx and a naive aiohttp proxy on the same upstream, plus discovery figures.
+"""``make bench``: consulgw against its yardsticks on the same upstream, a per-request CPU budget, discovery figures.
 
+The yardsticks are the project's own (bench/yardsticks/): nginx as the upstream and as a keep-alive reverse proxy, a
+naive aiohttp proxy (the floor) and a raw uvloop + httptools relay (the ceiling of a Python relay).
 Everything runs on 127.0.0.1 with free ports; every process started here is stopped on exit, failure or Ctrl-C.
 Results go to stdout as Markdown and, with --write-docs, into docs/benchmarks.md between the bench markers.
 See docs/benchmarks.md for the method and `--help` for the knobs.
@@ -30,6 +32,12 @@ REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("throughput", "profile", "convergence", "scale")
 # HS256 needs a secret of at least 32 bytes (RFC 7518 section 3.2); the gateway rejects shorter ones.
 SECRET = "consulgw-bench-hs256-secret-0123456789"
+# The project's bar (issue 8), shown against every run: (target, what is compared, bar).
+BARS = (
+    report.Bar(key="gw", measure="throughput", at_least=2.0),
+    report.Bar(key="gw_policy", measure="throughput", at_least=1.5),
+    report.Bar(key="gw", measure="p99", at_most=1.0),
+)
 POLICY = {
     "auth": {"type": "jwt", "algorithms": ["HS256"], "secret": SECRET},
     "rate_limit": {"requests": 100_000_000, "per": "1s", "key": "ip", "backend": "redis"},
@@ -63,7 +71,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--instances", type=int, default=10, help="instances per service in the rebuild test (default 10)")
     p.add_argument("--probes", type=int, default=5, help="single-change probes per scale step (default 5)")
     p.add_argument("--only", help=f"comma-separated subset of: {', '.join(SECTIONS)}")
-    p.add_argument("--profile", action="store_true", help="also profile the gateway under load (py-spy)")
+    p.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="profile the gateway under load with py-spy: the per-request CPU budget (part of the default run; "
+        "--profile adds it to an --only list, --no-profile leaves it out)",
+    )
     p.add_argument("--profile-duration", type=int, default=10, help="seconds sampled per profile (default 10)")
     p.add_argument(
         "--profiler",
@@ -73,7 +87,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(also the fallback when py-spy cannot attach)",
     )
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis for the rate-limit target")
-    p.add_argument("--shared", type=Path, help="directory with nginx.conf.template and naive_proxy.py")
     p.add_argument("--results", type=Path, default=REPO / "bench" / "results", help="profile output directory")
     p.add_argument("--write-docs", action="store_true", help="write the results into docs/benchmarks.md")
     p.add_argument("--no-install", action="store_true", help="never apt-get install nginx/wrk")
@@ -157,18 +170,15 @@ def _expect(url: str, status: int, headers: dict[str, str] | None = None, timeou
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sections = set(SECTIONS) - {"profile"} if args.only is None else set(args.only.split(","))
-    if args.profile:
+    sections = set(SECTIONS) if args.only is None else set(args.only.split(","))
+    if args.profile is True:
         sections.add("profile")
+    elif args.profile is False:
+        sections.discard("profile")
     unknown = sections - set(SECTIONS)
     if unknown:
         print(f"bench: unknown section(s) in --only: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    shared = (args.shared or REPO.parent / "shared" / "bench").resolve()
-    for needed in ("nginx.conf.template", "naive_proxy.py"):
-        if not (shared / needed).exists():
-            print(f"bench: {shared / needed} not found (pass --shared DIR)", file=sys.stderr)
-            return 2
     steps = [int(x) for x in args.scale.split(",") if x]
     python = Path(sys.executable)
     shown = python.relative_to(REPO) if python.is_relative_to(REPO) else python
@@ -197,10 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     parts: dict[str, str | None] = dict.fromkeys(("throughput", "logging", "convergence", "scale", "profile"))
     try:
         with Supervisor() as sup:
-            nginx = stack.start_nginx(sup, tools["nginx"], shared, workdir)
+            nginx = stack.start_nginx(sup, tools["nginx"], workdir)
             stack.expect_upstream(nginx.upstream_url + "/")
             if sections & {"throughput", "profile"}:
-                run_data_path(sup, args, sections, shared, workdir, nginx, parts)
+                run_data_path(sup, args, sections, workdir, nginx, parts)
             if sections & {"convergence", "scale"}:
                 run_discovery(sup, args, sections, steps, workdir, nginx, parts)
     except (ComponentFailed, wrk.WrkError, HttpError, stack.SetupError) as exc:
@@ -243,12 +253,12 @@ def run_data_path(
     sup: Supervisor,
     args: argparse.Namespace,
     sections: set[str],
-    shared: Path,
     workdir: Path,
     nginx: stack.Nginx,
     parts: dict[str, str | None],
 ) -> None:
-    naive, naive_url = stack.start_naive(sup, shared, workdir, nginx.upstream_url)
+    naive, naive_url = stack.start_naive(sup, workdir, nginx.upstream_url)
+    relay, relay_url = stack.start_relay(sup, workdir, nginx.upstream_url)
     agent, agent_url = stack.start_dev_agent(sup, workdir)
     consul = Consul(agent_url)
     consul.register(name="bench", service_id="bench-1", port=nginx.upstream_port, tags=["gw.route=/"])
@@ -273,7 +283,7 @@ def run_data_path(
         _wait_routes(started, want, "benchpol")
     token = _token()
     auth = {"Authorization": f"Bearer {token}"}
-    for url in (nginx.proxy_url + "/", naive_url + "/", gw.url + "/", gw_log.url + "/", gw2.url + "/"):
+    for url in (nginx.proxy_url + "/", relay_url + "/", naive_url + "/", gw.url + "/", gw_log.url + "/", gw2.url + "/"):
         for _ in range(4):  # several connections: each may land on another worker
             _expect(url, 200)
     _expect(gw.url + "/pol", 401)
@@ -282,7 +292,8 @@ def run_data_path(
     targets = [
         Target(key="upstream", label="nginx upstream, direct", url=nginx.upstream_url + "/", pid=nginx.component.pid),
         Target(key="nginx", label="nginx proxy", url=nginx.proxy_url + "/", pid=nginx.component.pid),
-        Target(key="naive", label="naive aiohttp proxy (uvloop)", url=naive_url + "/", pid=naive.pid),
+        Target(key="relay", label="raw relay (uvloop + httptools): the ceiling", url=relay_url + "/", pid=relay.pid),
+        Target(key="naive", label="naive aiohttp proxy (uvloop): the floor", url=naive_url + "/", pid=naive.pid),
         Target(key="gw", label="consulgw, no policy", url=gw.url + "/", pid=gw.component.pid),
         Target(
             key="gw_policy",
@@ -307,7 +318,7 @@ def run_data_path(
     ]
 
     def alive() -> None:
-        for component in (nginx.component, naive, agent, gw.component, gw_log.component, gw2.component):
+        for component in (nginx.component, relay, naive, agent, gw.component, gw_log.component, gw2.component):
             sup.check(component)
 
     if "throughput" in sections:
@@ -325,8 +336,11 @@ def run_data_path(
         )
         parts["throughput"] = (
             report.throughput_table(series, naive="naive", nginx="nginx")
+            + "\n"
+            + report.bar_lines(series, BARS, naive="naive")
             + "\nRatios are medians of per-round ratios (each target against the reference measured in the same "
-            "round); the range is min-max over rounds. Target CPU: CPU time of the target's process group during its "
+            "round); the range is min-max over rounds. p99 x naive: the target's p99 over the naive proxy's, same "
+            "round, median over rounds. Target CPU: CPU time of the target's process group during its "
             "run, % of one core (nginx's one worker serves both the upstream and the proxy, so the nginx proxy row "
             "counts both). Others' CPU: CPU time of every process this harness did not start, % of one core: "
             "other engineers' work on the shared machine (and Redis, for the rate-limited row). "
@@ -345,7 +359,7 @@ def run_data_path(
             )
     if "profile" in sections:
         parts["profile"] = run_profile(sup, args, targets, agent_url, workdir)
-    for component in (gw2.component, gw.component, gw_log.component, agent, naive):
+    for component in (gw2.component, gw.component, gw_log.component, agent, naive, relay):
         sup.stop(component)
 
 
@@ -355,7 +369,7 @@ def run_profile(
     results: Path = args.results
     results.mkdir(parents=True, exist_ok=True)
     pyspy = prof.ensure_pyspy() if args.profiler == "py-spy" else None
-    chosen = [t for t in targets if t.key in ("naive", "gw", "gw_policy")]
+    chosen = [t for t in targets if t.key in ("relay", "naive", "gw", "gw_policy")]
     out: list[str] = []
     compared: list[tuple[str, prof.Profile, float]] = []
     for target in chosen:
@@ -415,9 +429,13 @@ def run_profile(
         out.append(summary)
     if len(compared) > 1:
         table = (
-            "#### CPU per request by component\n\nEach sample is charged to the first component found on its stack "
-            "(in the order of the rows); microseconds = share of samples x the process's CPU time per request.\n\n"
-            + prof.comparison(compared)
+            "#### Per-request CPU budget by component\n\nEach py-spy sample is charged to the innermost frame on its "
+            "stack that belongs to a concern of its own (a library such as PyJWT or redis-py, or the gateway module "
+            "for that one thing: logs, metrics, request ids, header filtering, routing, breakers, transport); samples "
+            "with none fall to the generic rows (the gateway's own handler, pipeline and stage code; aiohttp's "
+            "server), and the rest is the event loop's (bench/harness/profile.py: SPECIFIC, GENERIC). "
+            "Microseconds = share of samples x the process's CPU time per request (from /proc, over the same "
+            "window).\n\n" + prof.comparison(compared)
         )
         (results / "profile-components.md").write_text(table, encoding="utf-8")
         out.insert(0, table)

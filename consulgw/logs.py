@@ -5,11 +5,17 @@
 
 from __future__ import annotations
 
+import atexit
+import json
 import logging
+import os
 import sys
+import threading
+import weakref
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 from consulgw.redaction import REDACTED, is_secret_name, redact_urls
@@ -36,42 +42,164 @@ def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, A
     return event_dict
 
 
-class BufferedLines:
-    """A line sink that batches writes: one ``write`` syscall per flush instead of one per log line.
+# orjson serializes dataclasses field by field and datetimes natively; the stdlib hands both to structlog's
+# ``default`` (their repr). Passing them through keeps the stdlib's output, and with it the redaction that lives in a
+# repr: a ``settings.Secret`` is a dataclass whose repr hides its value, which orjson would otherwise print.
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 
-    Lines reach the stream when 64 KiB are pending or when ``drain()`` is called (the owner calls it on a short
-    timer, every 200 ms in ``consulgw run``, and at shutdown). It is nginx's
-    ``access_log ... buffer=`` idea: the access log costs one syscall per batch, not per request.
+
+def _dumps(obj: Any, **kw: Any) -> str:
+    """structlog ``JSONRenderer`` serializer: orjson (about 10x the stdlib's speed on an access line), with the
+    stdlib as the fallback for what orjson refuses (a ``str`` holding lone surrogates, an int beyond 64 bits), so a
+    line is never lost to the serializer. ``kw`` carries structlog's ``default`` (``repr`` for unknown objects)."""
+    try:
+        return orjson.dumps(obj, default=kw.get("default"), option=_ORJSON_OPTIONS).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(obj, **kw)
+
+
+class BufferedLines:
+    """The log sink of ``consulgw run``: batched, bounded, and never blocking the caller. Also the structlog logger
+    that writes into it (``structlog.configure(logger_factory=sink)``).
+
+    Logging a line (``msg``) does no I/O: the rendered line joins a pending batch. A writer thread owned by the sink
+    writes the batch with one ``write`` call when 64 KiB are pending, every ``interval`` seconds otherwise (nginx's
+    ``access_log ... buffer= flush=``). When the stream cannot keep up (a full pipe whose reader is stuck, a stalled
+    disk), at most ``max_pending`` characters wait, counting the batch being written, and further lines are dropped
+    and counted (``dropped``; meant to be exported as ``consulgw_log_lines_dropped_total``) instead of growing
+    memory or stalling the event loop. Lines that a failing stream refuses (``OSError``) are counted there too.
+
+    ``drain()`` writes everything pending from the calling thread and returns when it is written: for shutdown and
+    before ``fork()``. ``close()`` stops the writer thread after a last drain. A forked child starts with an empty
+    batch (the parent writes what was pending at the fork) and starts its own writer thread on its first line.
     """
 
-    __slots__ = ("__weakref__", "_limit", "_pending", "_size", "_stream")  # structlog keeps a weakref per sink
+    __slots__ = (
+        "__weakref__",
+        "_batch",
+        "_dropped",
+        "_interval",
+        "_lock",
+        "_max_pending",
+        "_pending",
+        "_size",
+        "_stopping",
+        "_stream",
+        "_thread",
+        "_wake",
+        "_write_lock",
+        "_writing",
+    )
 
-    def __init__(self, stream: TextIO, limit: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        limit: int = 64 * 1024,
+        *,
+        max_pending: int = 4 * 1024 * 1024,
+        interval: float = 0.2,
+    ) -> None:
+        if limit < 1 or max_pending < limit or interval <= 0:
+            raise ValueError(f"need 1 <= limit <= max_pending and interval > 0, got {limit}, {max_pending}, {interval}")
         self._stream = stream
-        self._limit = limit
+        self._batch = limit
+        self._max_pending = max_pending
+        self._interval = interval
+        self._stopping = False
+        self._reset()
+        ref = weakref.ref(self)
+
+        def forked() -> None:
+            sink = ref()
+            if sink is not None:
+                sink._reset()
+
+        def exiting() -> None:  # the writer must not be inside a write while the interpreter finalizes
+            sink = ref()
+            if sink is not None:
+                sink.close()
+
+        os.register_at_fork(after_in_child=forked)
+        atexit.register(exiting)
+
+    def _reset(self) -> None:
+        """A fresh state (at start, and in a forked child: locks held by the parent's threads are not inherited)."""
+        self._lock = threading.Lock()  # guards _pending, _size, _writing, _dropped
+        self._write_lock = threading.Lock()  # one writer of the stream at a time
+        self._wake = threading.Event()
         self._pending: list[str] = []
-        self._size = 0
+        self._size = 0  # characters pending
+        self._writing = 0  # characters of the batch being written
+        self._dropped = 0
+        self._thread: threading.Thread | None = None
 
-    def write(self, text: str) -> None:
-        self._pending.append(text)
-        self._size += len(text)
+    @property
+    def dropped(self) -> int:
+        """Lines dropped since start because the stream could not keep up or failed."""
+        return self._dropped
 
-    def flush(self) -> None:
-        """Called by structlog after every line: only flush when the batch is full."""
-        if self._size >= self._limit:
-            self.drain()
+    def __call__(self, *_args: Any) -> BufferedLines:
+        """structlog logger factory: every logger writes into this sink."""
+        return self
+
+    def msg(self, message: str) -> None:
+        line = message + "\n"
+        size = len(line)
+        with self._lock:
+            if self._size + self._writing + size > self._max_pending:
+                self._dropped += 1
+                return
+            self._pending.append(line)
+            self._size += size
+            full = self._size >= self._batch
+            if self._thread is None and not self._stopping:
+                self._thread = threading.Thread(target=self._run, name="consulgw-log-writer", daemon=True)
+                self._thread.start()
+        if full:
+            self._wake.set()
+
+    debug = info = warn = warning = error = err = critical = fatal = exception = failure = log = msg
+
+    def _run(self) -> None:
+        wake = self._wake
+        while not self._stopping:
+            wake.wait(self._interval)
+            wake.clear()
+            self._write_pending()
+
+    def _write_pending(self, timeout: float = -1) -> None:
+        if not self._write_lock.acquire(timeout=timeout):
+            return  # close(): a write is stuck in the stream; give up rather than hang the exit
+        try:
+            with self._lock:
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, []
+                self._writing, self._size = self._size, 0
+            try:
+                self._stream.write("".join(batch))
+                self._stream.flush()
+            except (OSError, ValueError):  # stderr closed or gone: logs must never take the process down
+                with self._lock:
+                    self._dropped += len(batch)
+            finally:
+                with self._lock:
+                    self._writing = 0
+        finally:
+            self._write_lock.release()
 
     def drain(self) -> None:
-        if not self._pending:
-            return
-        data = "".join(self._pending)
-        self._pending.clear()
-        self._size = 0
-        try:
-            self._stream.write(data)
-            self._stream.flush()
-        except (OSError, ValueError):  # stderr closed or gone: logs must never take the process down
-            pass
+        """Write every pending line now, from this thread."""
+        self._write_pending()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the writer thread and write what is pending; a stream stuck for ``timeout`` s is given up on."""
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._write_pending(timeout)
 
 
 def configure_logging(
@@ -79,14 +207,17 @@ def configure_logging(
 ) -> BufferedLines | None:
     """Configure structlog for a process. ``fmt`` is ``json`` or ``console``.
 
-    With ``buffered=True`` lines are batched (see BufferedLines) and the returned sink must be drained by the
-    caller on a timer and at exit; otherwise every line is written and flushed at once and None is returned.
+    With ``buffered=True`` lines are batched (see BufferedLines: its own thread writes them) and the returned sink
+    must be drained (or closed) by the caller at exit and before forking; otherwise every line is written and flushed
+    at once and None is returned. JSON lines are serialized with orjson (see ``_dumps``).
     """
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
     renderer: Any = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer(serializer=_dumps)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
     )
     target = stream or sys.stderr
     sink = BufferedLines(target) if buffered else None
@@ -100,7 +231,7 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.WriteLoggerFactory(file=sink if sink is not None else target),  # type: ignore[arg-type]
+        logger_factory=sink if sink is not None else structlog.WriteLoggerFactory(file=target),
         cache_logger_on_first_use=False,
     )
     return sink

@@ -126,6 +126,11 @@ class GatewayMetrics:
         self.breaker_opened = Counter(
             "consulgw_circuit_breaker_opened_total", "Times an instance's breaker opened.", ("service",), registry=r
         )
+        self.log_lines_dropped = Counter(
+            "consulgw_log_lines_dropped_total",
+            "Log lines dropped because the log stream (stderr) could not keep up; logging never blocks requests.",
+            registry=r,
+        )
 
     def observe_request(self, service: str, route: str, status: int, seconds: float) -> None:
         key = (service, route, status // 100)

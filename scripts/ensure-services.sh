@@ -4,7 +4,9 @@
 #  - the redis-server binary itself (tests start private servers to stop them mid-test), redis-cli (to join a
 #    test cluster) and redis-sentinel (Sentinel failover tests);
 #  - Debian's chromium for the dashboard and API reference tests;
-#  - promtool (Debian's prometheus package) for the alert rules of deploy/grafana.
+#  - promtool (Debian's prometheus package) for the alert rules of deploy/grafana;
+#  - nginx and wrk for the benchmark harness's own small real run (bench/test_harness.py, part of `make test`) and
+#    `make bench`: nginx is the upstream and a yardstick, wrk the load generator.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -47,4 +49,14 @@ fi
 if ! have promtool; then
   apt_install prometheus || echo "ensure-services: prometheus unavailable; the alert rules test will skip" >&2
 fi
-echo "ensure-services: redis on 127.0.0.1:6379 answers; redis-server at $(command -v redis-server); redis-sentinel at $(command -v redis-sentinel); chromium: $(command -v chromium || echo none); promtool: $(command -v promtool || echo none)"
+# nginx lives in /usr/sbin, which a non-root PATH may lack.
+have_nginx() { have nginx || [ -x /usr/sbin/nginx ]; }
+missing_bench=()
+have_nginx || missing_bench+=(nginx)
+have wrk || missing_bench+=(wrk)
+if [ "${#missing_bench[@]}" -gt 0 ]; then
+  apt_install --no-install-recommends "${missing_bench[@]}" ||
+    echo "ensure-services: ${missing_bench[*]} unavailable; bench/test_harness.py's real run will skip" >&2
+fi
+nginx_at=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || echo none)
+echo "ensure-services: redis on 127.0.0.1:6379 answers; redis-server at $(command -v redis-server); redis-sentinel at $(command -v redis-sentinel); chromium: $(command -v chromium || echo none); promtool: $(command -v promtool || echo none); nginx: $nginx_at; wrk: $(command -v wrk || echo none)"

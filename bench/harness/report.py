@@ -7,10 +7,11 @@ import os
 import platform
 import re
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.discovery import Convergence, ScalePoint, percentile
-from harness.throughput import Series, ratio
+from harness.throughput import Series, p99_ratio, ratio
 
 BEGIN = "<!-- bench:begin -->"
 END = "<!-- bench:end -->"
@@ -39,8 +40,8 @@ def _f(value: float | None, fmt: str = "{:.2f}") -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
-def _ratio(series: dict[str, Series], key: str, ref: str) -> str:
-    r = ratio(series, key, ref)
+def _ratio(series: dict[str, Series], key: str, ref: str, *, p99: bool = False) -> str:
+    r = p99_ratio(series, key, ref) if p99 else ratio(series, key, ref)
     if r is None:
         return "n/a"
     med, lo, hi = r
@@ -49,8 +50,8 @@ def _ratio(series: dict[str, Series], key: str, ref: str) -> str:
 
 def throughput_table(series: dict[str, Series], *, naive: str, nginx: str) -> str:
     rows = [
-        "| target | req/s median (min-max) | p50 ms | p99 ms | x naive proxy | x nginx proxy | target CPU % | others' CPU % | RSS MiB | non-2xx / socket errors | runs with foreign load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | req/s median (min-max) | p50 ms | p99 ms | x naive proxy | x nginx proxy | p99 x naive | target CPU % | others' CPU % | RSS MiB | non-2xx / socket errors | runs with foreign load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, s in series.items():
         rps = s.values(lambda x: x.result.requests_per_s)
@@ -59,11 +60,45 @@ def throughput_table(series: dict[str, Series], *, naive: str, nginx: str) -> st
         rows.append(
             f"| {s.target.label} | {statistics.median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) "
             f"| {_f(s.median(lambda x: x.result.p50_ms))} | {_f(s.median(lambda x: x.result.p99_ms))} "
-            f"| {_ratio(series, key, naive)} | {_ratio(series, key, nginx)} "
+            f"| {_ratio(series, key, naive)} | {_ratio(series, key, nginx)} | {_ratio(series, key, naive, p99=True)} "
             f"| {_f(cpu, '{:.0f}')} | {_f(s.median(lambda x: x.other_cpu_pct), '{:.0f}')} "
             f"| {_f(s.median(lambda x: x.rss_kib / 1024 if x.rss_kib else None), '{:.0f}')} | {bad[0]} / {bad[1]} | {sum(1 for x in s.samples if x.foreign_load)} |"
         )
     return "\n".join(rows) + "\n"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bar:
+    """A target's figure against the naive proxy's, same round: ``throughput`` (req/s ratio, at least) or ``p99``
+    (p99 ratio, at most)."""
+
+    key: str
+    measure: str  # "throughput" or "p99"
+    at_least: float | None = None
+    at_most: float | None = None
+
+    def check(self, series: dict[str, Series], naive: str) -> tuple[float, bool] | None:
+        r = ratio(series, self.key, naive) if self.measure == "throughput" else p99_ratio(series, self.key, naive)
+        if r is None:
+            return None
+        value = r[0]
+        ok = (self.at_least is None or value >= self.at_least) and (self.at_most is None or value <= self.at_most)
+        return value, ok
+
+
+def bar_lines(series: dict[str, Series], bars: tuple[Bar, ...], *, naive: str) -> str:
+    """One line per bar: the same-run median against it, and whether it is met."""
+    lines = ["Against the bar (same-run medians of per-round ratios to the naive proxy):", ""]
+    for bar in bars:
+        got = bar.check(series, naive)
+        if bar.key not in series or got is None:
+            continue
+        label = series[bar.key].target.label
+        value, ok = got
+        what = "req/s" if bar.measure == "throughput" else "p99"
+        limit = f">= {bar.at_least:g}" if bar.at_least is not None else f"<= {bar.at_most:g}"
+        lines.append(f"- {label}: {what} {value:.2f}x the naive proxy's (bar {limit}): {'met' if ok else 'NOT met'}")
+    return "\n".join(lines) + "\n"
 
 
 def convergence_table(runs: list[tuple[str, Convergence]]) -> str:
@@ -147,10 +182,10 @@ def render(
         out += ["### Route-table rebuild and memory by catalog size", "", scale]
     if profile:
         out += ["### Profile (gateway under wrk load)", "", profile]
-    out += [
-        "What dominates: see \"What dominates the gateway's cost\" below, written from this run's profile.",
-        "",
-    ]
+        out += [
+            "What dominates: see \"What dominates the gateway's cost\" below, written from this run's profile.",
+            "",
+        ]
     return "\n".join(out)
 
 

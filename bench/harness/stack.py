@@ -1,4 +1,5 @@
-"""The components under test: tools, nginx (upstream + proxy), the naive proxy, the dev agent and the gateway."""
+"""The components under test: tools, nginx (upstream + proxy), the naive proxy, the raw relay, the dev agent and the
+gateway. The yardsticks (nginx's configuration, the naive proxy, the raw relay) live in bench/yardsticks/."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from harness.procs import Component, ComponentFailed, Supervisor, free_port, http_status
 
 UPSTREAM_BODY = b'{"ok":true,"service":"users"}'
+YARDSTICKS = Path(__file__).resolve().parent.parent / "yardsticks"
+NGINX_TEMPLATE = YARDSTICKS / "nginx.conf.template"
 
 
 class SetupError(RuntimeError):
@@ -80,11 +83,11 @@ def render_nginx(template: Path, run_dir: Path, upstream_port: int, proxy_port: 
     return conf
 
 
-def start_nginx(sup: Supervisor, nginx_bin: str, shared: Path, workdir: Path) -> Nginx:
+def start_nginx(sup: Supervisor, nginx_bin: str, workdir: Path, template: Path = NGINX_TEMPLATE) -> Nginx:
     run_dir = workdir / "nginx"
     run_dir.mkdir()
     upstream_port, proxy_port = free_port(), free_port()
-    conf = render_nginx(shared / "nginx.conf.template", run_dir, upstream_port, proxy_port)
+    conf = render_nginx(template, run_dir, upstream_port, proxy_port)
     log = run_dir / "nginx-error.log"
     # "daemon off" keeps the master our child (in its own process group), so it is stopped with everything else;
     # -e sends the messages written before the config is read to the same file.
@@ -95,13 +98,24 @@ def start_nginx(sup: Supervisor, nginx_bin: str, shared: Path, workdir: Path) ->
     return Nginx(component=component, upstream_port=upstream_port, proxy_port=proxy_port, conf=conf)
 
 
-def start_naive(sup: Supervisor, shared: Path, workdir: Path, upstream_url: str) -> tuple[Component, str]:
+def start_yardstick(
+    sup: Supervisor, script: str, label: str, workdir: Path, upstream_url: str
+) -> tuple[Component, str]:
+    """bench/yardsticks/<script> in front of the upstream, on a free port."""
     port = free_port()
-    argv = [sys.executable, str(shared / "naive_proxy.py"), "--listen", f"127.0.0.1:{port}", "--upstream", upstream_url]
-    component = sup.start("naive proxy", argv, log=workdir / "naive-proxy.log")
+    argv = [sys.executable, str(YARDSTICKS / script), "--listen", f"127.0.0.1:{port}", "--upstream", upstream_url]
+    component = sup.start(label, argv, log=workdir / f"{script.removesuffix('.py')}.log")
     url = f"http://127.0.0.1:{port}"
     sup.wait_http(component, url + "/")
     return component, url
+
+
+def start_naive(sup: Supervisor, workdir: Path, upstream_url: str) -> tuple[Component, str]:
+    return start_yardstick(sup, "naive_proxy.py", "naive proxy", workdir, upstream_url)
+
+
+def start_relay(sup: Supervisor, workdir: Path, upstream_url: str) -> tuple[Component, str]:
+    return start_yardstick(sup, "raw_relay.py", "raw relay", workdir, upstream_url)
 
 
 def clean_env() -> dict[str, str]:

@@ -266,12 +266,19 @@ def run_rounds(
     return chosen, Rounds(run=r, clean=tuple(clean), used=used, max_others_cpu=max_others_cpu)
 
 
-def ratio(series: dict[str, Series], key: str, ref: str) -> tuple[float, float, float] | None:
-    """Median, min and max over rounds of req/s(key) / req/s(ref) measured in the same round."""
+def ratio(
+    series: dict[str, Series], key: str, ref: str, pick: Callable[[Sample], float] = lambda s: s.result.requests_per_s
+) -> tuple[float, float, float] | None:
+    """Median, min and max over rounds of pick(key) / pick(ref) measured in the same round (req/s by default)."""
     if key not in series or ref not in series:
         return None
-    refs = {s.round: s.result.requests_per_s for s in series[ref].samples}
-    values = [s.result.requests_per_s / refs[s.round] for s in series[key].samples if refs.get(s.round, 0) > 0]
+    refs = {s.round: pick(s) for s in series[ref].samples}
+    values = [pick(s) / refs[s.round] for s in series[key].samples if refs.get(s.round, 0) > 0]
     if not values:
         return None
     return statistics.median(values), min(values), max(values)
+
+
+def p99_ratio(series: dict[str, Series], key: str, ref: str) -> tuple[float, float, float] | None:
+    """Median, min and max over rounds of p99(key) / p99(ref), same round (below 1: key's tail is shorter)."""
+    return ratio(series, key, ref, lambda s: s.result.p99_ms)

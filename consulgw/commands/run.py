@@ -16,8 +16,6 @@ import structlog
 from consulgw.logs import BufferedLines, configure_logging
 from consulgw.settings import GatewaySettings, gateway_settings
 
-_LOG_FLUSH_INTERVAL = 0.2  # seconds a log line may wait in the buffer
-
 
 def main(args: argparse.Namespace) -> int:
     settings = gateway_settings(args, os.environ)
@@ -52,12 +50,6 @@ async def _serve(settings: GatewaySettings, sink: BufferedLines, worker_index: i
     # Signals that arrived while this process was starting (blocked by the supervisor) are delivered now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
-    async def flush_logs() -> None:
-        while True:
-            await asyncio.sleep(_LOG_FLUSH_INTERVAL)
-            sink.drain()
-
-    flusher = asyncio.create_task(flush_logs(), name="consulgw-log-flush")
     try:
         from consulgw.server.gateway import Gateway
 
@@ -67,15 +59,13 @@ async def _serve(settings: GatewaySettings, sink: BufferedLines, worker_index: i
             worker_index=worker_index,
             worker_count=worker_count,
             metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") if worker_count > 1 else None,
+            log_sink=sink,
         )
         async with gateway:
             loop.add_signal_handler(signal.SIGHUP, gateway.reload_tls)
             await stop.wait()
     finally:
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
-        sink.drain()
+        sink.drain()  # the sink's own thread writes batches; what is left goes now, before the process exits
     return 0
 
 

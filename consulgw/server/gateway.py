@@ -24,6 +24,7 @@ from consulgw.clock import Clock, SystemClock
 from consulgw.discovery.consul_api import ConsulClient
 from consulgw.discovery.watcher import CatalogWatcher, WatcherStatus
 from consulgw.ids import RequestIds
+from consulgw.logs import BufferedLines
 from consulgw.metrics import GatewayMetrics
 from consulgw.openapi.catalog import OpenApiCatalog
 from consulgw.pipeline.chain import Next, Stage, build_chain
@@ -34,6 +35,7 @@ from consulgw.pipeline.target import SelectTarget
 from consulgw.policy.model import ServicePolicy
 from consulgw.ratelimit.local import LocalLimiter
 from consulgw.ratelimit.outage import BackendOutage
+from consulgw.ratelimit.redisstore import RedisLimiter
 from consulgw.redaction import redact_url
 from consulgw.redisclient import RedisClient, open_redis
 from consulgw.routing.rules import has_route_tags
@@ -64,6 +66,7 @@ class Gateway:
         consul_wait: float = 300.0,
         metrics_dir: str | None = None,
         history_interval: float = 5.0,
+        log_sink: BufferedLines | None = None,
     ) -> None:
         self.settings = settings
         self._clock = clock or SystemClock()
@@ -87,6 +90,7 @@ class Gateway:
         self.metrics = GatewayMetrics(multiprocess_dir=metrics_dir)
         self.connections = ConnectionCount(limit=settings.clients.max_connections)
         self._history_interval = history_interval
+        self._log_sink = log_sink
         # The per-request hook of the dashboard's per-instance errors and latency (consulgw.server.history).
         self.recorder = TrafficRecorder()
         self.port = 0
@@ -122,6 +126,9 @@ class Gateway:
             redis = open_redis(s.redis_url.value, socket_timeout=0.25, connect_timeout=0.25, health_check_interval=5)
             self._exit.push_async_callback(redis.aclose)
             redis_client = redis.client
+        redis_limiter = RedisLimiter(redis_client, timeout=0.25) if redis_client is not None else None
+        if redis_limiter is not None:
+            self._exit.push_async_callback(redis_limiter.aclose)
         pools = UpstreamPools(rng=self._rng)
         breakers = BreakerBoard(clock=self._clock, metrics=self.metrics)
         jwks = JwksCache(http=consul_session, clock=self._clock)
@@ -165,6 +172,7 @@ class Gateway:
                 local_limits=local_limits,
                 redis_outage=redis_outage,
                 in_flight=in_flight,
+                redis_limiter=redis_limiter,
                 verified_passwords=verified_passwords,
                 worker_index=self._worker_index,
                 worker_count=self._worker_count,
@@ -199,6 +207,9 @@ class Gateway:
         self._handler = handler
         self._watch_task = asyncio.create_task(watcher.run(builder.apply), name="consulgw-watcher")
         self._exit.push_async_callback(self._stop_task, self._watch_task)
+        if self._log_sink is not None:
+            drops = asyncio.create_task(self._export_log_drops(self._log_sink), name="consulgw-log-drops")
+            self._exit.push_async_callback(self._stop_task, drops)
         # Background readers of the view, owned here and stopped before the sessions close: the OpenAPI fetcher
         # and the dashboard's time series.
         openapi = await self._exit.enter_async_context(
@@ -306,6 +317,16 @@ class Gateway:
         self._exit.push_async_callback(_close_server, server)  # stops accepting before the runner drains
         self.port = int(server.sockets[0].getsockname()[1])
         self._listening = True
+
+    async def _export_log_drops(self, sink: BufferedLines) -> None:
+        """Log lines the sink had to drop (stderr not keeping up) become consulgw_log_lines_dropped_total."""
+        exported = sink.dropped
+        while True:
+            await asyncio.sleep(5.0)
+            dropped = sink.dropped
+            if dropped > exported:
+                self.metrics.log_lines_dropped.inc(dropped - exported)
+                exported = dropped
 
     @staticmethod
     async def _stop_task(task: asyncio.Task[None]) -> None:

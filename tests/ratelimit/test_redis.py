@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import shutil
-import socket
-import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -23,7 +19,7 @@ from consulgw.policy.model import RateLimitPolicy
 from consulgw.ratelimit.gcra import Quota
 from consulgw.ratelimit.keys import limit_key
 from consulgw.ratelimit.redisstore import RedisLimiter
-from tests.ratelimit.support import CLIENT_IP_HEADER, FakeClock, make_deps, serve_stages
+from tests.ratelimit.support import CLIENT_IP_HEADER, FakeClock, PrivateRedis, make_deps, serve_stages
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -98,54 +94,6 @@ async def test_stage_headers_and_429_over_redis(service: str, redis_client: Redi
     assert "Retry-After" not in seen[0][1]
     assert other == 200  # another client IP has its own bucket
     assert metrics.rate_limited.labels(service)._value.get() == 1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateRedis:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed (make services installs it)")
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(7).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not come up")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis(_free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("on_error", [pytest.param("allow", id="allow"), pytest.param("deny", id="deny")])

@@ -22,6 +22,7 @@ from consulgw.pipeline.stages.inflight import InFlight
 from consulgw.policy.model import PolicyBook
 from consulgw.ratelimit.local import LocalLimiter
 from consulgw.ratelimit.outage import BackendOutage
+from consulgw.ratelimit.redisstore import RedisLimiter
 from consulgw.redisclient import RedisClient
 
 
@@ -40,6 +41,8 @@ class StageDeps:
     # Redis outage once per service instead of once per process.
     redis_outage: BackendOutage = field(default_factory=BackendOutage)
     in_flight: InFlight = field(default_factory=InFlight)  # shared by the server across rebuilds (max_in_flight)
+    # One per Redis client, owned by the server: concurrent decisions of every service share its batches.
+    redis_limiter: RedisLimiter | None = None
     verified_passwords: VerifiedPasswords = field(default_factory=VerifiedPasswords)
     redis_timeout: float = 0.25  # seconds per rate-limit decision before on_backend_error applies
     worker_index: int = 0  # this process's index among `consulgw serve --workers N` (0-based)
