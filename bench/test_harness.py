@@ -317,7 +317,7 @@ RL_STAGE = "RateLimitStage.__call__ (/w/consulgw/pipeline/stages/ratelimit.py:90
         ),
         pytest.param(
             (f"RequestHandler.finish_response ({VENV}aiohttp/web_protocol.py:1)",),
-            "response to the client (aiohttp server)",
+            "response to the client (aiohttp server, the answer writer, the connection guard)",
             id="response",
         ),
         pytest.param(

@@ -201,6 +201,8 @@ class Spool:
         self._close_file()
         if not self._eof:
             self._producer.abort()
+            self._eof = True
+            self._finished()  # the producer is done with this body too: whoever waits for that (in-flight counts) goes on
         self._wake()
 
     # -- internals -------------------------------------------------------------------------------------------------
