@@ -13,6 +13,7 @@ from typing import Literal
 
 from consulgw.duration import parse_duration
 from consulgw.errors import ConfigError
+from consulgw.tracing.config import TracingSettings, tracing_settings
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -71,6 +72,7 @@ class GatewaySettings:
     max_staleness: float = 60.0
     drain_timeout: float = 30.0
     coalesce_window: float = 0.05
+    tracing: TracingSettings = field(default_factory=TracingSettings)  # from OTEL_* (consulgw.tracing.config)
 
 
 def parse_hostport(key: str, value: str) -> HostPort:
@@ -185,4 +187,5 @@ def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
             "--drain-timeout / CONSULGW_DRAIN_TIMEOUT", text("drain_timeout", "CONSULGW_DRAIN_TIMEOUT", "30s")
         ),
         coalesce_window=parse_duration("--coalesce / CONSULGW_COALESCE", text("coalesce", "CONSULGW_COALESCE", "50ms")),
+        tracing=tracing_settings(environ),
     )

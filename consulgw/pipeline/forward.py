@@ -29,6 +29,7 @@ from consulgw.pipeline.context import BodyReader, Inbound, RequestContext
 from consulgw.pipeline.stages.body_limit import LimitedBody, too_large
 from consulgw.pipeline.target import Target
 from consulgw.policy.model import Fallback, ServicePolicy
+from consulgw.tracing.api import NO_TRACER, Tracer
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.connections import Endpoint
 from consulgw.upstream.headers import end_to_end, strip_hop_by_hop
@@ -52,6 +53,7 @@ class Forwarder:
         metrics: GatewayMetrics,
         send_continue: SendContinue,
         buffer_limit: int = 64 * 1024,
+        tracer: Tracer = NO_TRACER,
     ) -> None:
         self._service = service
         self._policy = policy
@@ -68,6 +70,7 @@ class Forwarder:
         self._uses_breaker = breaker is not None
         self._errors = metrics.upstream_errors
         self._retries = metrics.retries
+        self._tracer = tracer  # one CLIENT span per attempt, and its traceparent (consulgw.tracing); no-op when off
 
     async def __call__(self, ctx: RequestContext) -> Answer:
         target = ctx.target
@@ -101,11 +104,13 @@ class Forwarder:
             tried.add(instance.id)
             pool = target.pool
             pool.acquire(instance.id)
+            call = self._tracer.attempt(service, method, instance, ctx.upstream_target, attempt)
             try:
                 response = await self._transport.send(
-                    Endpoint(instance.scheme, instance.address, instance.port), outgoing, self._timeouts
+                    Endpoint(instance.scheme, instance.address, instance.port), call.request(outgoing), self._timeouts
                 )
             except UpstreamError as exc:
+                call.failed(exc.kind)
                 pool.release(instance.id)
                 if isinstance(body, LimitedBody) and body.exceeded:
                     raise body.error() from exc  # the client's fault, not the instance's: no breaker, no retry
@@ -117,9 +122,11 @@ class Forwarder:
                     self._retries.labels(service).inc()
                     continue
                 break
-            except BaseException:
+            except BaseException as exc:
+                call.failed(type(exc).__name__)
                 pool.release(instance.id)
                 raise
+            call.answered(response.status)
             status = response.status
             self._breakers.record(service, instance.id, ok=status not in self._failure_statuses)
             if (

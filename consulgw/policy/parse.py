@@ -37,6 +37,7 @@ from consulgw.auth.claims import is_scope_token
 from consulgw.auth.discovery import expected_issuer, same_issuer
 from consulgw.duration import parse_go_duration
 from consulgw.errors import PolicyError
+from consulgw.logs import is_secret_key
 from consulgw.model.balancing import as_lb
 from consulgw.model.http import HOP_BY_HOP, IDENTITY_HEADERS, SPOOFABLE_HEADERS
 from consulgw.policy.consumers import is_api_key_digest, parse_password_hash
@@ -58,6 +59,7 @@ from consulgw.policy.model import (
     Retries,
     ServicePolicy,
     Timeouts,
+    TracingPolicy,
 )
 
 Path = tuple[str | int, ...]
@@ -438,6 +440,7 @@ def _policy(doc: Mapping[str, Any]) -> ServicePolicy:
         headers=_headers(doc.get("headers") or {}),
         max_body_bytes=int(doc["max_body_bytes"]) if doc.get("max_body_bytes") is not None else None,
         openapi=_openapi(doc["openapi"]) if doc.get("openapi") is not None else OpenApiPolicy(),
+        tracing=_tracing(doc["tracing"]) if doc.get("tracing") is not None else TracingPolicy(),
     )
 
 
@@ -462,6 +465,29 @@ def _openapi(doc: Mapping[str, Any]) -> OpenApiPolicy:
         if "timeout" in doc
         else defaults.timeout,
     )
+
+
+# -- tracing -------------------------------------------------------------------------------------------------
+
+
+def _tracing(doc: Mapping[str, Any]) -> TracingPolicy:
+    ratio = doc.get("sample_ratio")
+    capture = doc.get("capture_headers") or {}
+    return TracingPolicy(
+        sample_ratio=float(ratio) if ratio is not None else None,
+        capture_request=_captured(capture.get("request", ()), "request"),
+        capture_response=_captured(capture.get("response", ()), "response"),
+    )
+
+
+def _captured(names: Sequence[str], side: str) -> tuple[str, ...]:
+    """Header names to record on spans, lower-cased (as the attribute names carry them); credentials refused."""
+    for index, name in enumerate(names):
+        path: Path = ("tracing", "capture_headers", side, index)
+        _header_name(path, name, policy_owned=False)
+        if is_secret_key(name):
+            raise _Invalid(path, "carries credentials and is never recorded in a trace", value=name)
+    return _unique(name.lower() for name in names)
 
 
 def _auth(doc: Mapping[str, Any]) -> AuthPolicy:

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from consulgw.errors import RateLimitBackendUnavailable
 from consulgw.ratelimit.gcra import Decision, Quota, decide
+from consulgw.tracing.api import NO_TRACER, Tracer
 
 # KEYS[1] = limit key; ARGV[1] = interval (µs), ARGV[2] = tolerance (µs). Returns {admitted (0/1), tat - now (µs)}.
 GCRA_SCRIPT = """
@@ -46,14 +47,16 @@ return {0, tat - now}
 class RedisLimiter:
     """GCRA decisions in Redis. Cheap to build (one per stage); the connection pool belongs to the Redis client."""
 
-    def __init__(self, redis: Redis, *, timeout: float = 0.25) -> None:
+    def __init__(self, redis: Redis, *, timeout: float = 0.25, tracer: Tracer = NO_TRACER) -> None:
         self._script = redis.register_script(GCRA_SCRIPT)
         self._timeout = timeout
+        self._tracer = tracer  # a CLIENT span per decision (consulgw.tracing)
 
     async def acquire(self, key: str, quota: Quota) -> Decision:
         try:
-            async with asyncio.timeout(self._timeout):
-                reply = await self._script(keys=[key], args=[quota.interval_us, quota.tolerance_us])
+            with self._tracer.redis_call("EVALSHA"):
+                async with asyncio.timeout(self._timeout):
+                    reply = await self._script(keys=[key], args=[quota.interval_us, quota.tolerance_us])
         except (RedisError, OSError, TimeoutError) as exc:
             raise RateLimitBackendUnavailable(
                 "the rate limit backend is unavailable", headers={"Retry-After": "1"}

@@ -41,6 +41,7 @@ from consulgw.server.listener import create_public_app, send_continue
 from consulgw.server.proxy import ProxyHandler
 from consulgw.server.view import GatewayView, ViewBuilder
 from consulgw.settings import GatewaySettings
+from consulgw.tracing.setup import start_tracing
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.headers import TrustedProxies
 from consulgw.upstream.pool import UpstreamPools
@@ -111,6 +112,16 @@ class Gateway:
         consul_session = await self._exit.enter_async_context(
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None))
         )
+        # Tracing first, so its provider is shut down (the last spans flushed) after everything that makes spans.
+        tracer = start_tracing(
+            s.tracing,
+            metrics=self.metrics,
+            rng=self._rng,
+            log=self._log,
+            scheme="https" if s.tls_cert and s.tls_key else "http",
+            redis_url=s.redis_url.value or None,
+        )
+        self._exit.push_async_callback(tracer.aclose)
         transport = Http1Transport(ca_file=s.upstream_ca)
         self._exit.push_async_callback(transport.close)
         redis_client: redis_asyncio.Redis | None = None
@@ -121,7 +132,7 @@ class Gateway:
             self._exit.push_async_callback(redis_client.aclose)
         pools = UpstreamPools(rng=self._rng)
         breakers = BreakerBoard(clock=self._clock, metrics=self.metrics)
-        jwks = JwksCache(http=consul_session, clock=self._clock)
+        jwks = JwksCache(http=consul_session, clock=self._clock, tracer=tracer)
         local_limits = LocalLimiter(clock=self._clock)
         redis_outage = BackendOutage()
         verified_passwords = VerifiedPasswords()
@@ -136,6 +147,7 @@ class Gateway:
                 breakers=breakers,
                 metrics=self.metrics,
                 send_continue=send_continue,
+                tracer=tracer,
             )
             return build_chain((*stages, select), forwarder)
 
@@ -160,6 +172,7 @@ class Gateway:
                 verified_passwords=verified_passwords,
                 worker_index=self._worker_index,
                 worker_count=self._worker_count,
+                tracer=tracer,
             ),
             pipeline=pipeline,
             clock=self._clock,
@@ -186,6 +199,7 @@ class Gateway:
             clock=self._clock,
             new_request_id=self._new_request_id,
             scheme="https" if self._tls is not None else "http",
+            tracer=tracer,
         )
         self._handler = handler
         self._watch_task = asyncio.create_task(watcher.run(builder.apply), name="consulgw-watcher")

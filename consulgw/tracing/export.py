@@ -1,0 +1,146 @@
+"""The tracer provider of one gateway process: the SDK's BatchSpanProcessor and OTLP/HTTP exporter, counted.
+
+- **Bounded.** Ended sampled spans wait in the BatchSpanProcessor's queue (``OTEL_BSP_MAX_QUEUE_SIZE``, 2048); its
+  own thread exports them in batches (``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``) every ``OTEL_BSP_SCHEDULE_DELAY`` or when a
+  batch is full. The event loop only appends to that queue: the HTTP export, its retries with backoff and its
+  timeout (``OTEL_EXPORTER_OTLP_TIMEOUT``, 10 s) all happen on the processor's thread, so a slow or dead collector
+  never slows a request.
+- **Counted.** When the queue is full the oldest span is dropped; a failed export loses its batch. Both are counted
+  in ``consulgw_trace_spans_dropped_total{reason="queue_full"|"export_failed"}``. The SDK does not expose its queue
+  length, so ``CountingProcessor`` keeps its own count of spans handed over and not yet taken by an export; it can
+  be off by the one batch being taken at that instant, so the count is exact to within a batch under a storm.
+- **Flushed.** ``shutdown`` exports what is queued. The Gateway calls it last, from its exit stack, on a thread of
+  its own and waits at most ``shutdown_timeout``: a dead collector cannot hold the process at exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+from collections.abc import Sequence
+
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from consulgw.metrics import GatewayMetrics
+from consulgw.tracing.config import TracingSettings
+from consulgw.tracing.sampler import EdgeSampler
+
+
+class _Backlog:
+    """Spans handed to the batch processor and not yet taken by an export (shared by two threads)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.lock = threading.Lock()
+
+
+class CountingExporter(SpanExporter):
+    """The OTLP exporter, counting the spans a failed export loses."""
+
+    def __init__(self, inner: SpanExporter, backlog: _Backlog, metrics: GatewayMetrics) -> None:
+        self._inner = inner
+        self._backlog = backlog
+        self._failed = metrics.trace_spans_dropped.labels("export_failed")
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self._backlog.lock:
+            self._backlog.count = max(0, self._backlog.count - len(spans))
+        result = self._inner.export(spans)
+        if result is not SpanExportResult.SUCCESS:
+            self._failed.inc(len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class CountingProcessor(SpanProcessor):
+    """The SDK's BatchSpanProcessor, counting the spans its full queue drops."""
+
+    def __init__(self, inner: BatchSpanProcessor, backlog: _Backlog, metrics: GatewayMetrics) -> None:
+        self._inner = inner
+        self._backlog = backlog
+        self._dropped = metrics.trace_spans_dropped.labels("queue_full")
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self._inner.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is None or not context.trace_flags.sampled:
+            return
+        backlog = self._backlog
+        with backlog.lock:
+            full = backlog.count >= backlog.limit
+            if not full:
+                backlog.count += 1
+        if full:
+            self._dropped.inc()  # the processor evicts its oldest span to take this one
+        self._inner.on_end(span)
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()  # type: ignore[no-untyped-call]  # the SDK leaves it unannotated
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def build_provider(settings: TracingSettings, *, metrics: GatewayMetrics, rng: random.Random) -> TracerProvider:
+    """A provider owned by the caller (never installed as OpenTelemetry's global one, no atexit hook)."""
+    backlog = _Backlog(settings.max_queue_size)
+    exporter = CountingExporter(OTLPSpanExporter(endpoint=settings.endpoint), backlog, metrics)
+    batch = BatchSpanProcessor(
+        exporter,
+        max_queue_size=settings.max_queue_size,
+        schedule_delay_millis=settings.schedule_delay * 1000,
+        max_export_batch_size=settings.max_export_batch_size,
+    )
+    provider = TracerProvider(
+        sampler=EdgeSampler(ratio=settings.ratio, parent_based=settings.parent_based, rng=rng),
+        resource=_resource(settings.service_name),
+        shutdown_on_exit=False,
+    )
+    provider.add_span_processor(CountingProcessor(batch, backlog, metrics))
+    return provider
+
+
+def _resource(service_name: str | None) -> Resource:
+    """The SDK's resource (``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME``), named ``consulgw`` by default."""
+    resource = Resource.create({SERVICE_NAME: service_name} if service_name else {})
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: "consulgw"}))
+    return resource
+
+
+async def shutdown_provider(provider: TracerProvider, timeout: float) -> bool:
+    """Flush and stop the provider on a daemon thread; wait at most ``timeout`` seconds. True when it finished."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finished() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def run() -> None:
+        try:
+            provider.shutdown()
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
+                loop.call_soon_threadsafe(finished)
+
+    threading.Thread(target=run, name="consulgw-trace-shutdown", daemon=True).start()
+    try:
+        await asyncio.wait_for(asyncio.shield(done), timeout)
+    except TimeoutError:
+        return False
+    return True
