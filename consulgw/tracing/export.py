@@ -95,23 +95,54 @@ class CountingProcessor(SpanProcessor):
         return self._inner.force_flush(timeout_millis)
 
 
-def build_provider(settings: TracingSettings, *, metrics: GatewayMetrics, rng: random.Random) -> TracerProvider:
-    """A provider owned by the caller (never installed as OpenTelemetry's global one, no atexit hook)."""
-    backlog = _Backlog(settings.max_queue_size)
-    exporter = CountingExporter(OTLPSpanExporter(endpoint=settings.endpoint), backlog, metrics)
-    batch = BatchSpanProcessor(
-        exporter,
-        max_queue_size=settings.max_queue_size,
-        schedule_delay_millis=settings.schedule_delay * 1000,
-        max_export_batch_size=settings.max_export_batch_size,
-    )
-    provider = TracerProvider(
-        sampler=EdgeSampler(ratio=settings.ratio, parent_based=settings.parent_based, rng=rng),
-        resource=_resource(settings.service_name),
-        shutdown_on_exit=False,
-    )
-    provider.add_span_processor(CountingProcessor(batch, backlog, metrics))
-    return provider
+class SpanExport:
+    """The tracer provider of one process and its exporter: built by the tracer, shut down by it (last)."""
+
+    def __init__(self, settings: TracingSettings, *, metrics: GatewayMetrics, rng: random.Random) -> None:
+        backlog = _Backlog(settings.max_queue_size)
+        self._otlp = OTLPSpanExporter(endpoint=settings.endpoint)
+        batch = BatchSpanProcessor(
+            CountingExporter(self._otlp, backlog, metrics),
+            max_queue_size=settings.max_queue_size,
+            schedule_delay_millis=settings.schedule_delay * 1000,
+            max_export_batch_size=settings.max_export_batch_size,
+        )
+        # Never installed as OpenTelemetry's global provider, and no atexit hook: the Gateway owns it.
+        self.provider = TracerProvider(
+            sampler=EdgeSampler(ratio=settings.ratio, parent_based=settings.parent_based, rng=rng),
+            resource=_resource(settings.service_name),
+            shutdown_on_exit=False,
+        )
+        self.provider.add_span_processor(CountingProcessor(batch, backlog, metrics))
+        self._timeout = settings.shutdown_timeout
+
+    async def shutdown(self) -> bool:
+        """Flush and stop, on a daemon thread; wait at most ``shutdown_timeout``. True when everything was sent.
+
+        Past the deadline the exporter is stopped too, which ends its retries (an export already on the wire ends
+        with its own timeout); the spans still queued are lost.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finished() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def run() -> None:
+            try:
+                self.provider.shutdown()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
+                    loop.call_soon_threadsafe(finished)
+
+        threading.Thread(target=run, name="consulgw-trace-shutdown", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), self._timeout)
+        except TimeoutError:
+            self._otlp.shutdown()  # type: ignore[no-untyped-call]
+            return False
+        return True
 
 
 def _resource(service_name: str | None) -> Resource:
@@ -120,27 +151,3 @@ def _resource(service_name: str | None) -> Resource:
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: "consulgw"}))
     return resource
-
-
-async def shutdown_provider(provider: TracerProvider, timeout: float) -> bool:
-    """Flush and stop the provider on a daemon thread; wait at most ``timeout`` seconds. True when it finished."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def finished() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    def run() -> None:
-        try:
-            provider.shutdown()
-        finally:
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
-                loop.call_soon_threadsafe(finished)
-
-    threading.Thread(target=run, name="consulgw-trace-shutdown", daemon=True).start()
-    try:
-        await asyncio.wait_for(asyncio.shield(done), timeout)
-    except TimeoutError:
-        return False
-    return True

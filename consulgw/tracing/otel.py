@@ -40,10 +40,10 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
+import structlog
 from multidict import CIMultiDictProxy
 from opentelemetry import context as otel_context
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
@@ -62,7 +62,7 @@ from consulgw.tracing.attributes import (
     server_span_name,
 )
 from consulgw.tracing.config import TracingSettings
-from consulgw.tracing.export import build_provider, shutdown_provider
+from consulgw.tracing.export import SpanExport
 from consulgw.tracing.sampler import EDGE_KEY, Edge
 
 if TYPE_CHECKING:
@@ -72,6 +72,8 @@ if TYPE_CHECKING:
     from consulgw.policy.model import TracingPolicy
     from consulgw.routing.rules import RouteSpec
     from consulgw.upstream.transport import UpstreamRequest
+
+log = structlog.get_logger("consulgw.tracing")
 
 # Trace headers a client may send; never forwarded as they came while tracing is on.
 TRACE_HEADERS: Final = frozenset(
@@ -131,9 +133,8 @@ class OtelTracer:
         scheme: str = "http",
         redis_url: str | None = None,
     ) -> None:
-        self._provider: TracerProvider = build_provider(settings, metrics=metrics, rng=rng)
-        self.otel = self._provider.get_tracer("consulgw")
-        self._shutdown_timeout = settings.shutdown_timeout
+        self._export = SpanExport(settings, metrics=metrics, rng=rng)
+        self.otel = self._export.provider.get_tracer("consulgw")
         self.scheme = scheme
         self.default_port = 443 if scheme == "https" else 80
         self._redis: dict[str, AttributeValue] = {"db.system.name": "redis", **_redis_server(redis_url)}
@@ -181,7 +182,8 @@ class OtelTracer:
         return _Call(span)
 
     async def aclose(self) -> None:
-        await shutdown_provider(self._provider, self._shutdown_timeout)
+        if not await self._export.shutdown():
+            log.warning("trace_export_unfinished", hint="the collector did not take the last spans in time")
 
 
 class _ServerTrace:

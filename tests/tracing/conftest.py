@@ -2,13 +2,15 @@
 
 ``otlp`` is a real aiohttp server on 127.0.0.1 that accepts ``POST /v1/traces`` the way a collector does: it decodes
 each protobuf ``ExportTraceServiceRequest`` with opentelemetry-proto (installed with the exporter) into
-:class:`ReceivedSpan` values. ``otlp.status`` makes it answer with an error instead (a failing collector).
+:class:`ReceivedSpan` values. ``otlp.status`` makes it answer with an error instead (a failing collector), ``otlp.hold`` makes it hold every
+export until the event is set (a stuck collector).
 
 The end-to-end fixtures of tests/gateway (dev agent, real upstreams, in-process gateways) are reused as they are.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +51,7 @@ class Receiver:
     spans: list[ReceivedSpan] = field(default_factory=list)
     requests: int = 0
     status: int = 200  # what the receiver answers
+    hold: asyncio.Event | None = None  # set: every export waits for it (a collector that does not answer)
 
     def named(self, name: str) -> list[ReceivedSpan]:
         return [s for s in self.spans if s.name == name]
@@ -99,6 +102,8 @@ async def otlp() -> AsyncIterator[Receiver]:
         receiver.requests += 1
         assert request.content_type == "application/x-protobuf"
         body = await request.read()
+        if receiver.hold is not None:
+            await receiver.hold.wait()
         if receiver.status != 200:
             return web.Response(status=receiver.status)
         receiver.spans.extend(decode(body))
@@ -127,9 +132,12 @@ def tracing_to(receiver: Receiver, **overrides: Any) -> TracingSettings:
 
 @pytest.fixture
 def traced_gateway(
-    gateway_factory: Callable[..., Awaitable[Gateway]], otlp: Receiver
+    otlp: Receiver, gateway_factory: Callable[..., Awaitable[Gateway]]
 ) -> Callable[..., Awaitable[Gateway]]:
-    """``await traced_gateway(**settings)``: an in-process gateway exporting to ``otlp`` (``tracing=`` to change)."""
+    """``await traced_gateway(**settings)``: an in-process gateway exporting to ``otlp`` (``tracing=`` to change).
+
+    ``otlp`` comes first so it is torn down after the gateways: they flush their last spans to it when stopping
+    (tests that take both fixtures list ``otlp`` first for the same reason)."""
 
     async def start(**overrides: Any) -> Gateway:
         overrides.setdefault("tracing", tracing_to(otlp))
