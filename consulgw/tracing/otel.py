@@ -43,9 +43,19 @@ from typing import TYPE_CHECKING, Final
 import structlog
 from multidict import CIMultiDictProxy
 from opentelemetry import context as otel_context
-from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    get_current_span,
+    set_span_in_context,
+)
+from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import AttributeValue
 
 from consulgw.logs import is_secret_key
@@ -64,6 +74,7 @@ from consulgw.tracing.attributes import (
 from consulgw.tracing.config import TracingSettings
 from consulgw.tracing.export import SpanExport
 from consulgw.tracing.sampler import EDGE_KEY, Edge
+from consulgw.tracing.w3c import format_traceparent, parse_traceparent
 
 if TYPE_CHECKING:
     from consulgw.model.snapshot import Instance
@@ -88,35 +99,8 @@ TRACE_HEADERS: Final = frozenset(
         "x-b3-flags",
     }
 )
-_MAX_TRACEPARENT = 512  # W3C: longer is invalid (the SDK would log a warning per request: a client-driven flood)
-_MAX_TRACESTATE = 512
-_PROPAGATOR = TraceContextTextMapPropagator()
-
-
-class _IncomingHeaders(Getter[CIMultiDictProxy[str]]):
-    """The request's trace headers as the W3C propagator reads them; an invalid ``traceparent`` is no context."""
-
-    __slots__ = ("tracestate",)
-
-    def __init__(self, tracestate: bool) -> None:
-        self.tracestate = tracestate  # believe the tracestate (trusted peers only)
-
-    def get(self, carrier: CIMultiDictProxy[str], key: str) -> list[str] | None:
-        values = carrier.getall(key, None)
-        if not values:
-            return None
-        if key == "traceparent":
-            return values if len(values) == 1 and len(values[0]) <= _MAX_TRACEPARENT else None
-        if not self.tracestate or sum(len(v) for v in values) > _MAX_TRACESTATE:
-            return None
-        return values
-
-    def keys(self, carrier: CIMultiDictProxy[str]) -> list[str]:
-        return list(carrier.keys())
-
-
-_TRUSTED_GETTER = _IncomingHeaders(tracestate=True)
-_UNTRUSTED_GETTER = _IncomingHeaders(tracestate=False)
+_MAX_TRACESTATE = 512  # longer is not continued (W3C lets a participant drop it; the SDK would log a warning)
+_EMPTY = Context()
 
 
 class OtelTracer:
@@ -135,6 +119,7 @@ class OtelTracer:
     ) -> None:
         self._export = SpanExport(settings, metrics=metrics, rng=rng)
         self.otel = self._export.provider.get_tracer("consulgw")
+        self._ids = self._export.provider.id_generator
         self.scheme = scheme
         self.default_port = 443 if scheme == "https" else 80
         self._redis: dict[str, AttributeValue] = {"db.system.name": "redis", **_redis_server(redis_url)}
@@ -142,8 +127,23 @@ class OtelTracer:
     def request(self, request: Inbound, trusted: bool, request_id: str, client_ip: str) -> RequestTrace:
         return _ServerTrace(self, request, trusted, request_id, client_ip)
 
+    def child(self, name: str) -> Span:
+        """A CLIENT span under the current span. Under an unsampled parent it is only ids (the SDK would build the
+        same non-recording span, at several times the cost, on every request that is not sampled)."""
+        parent = get_current_span().get_span_context()
+        if parent.is_valid and not parent.trace_flags.sampled:
+            context = SpanContext(
+                parent.trace_id,
+                self._ids.generate_span_id(),
+                is_remote=False,
+                trace_flags=parent.trace_flags,
+                trace_state=parent.trace_state,
+            )
+            return NonRecordingSpan(context)
+        return self.otel.start_span(name, kind=SpanKind.CLIENT)
+
     def attempt(self, service: str, method: str, instance: Instance, target: str, resend: int) -> Attempt:
-        span = self.otel.start_span(client_span_name(method), kind=SpanKind.CLIENT)
+        span = self.child(client_span_name(method))
         if span.is_recording():
             attributes: dict[str, AttributeValue] = {
                 "http.request.method": method_attribute(method),
@@ -161,7 +161,7 @@ class OtelTracer:
         return _Attempt(span)
 
     def http_call(self, method: str, url: str, purpose: str) -> Call:
-        span = self.otel.start_span(client_span_name(method), kind=SpanKind.CLIENT)
+        span = self.child(client_span_name(method))
         if span.is_recording():
             parts = urllib.parse.urlsplit(url)
             span.set_attributes(
@@ -176,7 +176,7 @@ class OtelTracer:
         return _Call(span)
 
     def redis_call(self, operation: str) -> Call:
-        span = self.otel.start_span(operation, kind=SpanKind.CLIENT)
+        span = self.child(operation)
         if span.is_recording():
             span.set_attributes({**self._redis, "db.operation.name": operation})
         return _Call(span)
@@ -210,7 +210,7 @@ class _ServerTrace:
         self._request_id = request_id
         self._client_ip = client_ip
         self._start = time.time_ns()
-        self._parent = _PROPAGATOR.extract(request.headers, getter=_TRUSTED_GETTER if trusted else _UNTRUSTED_GETTER)
+        self._parent = _incoming(request.headers, trusted)
         self._span: Span | None = None
         self._token: object = None
         self._capture: tuple[str, ...] = ()  # response headers to record
@@ -299,9 +299,7 @@ class _Attempt:
 
     def request(self, outgoing: UpstreamRequest) -> UpstreamRequest:
         headers = [(name, value) for name, value in outgoing.headers if name.lower() not in TRACE_HEADERS]
-        carrier: dict[str, str] = {}
-        _PROPAGATOR.inject(carrier, set_span_in_context(self._span))
-        headers.extend(carrier.items())
+        headers.extend(_propagated(self._span).items())
         return dataclasses.replace(outgoing, headers=headers)
 
     def answered(self, status: int) -> None:
@@ -329,9 +327,7 @@ class _Call:
         self._error: str | None = None
 
     def headers(self) -> Mapping[str, str]:
-        carrier: dict[str, str] = {}
-        _PROPAGATOR.inject(carrier, set_span_in_context(self._span))
-        return carrier
+        return _propagated(self._span)
 
     def status(self, code: int) -> None:
         if self._span.is_recording():
@@ -354,6 +350,34 @@ class _Call:
             span.set_attribute("error.type", error)
             span.set_status(Status(StatusCode.ERROR, error))
         span.end()
+
+
+def _incoming(headers: CIMultiDictProxy[str], trusted: bool) -> Context:
+    """The client's trace context: its ``traceparent`` if valid (exactly one), its ``tracestate`` only from a
+    trusted peer."""
+    values = headers.getall("traceparent", None)
+    if values is None or len(values) != 1:
+        return _EMPTY  # none, or several: an invalid context (W3C)
+    parsed = parse_traceparent(values[0])
+    if parsed is None:
+        return _EMPTY
+    trace_id, span_id, flags = parsed
+    state = None
+    if trusted:
+        states = headers.getall("tracestate", None)
+        if states is not None and sum(len(v) for v in states) <= _MAX_TRACESTATE:
+            state = TraceState.from_header(states)
+    context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags), trace_state=state)
+    return set_span_in_context(NonRecordingSpan(context), _EMPTY)
+
+
+def _propagated(span: Span) -> dict[str, str]:
+    """``traceparent`` (and ``tracestate``, when there is one) naming ``span`` as the parent."""
+    context = span.get_span_context()
+    fields = {"traceparent": format_traceparent(context.trace_id, context.span_id, context.trace_flags)}
+    if context.trace_state:
+        fields["tracestate"] = context.trace_state.to_header()
+    return fields
 
 
 def _captured(prefix: str, headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, AttributeValue]:
