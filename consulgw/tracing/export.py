@@ -26,6 +26,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
 from consulgw.metrics import GatewayMetrics
 from consulgw.tracing.config import TracingSettings
@@ -95,6 +96,22 @@ class CountingProcessor(SpanProcessor):
         return self._inner.force_flush(timeout_millis)
 
 
+class PresetIds(RandomIdGenerator):
+    """The SDK's random ids, except that the next trace id can be set first: the gateway draws a new trace's id
+    itself and samples on it before it asks the SDK for a span (an unsampled request never reaches the SDK), and
+    the SDK's span then carries that same id. Used on the event loop thread only, between two statements."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def preset(self, trace_id: int) -> None:
+        self._next = trace_id
+
+    def generate_trace_id(self) -> int:
+        trace_id, self._next = self._next, 0
+        return trace_id or super().generate_trace_id()
+
+
 class SpanExport:
     """The tracer provider of one process and its exporter: built by the tracer, shut down by it (last)."""
 
@@ -108,8 +125,11 @@ class SpanExport:
             max_export_batch_size=settings.max_export_batch_size,
         )
         # Never installed as OpenTelemetry's global provider, and no atexit hook: the Gateway owns it.
+        self.sampler = EdgeSampler(ratio=settings.ratio, parent_based=settings.parent_based, rng=rng)
+        self.ids = PresetIds()
         self.provider = TracerProvider(
-            sampler=EdgeSampler(ratio=settings.ratio, parent_based=settings.parent_based, rng=rng),
+            sampler=self.sampler,
+            id_generator=self.ids,
             resource=_resource(settings.service_name),
             shutdown_on_exit=False,
         )

@@ -45,6 +45,7 @@ from multidict import CIMultiDictProxy
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
     NonRecordingSpan,
     Span,
     SpanContext,
@@ -119,7 +120,8 @@ class OtelTracer:
     ) -> None:
         self._export = SpanExport(settings, metrics=metrics, rng=rng)
         self.otel = self._export.provider.get_tracer("consulgw")
-        self._ids = self._export.provider.id_generator
+        self.ids = self._export.ids
+        self.sampler = self._export.sampler
         self.scheme = scheme
         self.default_port = 443 if scheme == "https" else 80
         self._redis: dict[str, AttributeValue] = {"db.system.name": "redis", **_redis_server(redis_url)}
@@ -134,7 +136,7 @@ class OtelTracer:
         if parent.is_valid and not parent.trace_flags.sampled:
             context = SpanContext(
                 parent.trace_id,
-                self._ids.generate_span_id(),
+                self.ids.generate_span_id(),
                 is_remote=False,
                 trace_flags=parent.trace_flags,
                 trace_state=parent.trace_state,
@@ -260,9 +262,28 @@ class _ServerTrace:
         tracer = self._tracer
         request = self._request
         method = request.method
-        parent = otel_context.set_value(EDGE_KEY, Edge(trusted=self._trusted, ratio=ratio), self._parent)
+        parent = self._parent
+        ids = tracer.ids
+        edge = Edge(trusted=self._trusted, ratio=ratio)
+        trace_id = parent.trace_id if parent.is_valid else ids.generate_trace_id()
+        if not tracer.sampler.decide(parent, trace_id, edge):
+            # Not sampled: ids only, no SDK span (the same non-recording span the SDK would make, cheaper).
+            flags = TraceFlags(parent.trace_flags & ~TraceFlags.SAMPLED) if parent.is_valid else TraceFlags()
+            state = parent.trace_state if parent.is_valid else None
+            context = SpanContext(
+                trace_id, ids.generate_span_id(), is_remote=False, trace_flags=flags, trace_state=state
+            )
+            span: Span = NonRecordingSpan(context)
+            self._span = span
+            return span
+        if parent.is_valid:
+            start = set_span_in_context(NonRecordingSpan(parent), _EMPTY)
+        else:
+            start = _EMPTY
+            ids.preset(trace_id)  # the SDK's span gets the trace id the decision was made on
+        start = otel_context.set_value(EDGE_KEY, Edge(trusted=self._trusted, ratio=ratio, decided=True), start)
         name = server_span_name(method, route.prefix if route is not None else None)
-        span = tracer.otel.start_span(name, context=parent, kind=SpanKind.SERVER, start_time=self._start)
+        span = tracer.otel.start_span(name, context=start, kind=SpanKind.SERVER, start_time=self._start)
         self._span = span
         if span.is_recording():
             path, _, query = request.raw_path.partition("?")
@@ -352,23 +373,22 @@ class _Call:
         span.end()
 
 
-def _incoming(headers: CIMultiDictProxy[str], trusted: bool) -> Context:
+def _incoming(headers: CIMultiDictProxy[str], trusted: bool) -> SpanContext:
     """The client's trace context: its ``traceparent`` if valid (exactly one), its ``tracestate`` only from a
-    trusted peer."""
+    trusted peer. INVALID_SPAN_CONTEXT when there is none."""
     values = headers.getall("traceparent", None)
     if values is None or len(values) != 1:
-        return _EMPTY  # none, or several: an invalid context (W3C)
+        return INVALID_SPAN_CONTEXT  # none, or several: an invalid context (W3C)
     parsed = parse_traceparent(values[0])
     if parsed is None:
-        return _EMPTY
+        return INVALID_SPAN_CONTEXT
     trace_id, span_id, flags = parsed
     state = None
     if trusted:
         states = headers.getall("tracestate", None)
         if states is not None and sum(len(v) for v in states) <= _MAX_TRACESTATE:
             state = TraceState.from_header(states)
-    context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags), trace_state=state)
-    return set_span_in_context(NonRecordingSpan(context), _EMPTY)
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags), trace_state=state)
 
 
 def _propagated(span: Span) -> dict[str, str]:

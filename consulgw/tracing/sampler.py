@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from opentelemetry.context import Context, create_key, get_value
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import Link, SpanKind, get_current_span
+from opentelemetry.trace import Link, SpanContext, SpanKind, get_current_span
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
@@ -39,6 +39,7 @@ class Edge:
 
     trusted: bool  # the peer is a --trusted-proxies address
     ratio: float | None  # the service's sample_ratio; None: the process ratio
+    decided: bool | None = None  # the gateway already decided (consulgw.tracing.otel decides before the SDK)
 
 
 class EdgeSampler(Sampler):
@@ -60,21 +61,26 @@ class EdgeSampler(Sampler):
         parent = get_current_span(parent_context).get_span_context()
         edge = get_value(EDGE_KEY, parent_context) if parent_context is not None else None
         state = parent.trace_state if parent.is_valid else None
-        if not isinstance(edge, Edge):  # a span inside a trace: the parent decided
-            sampled = parent.trace_flags.sampled if parent.is_valid else _by_trace_id(trace_id, self._ratio)
+        if isinstance(edge, Edge) and edge.decided is not None:
+            sampled = edge.decided
         else:
-            ratio = edge.ratio if edge.ratio is not None else self._ratio
-            if not parent.is_valid:
-                sampled = _by_trace_id(trace_id, ratio)
-            elif edge.trusted and self._parent_based:
-                sampled = parent.trace_flags.sampled
-            elif edge.trusted:
-                sampled = _by_trace_id(trace_id, ratio)
-            else:
-                sampled = ratio >= 1.0 or (ratio > 0.0 and self._rng.random() < ratio)
+            sampled = self.decide(parent, trace_id, edge if isinstance(edge, Edge) else None)
         if sampled:
             return SamplingResult(_SAMPLE, attributes, state)
         return SamplingResult(_DROP, None, state)
+
+    def decide(self, parent: SpanContext, trace_id: int, edge: Edge | None) -> bool:
+        """Is a span of ``trace_id`` under ``parent`` (invalid: none) sampled? ``edge``: it is a SERVER span."""
+        if edge is None:  # a span inside a trace: the parent decided
+            return parent.trace_flags.sampled if parent.is_valid else _by_trace_id(trace_id, self._ratio)
+        ratio = edge.ratio if edge.ratio is not None else self._ratio
+        if not parent.is_valid:
+            return _by_trace_id(trace_id, ratio)
+        if edge.trusted and self._parent_based:
+            return parent.trace_flags.sampled
+        if edge.trusted:
+            return _by_trace_id(trace_id, ratio)
+        return ratio >= 1.0 or (ratio > 0.0 and self._rng.random() < ratio)
 
     def get_description(self) -> str:
         root = f"ratio={self._ratio:g}"

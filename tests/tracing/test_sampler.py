@@ -66,6 +66,10 @@ def edge(context: Context | None, *, trusted: bool, ratio: float | None = None) 
         pytest.param(0.0, True, 0.0, parent(HIGH, sampled=True), HIGH, True, id="child-of-sampled"),
         pytest.param(1.0, False, 0.0, parent(LOW, sampled=False), LOW, False, id="child-of-unsampled"),
         pytest.param(0.5, True, 0.0, None, LOW, True, id="no-parent-no-edge"),
+        # The gateway decided before asking the SDK for the span: the decision stands.
+        pytest.param(
+            0.0, True, 0.9, set_value(EDGE_KEY, Edge(trusted=False, ratio=0.0, decided=True)), HIGH, True, id="decided"
+        ),
     ],
 )
 def test_decisions(

@@ -450,3 +450,27 @@ async def test_spans_a_failing_collector_loses_are_counted(
     assert dropped(gateway, "queue_full") == 0
     async with http.get(f"{gateway.admin_url}/metrics") as resp:
         assert 'consulgw_trace_spans_dropped_total{reason="export_failed"} 2.0' in await resp.text()
+
+
+async def test_a_new_traces_sampling_is_decided_on_its_own_trace_id(
+    otlp: Receiver,
+    gateway_factory: Callable[..., Awaitable[Gateway]],
+    consul: Consul,
+    upstreams: Any,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Ratio 0.5: a new trace is sampled exactly when the low 64 bits of its trace id are under 2^63 (the SDK's
+    TraceIdRatioBased rule, so gateways agree), and the exported span carries that very trace id."""
+    up: Upstream = await upstreams("a")
+    with capture_logs() as logs:
+        gateway = await gateway_factory(tracing=tracing_to(otlp, ratio=0.5, parent_based=False))
+        await serve(gateway, consul, up)
+        for index in range(40):
+            async with http.get(f"{gateway.url}/{index}") as resp:
+                assert resp.status == 200
+        await gateway.stop()
+    logged = [line["trace_id"] for line in logs if line["event"] == "request_completed" and "route" in line]
+    assert len(logged) == 40
+    under = {trace_id for trace_id in logged if int(trace_id, 16) & ((1 << 64) - 1) < 1 << 63}
+    assert 0 < len(under) < 40  # 40 draws at one half: both outcomes (a 1 in 5e11 chance of failing)
+    assert {s.trace_id for s in otlp.kind("server")} == under
