@@ -131,6 +131,15 @@ class GatewayMetrics:
             "Log lines dropped because the log stream (stderr) could not keep up; logging never blocks requests.",
             registry=r,
         )
+        # Tracing (consulgw.tracing.export): spans lost on the way to the collector. Stays 0 while tracing is off.
+        self.trace_spans_dropped = Counter(
+            "consulgw_trace_spans_dropped_total",
+            "Sampled spans never exported, by reason (queue_full: the export queue was full; export_failed).",
+            ("reason",),
+            registry=r,
+        )
+        for reason in ("queue_full", "export_failed"):
+            self.trace_spans_dropped.labels(reason)
 
     def observe_request(self, service: str, route: str, status: int, seconds: float) -> None:
         key = (service, route, status // 100)

@@ -15,6 +15,7 @@ from consulgw.duration import parse_duration
 from consulgw.errors import ConfigError
 from consulgw.redisclient import parse_redis_url
 from consulgw.routing.path import ENCODED_SLASHES, EncodedSlashes
+from consulgw.tracing.config import TracingSettings, tracing_settings
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -88,6 +89,7 @@ class GatewaySettings:
     drain_timeout: float = 30.0
     coalesce_window: float = 0.05
     clients: ClientLimits = field(default_factory=ClientLimits)
+    tracing: TracingSettings = field(default_factory=TracingSettings)  # from OTEL_* (consulgw.tracing.config)
 
 
 def parse_hostport(key: str, value: str) -> HostPort:
@@ -216,6 +218,7 @@ def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
         ),
         coalesce_window=parse_duration("--coalesce / CONSULGW_COALESCE", text("coalesce", "CONSULGW_COALESCE", "50ms")),
         clients=_client_limits(text),
+        tracing=tracing_settings(environ),
     )
 
 

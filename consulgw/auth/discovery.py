@@ -33,6 +33,7 @@ import structlog
 
 from consulgw.auth.fetch import FetchFailed, fetch_json
 from consulgw.clock import Clock
+from consulgw.tracing.api import NO_TRACER, Tracer
 
 log = structlog.get_logger("consulgw.auth")
 
@@ -111,6 +112,7 @@ class DiscoveryCache:
         refresh_interval: float = 10.0,
         max_age: float = 600.0,
         max_bytes: int = 1 << 20,
+        tracer: Tracer = NO_TRACER,
     ) -> None:
         self._http = http
         self._clock = clock
@@ -118,6 +120,7 @@ class DiscoveryCache:
         self._refresh_interval = refresh_interval
         self._max_age = max_age
         self._max_bytes = max_bytes
+        self._tracer = tracer
         self._entries: dict[tuple[str, str, Need], _Entry] = {}
 
     async def metadata(self, url: str, *, issuer: str, need: Need) -> ProviderMetadata | None:
@@ -154,7 +157,14 @@ class DiscoveryCache:
         return entry.attempted_at is None or self._clock.monotonic() - entry.attempted_at >= self._refresh_interval
 
     async def _fetch(self, url: str, issuer: str, need: Need) -> ProviderMetadata:
-        document = await fetch_json(self._http, url, timeout=self._timeout, max_bytes=self._max_bytes)
+        document = await fetch_json(
+            self._http,
+            url,
+            timeout=self._timeout,
+            max_bytes=self._max_bytes,
+            tracer=self._tracer,
+            purpose="oidc_discovery",
+        )
         if not isinstance(document, Mapping):
             raise _Refused("the metadata document is not a JSON object")
         stated = document.get("issuer")

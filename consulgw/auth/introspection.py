@@ -81,6 +81,7 @@ from consulgw.auth.outcome import (
 from consulgw.clock import Clock
 from consulgw.policy.model import IntrospectionAuth
 from consulgw.redisclient import RedisClient
+from consulgw.tracing.api import NO_TRACER, Tracer
 
 log = structlog.get_logger("consulgw.auth")
 
@@ -203,6 +204,7 @@ class Introspector:
         redis: RedisClient | None = None,
         redis_timeout: float = 0.25,
         discovery: DiscoveryCache | None = None,
+        tracer: Tracer = NO_TRACER,
     ) -> None:
         self._policy = policy
         self._http = http
@@ -210,7 +212,8 @@ class Introspector:
         self._redis = redis if policy.cache == "redis" else None
         self._redis_timeout = redis_timeout
         self._redis_skip_until = 0.0
-        self._discovery = discovery or DiscoveryCache(http=http, clock=clock, timeout=policy.timeout)
+        self._tracer = tracer
+        self._discovery = discovery or DiscoveryCache(http=http, clock=clock, timeout=policy.timeout, tracer=tracer)
         self._bare_allowed = policy.header.lower() != "authorization"
         self._kept = frozenset(_CHECKED_CLAIMS) | {claim for _, claim in policy.claims_to_headers}
         namespace = "\0".join(
@@ -398,7 +401,14 @@ class Introspector:
             form["client_secret"] = policy.client_secret
         try:
             answer = await fetch_json(
-                self._http, endpoint, timeout=policy.timeout, max_bytes=_MAX_ANSWER_BYTES, form=form, headers=headers
+                self._http,
+                endpoint,
+                timeout=policy.timeout,
+                max_bytes=_MAX_ANSWER_BYTES,
+                form=form,
+                headers=headers,
+                tracer=self._tracer,
+                purpose="introspection",
             )
         except FetchFailed as exc:
             return self._failed(endpoint, str(exc))
@@ -421,8 +431,9 @@ class Introspector:
         if self._redis is None or self._clock.monotonic() < self._redis_skip_until:
             return None
         try:
-            async with asyncio.timeout(self._redis_timeout):
-                raw = await self._redis.get(REDIS_PREFIX + key)
+            with self._tracer.redis_call("GET"):
+                async with asyncio.timeout(self._redis_timeout):
+                    raw = await self._redis.get(REDIS_PREFIX + key)
         except (RedisError, OSError, TimeoutError) as exc:
             self._redis_failed(exc)
             return None
@@ -443,8 +454,9 @@ class Introspector:
         payload = _encode(verdict, until=self._clock.time() + ttl)
         value = payload + b"." + self._sign(payload).encode("ascii")
         try:
-            async with asyncio.timeout(self._redis_timeout):
-                await self._redis.set(REDIS_PREFIX + key, value, px=max(1, int(ttl * 1000)))
+            with self._tracer.redis_call("SET"):
+                async with asyncio.timeout(self._redis_timeout):
+                    await self._redis.set(REDIS_PREFIX + key, value, px=max(1, int(ttl * 1000)))
         except (RedisError, OSError, TimeoutError) as exc:
             self._redis_failed(exc)
 

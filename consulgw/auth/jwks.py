@@ -38,6 +38,7 @@ from consulgw.auth.keys import PublicKey, key_fits
 from consulgw.clock import Clock
 from consulgw.errors import ConsulgwError
 from consulgw.redaction import redact_url
+from consulgw.tracing.api import NO_TRACER, Tracer
 
 log = structlog.get_logger("consulgw.auth")
 
@@ -84,6 +85,7 @@ class JwksCache:
         refresh_interval: float = 10.0,
         max_age: float = 600.0,
         max_bytes: int = 1 << 20,
+        tracer: Tracer = NO_TRACER,
     ) -> None:
         self._http = http
         self._clock = clock
@@ -91,6 +93,7 @@ class JwksCache:
         self._refresh_interval = refresh_interval
         self._max_age = max_age
         self._max_bytes = max_bytes
+        self._tracer = tracer
         self._sets: dict[str, _KeySet] = {}
 
     async def key_for(self, url: str, kid: str | None, alg: str) -> PublicKey | None:
@@ -126,7 +129,9 @@ class JwksCache:
 
     async def _fetch(self, url: str) -> tuple[_Key, ...]:
         try:
-            document = await fetch_json(self._http, url, timeout=self._timeout, max_bytes=self._max_bytes)
+            document = await fetch_json(
+                self._http, url, timeout=self._timeout, max_bytes=self._max_bytes, tracer=self._tracer, purpose="jwks"
+            )
         except FetchFailed as exc:
             raise _FetchFailed(str(exc)) from exc
         if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):

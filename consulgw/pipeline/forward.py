@@ -34,6 +34,7 @@ from consulgw.pipeline.context import BodyReader, Inbound, RequestContext
 from consulgw.pipeline.stages.body_limit import too_large
 from consulgw.pipeline.target import Target
 from consulgw.policy.model import Fallback, ServicePolicy
+from consulgw.tracing.api import NO_TRACER, Tracer
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.connections import Endpoint
 from consulgw.upstream.headers import end_to_end, strip_hop_by_hop
@@ -59,6 +60,7 @@ class Forwarder:
         request_buffer: int = 1024 * 1024 * 1024,
         body_timeout: float = 30.0,
         body_min_rate: int = 500,
+        tracer: Tracer = NO_TRACER,
     ) -> None:
         self._service = service
         self._policy = policy
@@ -78,6 +80,7 @@ class Forwarder:
         self._uses_breaker = breaker is not None
         self._errors = metrics.upstream_errors
         self._retries = metrics.retries
+        self._tracer = tracer  # one CLIENT span per attempt, and its traceparent (consulgw.tracing); no-op when off
 
     async def __call__(self, ctx: RequestContext) -> Answer:
         target = ctx.target
@@ -121,11 +124,13 @@ class Forwarder:
             tried.add(instance.id)
             pool = target.pool
             pool.acquire(instance.id)
+            call = self._tracer.attempt(service, outgoing.method, instance, ctx.upstream_target, attempt)
             try:
                 response = await self._transport.send(
-                    Endpoint(instance.scheme, instance.address, instance.port), outgoing, self._timeouts
+                    Endpoint(instance.scheme, instance.address, instance.port), call.request(outgoing), self._timeouts
                 )
             except UpstreamError as exc:
+                call.failed(exc.kind)
                 pool.release(instance.id)
                 self._breakers.record(service, instance.id, ok=False)
                 self._errors.labels(service, exc.kind).inc()
@@ -135,9 +140,11 @@ class Forwarder:
                     self._retries.labels(service).inc()
                     continue
                 break
-            except BaseException:  # the client's body failed (too large, stalled, gone) or we were cancelled:
+            except BaseException as exc:  # the client's body failed (too large, stalled, gone) or we were cancelled:
+                call.failed(type(exc).__name__)
                 pool.release(instance.id)  # not the instance's fault, so no breaker and no retry
                 raise
+            call.answered(response.status)
             status = response.status
             self._breakers.record(service, instance.id, ok=status not in self._failure_statuses)
             if (

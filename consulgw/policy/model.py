@@ -161,6 +161,21 @@ class OpenApiPolicy:
 DEFAULT_OPENAPI = OpenApiPolicy()
 
 
+# -- tracing: per-service sampling and captured headers (consulgw.tracing) ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TracingPolicy:
+    """How this service's requests are traced when tracing is on (``OTEL_*``); ignored when it is off."""
+
+    sample_ratio: float | None = None  # root sampling probability; None: the process sampler's (OTEL_TRACES_SAMPLER)
+    capture_request: tuple[str, ...] = ()  # request headers recorded as http.request.header.<name> (never credentials)
+    capture_response: tuple[str, ...] = ()  # response headers recorded as http.response.header.<name>
+
+
+DEFAULT_TRACING = TracingPolicy()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServicePolicy:
     """The effective policy of one service: ``consulgw/defaults`` merged under ``consulgw/services/<name>``."""
@@ -177,6 +192,7 @@ class ServicePolicy:
     buffer_request: bool = True  # buffering.request: receive the whole body before contacting the upstream
     max_in_flight: int | None = None  # requests on their way to the instances at once; beyond, 503 overloaded
     openapi: OpenApiPolicy = DEFAULT_OPENAPI
+    tracing: TracingPolicy = DEFAULT_TRACING
 
 
 DEFAULT_POLICY = ServicePolicy()

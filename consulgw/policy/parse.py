@@ -60,6 +60,7 @@ from consulgw.policy.model import (
     Retries,
     ServicePolicy,
     Timeouts,
+    TracingPolicy,
 )
 from consulgw.redaction import HIDDEN, is_secret_name, redact_url
 
@@ -437,6 +438,7 @@ def _policy(doc: Mapping[str, Any]) -> ServicePolicy:
         buffer_request=bool((doc.get("buffering") or {}).get("request", True)),
         max_in_flight=int(doc["max_in_flight"]) if doc.get("max_in_flight") is not None else None,
         openapi=_openapi(doc["openapi"]) if doc.get("openapi") is not None else OpenApiPolicy(),
+        tracing=_tracing(doc["tracing"]) if doc.get("tracing") is not None else TracingPolicy(),
     )
 
 
@@ -461,6 +463,29 @@ def _openapi(doc: Mapping[str, Any]) -> OpenApiPolicy:
         if "timeout" in doc
         else defaults.timeout,
     )
+
+
+# -- tracing -------------------------------------------------------------------------------------------------
+
+
+def _tracing(doc: Mapping[str, Any]) -> TracingPolicy:
+    ratio = doc.get("sample_ratio")
+    capture = doc.get("capture_headers") or {}
+    return TracingPolicy(
+        sample_ratio=float(ratio) if ratio is not None else None,
+        capture_request=_captured(capture.get("request", ()), "request"),
+        capture_response=_captured(capture.get("response", ()), "response"),
+    )
+
+
+def _captured(names: Sequence[str], side: str) -> tuple[str, ...]:
+    """Header names to record on spans, lower-cased (as the attribute names carry them); credentials refused."""
+    for index, name in enumerate(names):
+        path: Path = ("tracing", "capture_headers", side, index)
+        _header_name(path, name, policy_owned=False)
+        if is_secret_name(name):
+            raise _Invalid(path, "carries credentials and is never recorded in a trace", value=name)
+    return _unique(name.lower() for name in names)
 
 
 def _auth(doc: Mapping[str, Any]) -> AuthPolicy:

@@ -40,6 +40,7 @@ from redis.crc import key_slot
 from consulgw.errors import RateLimitBackendUnavailable
 from consulgw.ratelimit.gcra import Decision, Quota, decide
 from consulgw.redisclient import RedisClient
+from consulgw.tracing.api import NO_TRACER, Tracer
 
 # KEYS[i] = limit key of decision i; ARGV[2i-1], ARGV[2i] = its interval and tolerance (µs).
 # Returns {admitted_1 (0/1), tat_1 - now (µs), admitted_2, ...}: one pair per decision, in order.
@@ -100,7 +101,9 @@ class RedisLimiter:
     """GCRA decisions in Redis, batched across concurrent requests. Cheap to build (one per stage); the connection
     pool belongs to the Redis client. Used from one event loop."""
 
-    def __init__(self, redis: RedisClient, *, timeout: float = 0.25, max_batch: int = 64) -> None:
+    def __init__(
+        self, redis: RedisClient, *, timeout: float = 0.25, max_batch: int = 64, tracer: Tracer = NO_TRACER
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
         self._script = redis.register_script(GCRA_SCRIPT)
@@ -110,6 +113,7 @@ class RedisLimiter:
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._cluster = isinstance(redis, RedisCluster)
+        self._tracer = tracer  # a CLIENT span per round trip (consulgw.tracing)
 
     async def acquire(self, key: str, quota: Quota) -> Decision:
         loop = asyncio.get_running_loop()
@@ -138,8 +142,9 @@ class RedisLimiter:
         Requests arriving meanwhile wait and go together when it is answered."""
         self._in_flight += 1
         try:
-            async with asyncio.timeout(self._timeout):
-                reply = await self._script(keys=[key], args=[quota.interval_us, quota.tolerance_us])
+            with self._tracer.redis_call("EVALSHA"):
+                async with asyncio.timeout(self._timeout):
+                    reply = await self._script(keys=[key], args=[quota.interval_us, quota.tolerance_us])
         except Exception as exc:  # whatever the client raises: see _exchange
             raise _unavailable("the rate limit backend is unavailable", exc) from exc
         finally:
@@ -189,8 +194,9 @@ class RedisLimiter:
             for ask in batch:
                 args += (ask.quota.interval_us, ask.quota.tolerance_us)
             try:
-                async with asyncio.timeout(self._timeout):
-                    reply = await self._script(keys=keys, args=args)
+                with self._tracer.redis_call("EVALSHA"):
+                    async with asyncio.timeout(self._timeout):
+                        reply = await self._script(keys=keys, args=args)
             except Exception as exc:  # noqa: BLE001
                 # RedisError, OSError, the budget running out (TimeoutError), or whatever else the client lets escape
                 # on a confused connection (seen: AttributeError on an odd HELLO reply): no decision from the

@@ -46,6 +46,7 @@ from consulgw.server.listener import create_public_app, send_continue
 from consulgw.server.proxy import ProxyHandler
 from consulgw.server.view import GatewayView, ViewBuilder
 from consulgw.settings import GatewaySettings
+from consulgw.tracing.setup import start_tracing
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.headers import TrustedProxies
 from consulgw.upstream.pool import UpstreamPools
@@ -119,6 +120,16 @@ class Gateway:
         consul_session = await self._exit.enter_async_context(
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None))
         )
+        # Tracing first, so its provider is shut down (the last spans flushed) after everything that makes spans.
+        tracer = start_tracing(
+            s.tracing,
+            metrics=self.metrics,
+            rng=self._rng,
+            log=self._log,
+            scheme="https" if s.tls_cert and s.tls_key else "http",
+            redis_url=s.redis_url.value or None,
+        )
+        self._exit.push_async_callback(tracer.aclose)
         transport = Http1Transport(ca_file=s.upstream_ca)
         self._exit.push_async_callback(transport.close)
         redis_client: RedisClient | None = None
@@ -126,12 +137,12 @@ class Gateway:
             redis = open_redis(s.redis_url.value, socket_timeout=0.25, connect_timeout=0.25, health_check_interval=5)
             self._exit.push_async_callback(redis.aclose)
             redis_client = redis.client
-        redis_limiter = RedisLimiter(redis_client, timeout=0.25) if redis_client is not None else None
+        redis_limiter = RedisLimiter(redis_client, timeout=0.25, tracer=tracer) if redis_client is not None else None
         if redis_limiter is not None:
             self._exit.push_async_callback(redis_limiter.aclose)
         pools = UpstreamPools(rng=self._rng)
         breakers = BreakerBoard(clock=self._clock, metrics=self.metrics)
-        jwks = JwksCache(http=consul_session, clock=self._clock)
+        jwks = JwksCache(http=consul_session, clock=self._clock, tracer=tracer)
         local_limits = LocalLimiter(clock=self._clock)
         redis_outage = BackendOutage()
         verified_passwords = VerifiedPasswords()
@@ -150,6 +161,7 @@ class Gateway:
                 request_buffer=s.clients.request_buffer,
                 body_timeout=s.clients.body_timeout,
                 body_min_rate=s.clients.body_min_rate,
+                tracer=tracer,
             )
             return build_chain((*stages, select), forwarder)
 
@@ -176,6 +188,7 @@ class Gateway:
                 verified_passwords=verified_passwords,
                 worker_index=self._worker_index,
                 worker_count=self._worker_count,
+                tracer=tracer,
             ),
             pipeline=pipeline,
             clock=self._clock,
@@ -203,6 +216,7 @@ class Gateway:
             new_request_id=self._new_request_id,
             scheme="https" if self._tls is not None else "http",
             encoded_slashes=s.encoded_slashes,
+            tracer=tracer,
         )
         self._handler = handler
         self._watch_task = asyncio.create_task(watcher.run(builder.apply), name="consulgw-watcher")

@@ -32,6 +32,7 @@ from consulgw.server.guard import guard_of
 from consulgw.server.history import TrafficRecorder
 from consulgw.server.listener import write_answer
 from consulgw.server.view import GatewayView
+from consulgw.tracing.api import NO_TRACER, Tracer
 from consulgw.upstream.headers import (
     TrustedProxies,
     client_headers_to_drop,
@@ -55,6 +56,7 @@ class ProxyHandler:
         new_request_id: Callable[[], str],
         scheme: str = "http",
         encoded_slashes: EncodedSlashes = "keep",
+        tracer: Tracer = NO_TRACER,
     ) -> None:
         self._view = view
         self._metrics = metrics
@@ -64,6 +66,7 @@ class ProxyHandler:
         self._new_request_id = new_request_id
         self._scheme = scheme
         self._encoded_slashes: EncodedSlashes = encoded_slashes
+        self._tracer = tracer  # the SERVER span of each request (consulgw.tracing); a no-op while tracing is off
         self._log = access_logger()
         self._errors = structlog.get_logger("consulgw.proxy")
         self.inflight = 0
@@ -86,6 +89,7 @@ class ProxyHandler:
         trusted = self._trusted
         trusted_peer = trusted.trusts(peer)
         client_ip = trusted.client_ip(peer, headers.getall("X-Forwarded-For", [])) if trusted_peer else peer
+        trace = self._tracer.request(request, trusted_peer, request_id, client_ip)
         service, route_label = _NO_SERVICE, "no_route"
         answer: Answer | None = None
         response: web.StreamResponse | None = None
@@ -114,6 +118,7 @@ class ProxyHandler:
                 entry = view.services.get(service)
                 if entry is None:
                     raise NoHealthyUpstream(f"no healthy instance of {service}")
+                trace.start(route, entry.policy.tracing)
                 ctx = RequestContext(
                     request=request,
                     request_id=request_id,
@@ -163,6 +168,7 @@ class ProxyHandler:
             self.inflight -= 1
             if self._count_inflight:
                 self._metrics.inflight.dec()
+            trace.end(status, answer, error)
             self._log.info(
                 "request_completed",
                 request_id=request_id,
@@ -177,4 +183,5 @@ class ProxyHandler:
                 client_ip=client_ip,
                 attempts=answer.attempts if answer is not None else 0,
                 error=error,
+                **trace.log_fields,
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -12,8 +13,11 @@ from aiohttp import web
 from yarl import URL
 
 from consulgw.server.gateway import Gateway
+from tests.tracing.conftest import Receiver, otlp, tracing_to
 
 from .conftest import Consul, Upstream, in_pool, routed, wait_for
+
+__all__ = ["otlp"]  # the OTLP receiver fixture, for the tracing-on case
 
 
 async def get_json(http: aiohttp.ClientSession, url: str | URL, **kwargs: Any) -> tuple[int, dict[str, Any], Any]:
@@ -41,20 +45,43 @@ async def test_register_then_route_strip_and_forwarded_headers(
     assert sent["X-Request-ID"] == headers["X-Request-ID"]
 
 
+@pytest.mark.parametrize("tracing", [pytest.param(False, id="tracing-off"), pytest.param(True, id="tracing-on")])
 async def test_client_request_id_and_traceparent_pass_through(
-    gateway: Gateway, consul: Consul, upstreams: Any, http: aiohttp.ClientSession
+    otlp: Receiver,
+    gateway_factory: Callable[..., Awaitable[Gateway]],
+    consul: Consul,
+    upstreams: Any,
+    http: aiohttp.ClientSession,
+    tracing: bool,
 ) -> None:
-    up = await upstreams("a")
+    """Tracing off, the client's trace context goes upstream untouched. Tracing on (consulgw/tracing), the gateway
+    takes part in the trace: exactly one traceparent upstream, the client's trace id, the gateway's span as parent;
+    an untrusted client's tracestate stops at the gateway."""
+    gateway = await gateway_factory(**({"tracing": tracing_to(otlp)} if tracing else {}))
+    up: Upstream = await upstreams("a")
     await consul.register("svc", up.port, tags=["gw.route=/"])
     await wait_for(lambda: routed(gateway, "svc", 1))
     trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     status, headers, body = await get_json(
-        http, f"{gateway.url}/x", headers={"X-Request-ID": "abc-123", "traceparent": trace}
+        http,
+        f"{gateway.url}/x",
+        headers={"X-Request-ID": "abc-123", "traceparent": trace, "tracestate": "vendor=opaque"},
     )
     assert status == 200
     assert headers["X-Request-ID"] == "abc-123"
     assert body["headers"]["X-Request-ID"] == "abc-123"
-    assert body["headers"]["traceparent"] == trace
+    sent = up.received[-1]["headers"]
+    traceparents = [v for k, v in sent if k.lower() == "traceparent"]
+    tracestates = [v for k, v in sent if k.lower() == "tracestate"]
+    if not tracing:
+        assert traceparents == [trace]
+        assert tracestates == ["vendor=opaque"]
+        return
+    [replaced] = traceparents
+    version, trace_id, parent_id, _flags = replaced.split("-")
+    assert (version, trace_id) == ("00", "4bf92f3577b34da6a3ce929d0e0e4736")
+    assert parent_id != "00f067aa0ba902b7"
+    assert tracestates == []
 
 
 async def test_path_and_query_are_forwarded_byte_exact(

@@ -70,7 +70,9 @@ class AuthStage:
         if policy.hide_credentials:
             remove += (credential_header(policy),)
         if isinstance(policy, JwtAuth):
-            discovery = DiscoveryCache(http=deps.http, clock=deps.clock) if policy.discovery else None
+            discovery = (
+                DiscoveryCache(http=deps.http, clock=deps.clock, tracer=deps.tracer) if policy.discovery else None
+            )
             verifier = JwtVerifier(policy, jwks=deps.jwks, clock=deps.clock, discovery=discovery)
 
             async def check_jwt(headers: Mapping[str, str]) -> Identity | Rejection:
@@ -95,6 +97,7 @@ class AuthStage:
                 service=deps.service,
                 redis=deps.redis,
                 redis_timeout=deps.redis_timeout,
+                tracer=deps.tracer,
             )
             return cls(check=introspector.check, deps=deps, remove=remove, credential_headers=credentials)
         raise TypeError(f"unknown auth policy {type(policy).__name__}")

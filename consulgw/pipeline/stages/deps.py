@@ -24,6 +24,7 @@ from consulgw.ratelimit.local import LocalLimiter
 from consulgw.ratelimit.outage import BackendOutage
 from consulgw.ratelimit.redisstore import RedisLimiter
 from consulgw.redisclient import RedisClient
+from consulgw.tracing.api import NO_TRACER, Tracer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,3 +48,4 @@ class StageDeps:
     redis_timeout: float = 0.25  # seconds per rate-limit decision before on_backend_error applies
     worker_index: int = 0  # this process's index among `consulgw serve --workers N` (0-based)
     worker_count: int = 1  # N: the local backend enforces 1/N of each limit per worker (consulgw.ratelimit.local)
+    tracer: Tracer = NO_TRACER  # CLIENT spans of identity-provider and Redis calls (consulgw.tracing)

@@ -65,7 +65,7 @@ class RateLimitStage:
                     hint="backend redis needs a Redis URL (--redis or CONSULGW_REDIS_URL)",
                 )
             else:
-                redis = deps.redis_limiter or RedisLimiter(deps.redis, timeout=deps.redis_timeout)
+                redis = deps.redis_limiter or RedisLimiter(deps.redis, timeout=deps.redis_timeout, tracer=deps.tracer)
         return cls(policy=policy, deps=deps, redis=redis)
 
     def _key(self, ctx: RequestContext, request: Inbound) -> tuple[str, str]:
