@@ -175,6 +175,15 @@ def parse_service_routes(
     return ServiceRoutes(service=service, routes=tuple(kept), lb=lb, errors=tuple(errors))
 
 
+def parse_route(service: str, source: str, text: str) -> RouteSpec:
+    """One route in the ``gw.route`` grammar that comes from somewhere else than a tag (a composite's KV document,
+    named by ``source``). Raises ``ValueError`` with the same reasons a tag gets."""
+    try:
+        return _parse_route(service, source, text, fabio=False)
+    except _TagError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _unknown(what: str, key: str, known: tuple[str, ...], fmt: str) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean {fmt.format(close[0])!r}?)" if close else ""
