@@ -16,7 +16,7 @@ byte reached the instance), and, when the body is replayable, after a reset, a t
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 from multidict import CIMultiDict
 
@@ -77,7 +77,7 @@ class Forwarder:
         method = request.method
         upgrade = _upgrade_token(request)
         headers = self._headers(ctx, request)
-        body, length, replayable = await self._body(request)
+        body, length, replayable = await self._body(request) if ctx.body is None else _replaced(ctx.body)
         attempts = 1 + (self._extra_attempts if method in IDEMPOTENT_METHODS else 0)
         outgoing = UpstreamRequest(
             method=method,
@@ -264,6 +264,13 @@ def _upgrade_token(request: Inbound) -> str | None:
 async def _stream(content: BodyReader) -> AsyncIterator[bytes]:
     async for chunk in content.iter_chunked(_CHUNK):
         yield chunk
+
+
+def _replaced(body: bytes | AsyncIterable[bytes]) -> tuple[bytes | AsyncIterable[bytes], int | None, bool]:
+    """A body a step put in ``ctx.body``: bytes (sent with their length, replayable) or a stream (chunked, once)."""
+    if isinstance(body, bytes):
+        return body, len(body), True
+    return body, None, False
 
 
 def _fallback_answer(fallback: Fallback, ctx: RequestContext) -> Answer:

@@ -9,7 +9,7 @@ to the next request without rebuilding stages.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -17,8 +17,10 @@ from redis.asyncio import Redis
 
 from consulgw.auth.basic import VerifiedPasswords
 from consulgw.auth.jwks import JwksCache
+from consulgw.cache.owner import CacheOwner
 from consulgw.clock import Clock
 from consulgw.metrics import GatewayMetrics
+from consulgw.pipeline.context import Inbound
 from consulgw.policy.model import PolicyBook
 from consulgw.ratelimit.local import LocalLimiter
 from consulgw.ratelimit.outage import BackendOutage
@@ -42,3 +44,7 @@ class StageDeps:
     redis_timeout: float = 0.25  # seconds per rate-limit decision before on_backend_error applies
     worker_index: int = 0  # this process's index among `consulgw serve --workers N` (0-based)
     worker_count: int = 1  # N: the local backend enforces 1/N of each limit per worker (consulgw.ratelimit.local)
+    # The process's cache (stores, fills in flight, background refreshes); None outside a gateway: no cache step.
+    cache: CacheOwner | None = None
+    # Invites a client that sent ``Expect: 100-continue`` to send its body (a step that reads the body itself).
+    send_continue: Callable[[Inbound], Awaitable[None]] | None = None
