@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -71,6 +72,7 @@ class GatewaySettings:
     max_staleness: float = 60.0
     drain_timeout: float = 30.0
     coalesce_window: float = 0.05
+    cache_memory_bytes: int = 64 * 1024 * 1024  # bound of the memory cache of one process
 
 
 def parse_hostport(key: str, value: str) -> HostPort:
@@ -83,6 +85,18 @@ def parse_hostport(key: str, value: str) -> HostPort:
         raise ConfigError(f"{key}: port {port} in {value!r} is outside 0-65535")
     host = host.strip("[]") or "0.0.0.0"
     return HostPort(host, port)
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+
+
+def parse_bytes(key: str, value: str) -> int:
+    """``67108864``, ``64MiB``, ``512KiB``, ``1GiB`` (or kB/MB/GB, powers of 1000) -> bytes."""
+    match = re.fullmatch(r"\s*(\d{1,15})\s*([A-Za-z]*)\s*", value)
+    unit = match.group(2).lower() if match is not None else ""
+    if match is None or unit not in _BYTE_UNITS:
+        raise ConfigError(f"{key}: {value!r} is not a size (bytes, or a number with KiB, MiB or GiB, e.g. 64MiB)")
+    return int(match.group(1)) * _BYTE_UNITS[unit]
 
 
 def parse_cidrs(key: str, value: str) -> tuple[IPNetwork, ...]:
@@ -185,4 +199,8 @@ def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
             "--drain-timeout / CONSULGW_DRAIN_TIMEOUT", text("drain_timeout", "CONSULGW_DRAIN_TIMEOUT", "30s")
         ),
         coalesce_window=parse_duration("--coalesce / CONSULGW_COALESCE", text("coalesce", "CONSULGW_COALESCE", "50ms")),
+        cache_memory_bytes=parse_bytes(
+            "--cache-memory-bytes / CONSULGW_CACHE_MEMORY_BYTES",
+            text("cache_memory_bytes", "CONSULGW_CACHE_MEMORY_BYTES", str(defaults.cache_memory_bytes)),
+        ),
     )

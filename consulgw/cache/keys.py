@@ -98,7 +98,7 @@ def slot_for(
     path, _, query_string = target.partition("?")
     parts = [
         "v1",
-        host.lower(),
+        host_of(host),
         path,
         normalize_query(query_string, query),
         normalize_accept_encoding(header_values(headers, "Accept-Encoding")),
@@ -106,6 +106,14 @@ def slot_for(
         *(f"{name}={header_values(headers, name)}" for name in key_headers),
     ]
     return Slot(service=service, generation=generation, digest=_digest(parts), path=path_digest(path))
+
+
+def host_of(host: str) -> str:
+    """The Host field as routes see it: lower case, without the port (gateways on other ports share entries)."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        return name[: name.find("]") + 1] if "]" in name else name
+    return name.rpartition(":")[0] if ":" in name else name
 
 
 def variant_for(vary: tuple[str, ...], headers: Mapping[str, str]) -> str:

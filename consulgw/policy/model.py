@@ -311,7 +311,7 @@ class CompositeCall:
     service: str
     path: PathTemplate
     required: bool = False
-    timeout: float | None = None  # None: the composite's timeouts.read if given, else its whole deadline
+    timeout: float | None = None  # the call's own, else the composite's timeouts.read; None: the deadline only
     default: str | None = None  # JSON text used when an optional call fails; None: the call's key is left out
 
 

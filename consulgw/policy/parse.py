@@ -1288,6 +1288,8 @@ def _composite(doc: Mapping[str, Any], *, name: str, key: str) -> CompositePolic
         raise _Invalid(("route",), f"is not a route ({exc})", value=route_text) from None
     timeout = _duration(("timeout",), doc["timeout"], maximum=MAX_COMPOSITE_TIMEOUT) if "timeout" in doc else 5.0
     merge = doc.get("merge", "nest")
+    read = (doc.get("timeouts") or {}).get("read")
+    call_default = _duration(("timeouts", "read"), read, maximum=MAX_COMPOSITE_TIMEOUT) if read is not None else None
     calls: list[CompositeCall] = []
     for call_name, call in doc["calls"].items():
         where: Path = ("calls", call_name)
@@ -1322,7 +1324,7 @@ def _composite(doc: Mapping[str, Any], *, name: str, key: str) -> CompositePolic
                 required=required,
                 timeout=_duration((*where, "timeout"), call["timeout"], maximum=MAX_COMPOSITE_TIMEOUT)
                 if "timeout" in call
-                else None,
+                else call_default,
                 default=default,
             )
         )

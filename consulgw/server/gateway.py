@@ -21,6 +21,7 @@ from aiohttp import web
 
 from consulgw.auth.basic import VerifiedPasswords
 from consulgw.auth.jwks import JwksCache
+from consulgw.cache.owner import CacheOwner
 from consulgw.clock import Clock, SystemClock
 from consulgw.discovery.consul_api import ConsulClient
 from consulgw.discovery.watcher import CatalogWatcher, WatcherStatus
@@ -119,6 +120,11 @@ class Gateway:
                 s.redis_url.value, socket_timeout=0.25, socket_connect_timeout=0.25, health_check_interval=5
             )
             self._exit.push_async_callback(redis_client.aclose)
+        # The response cache's process-wide part (stores, fills in flight, background refreshes): closed before the
+        # transport and Redis it uses, after the watcher that builds steps with it.
+        cache = await self._exit.enter_async_context(
+            CacheOwner(clock=self._clock, metrics=self.metrics, memory_bytes=s.cache_memory_bytes, redis=redis_client)
+        )
         pools = UpstreamPools(rng=self._rng)
         breakers = BreakerBoard(clock=self._clock, metrics=self.metrics)
         jwks = JwksCache(http=consul_session, clock=self._clock)
@@ -160,9 +166,12 @@ class Gateway:
                 verified_passwords=verified_passwords,
                 worker_index=self._worker_index,
                 worker_count=self._worker_count,
+                cache=cache,
+                send_continue=send_continue,
             ),
             pipeline=pipeline,
             clock=self._clock,
+            on_purge=cache.apply_purges,
         )
         self._builder = builder
         watcher = CatalogWatcher(

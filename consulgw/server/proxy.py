@@ -97,7 +97,7 @@ class ProxyHandler:
                 if route is None:
                     raise NoRoute(f"no route for {request.method} {request.path}")
                 service, route_label = route.service, route.label
-                entry = view.services.get(service)
+                entry = view.entry(service)  # a routed service or a composite route
                 if entry is None:
                     raise NoHealthyUpstream(f"no healthy instance of {service}")
                 ctx = RequestContext(

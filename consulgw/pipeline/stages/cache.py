@@ -376,12 +376,20 @@ class CacheStage:
         grace = min(MAX_GRACE, max(life, policy.ttl, 60.0)) if facts.validators else 0.0
         return max(0.0, life - facts.age) + max(windows, grace)
 
-    def _entry(self, answer: Answer, facts: control.ResponseFacts, body: bytes) -> StoredAnswer:
+    def _entry(
+        self,
+        answer: Answer,
+        facts: control.ResponseFacts,
+        body: bytes,
+        headers: tuple[tuple[str, str], ...] | None = None,
+    ) -> StoredAnswer:
+        """``headers``: the answer's fields as they were when it arrived (before this step and the response phase
+        added theirs); taken from the answer now when not given."""
         policy = self._policy
         return StoredAnswer(
             status=answer.status,
             reason=answer.reason,
-            headers=stored_headers(list(answer.headers.items())),
+            headers=headers if headers is not None else stored_headers(list(answer.headers.items())),
             body=body,
             stored_at=self._clock.time(),
             initial_age=facts.age,
@@ -554,7 +562,7 @@ class _Lead:
 class _Fill:
     """Collects a streamed answer up to ``max_body_bytes`` and stores it when it ends (a ``BodyObserver``)."""
 
-    __slots__ = ("_answer", "_chunks", "_facts", "_keep", "_lead", "_size", "_slot", "_stage", "_variant")
+    __slots__ = ("_answer", "_chunks", "_facts", "_headers", "_keep", "_lead", "_size", "_slot", "_stage", "_variant")
 
     def __init__(
         self,
@@ -571,6 +579,7 @@ class _Fill:
         self._slot = slot
         self._variant = variant
         self._answer = answer
+        self._headers = stored_headers(list(answer.headers.items()))  # now: later the answer gets Cache-Status etc.
         self._facts = facts
         self._keep = keep
         self._lead = lead
@@ -594,7 +603,7 @@ class _Fill:
         body = b"".join(self._chunks)
         self._chunks = None
         stage = self._stage
-        entry = stage._entry(self._answer, self._facts, body)
+        entry = stage._entry(self._answer, self._facts, body, self._headers)
         lead = self._lead
 
         async def save() -> None:
