@@ -17,7 +17,7 @@ from consulgw.discovery.watcher import WatcherStatus
 from consulgw.logs import REDACTED, is_secret_key
 from consulgw.metrics import GatewayMetrics
 from consulgw.openapi.catalog import OpenApiCatalog
-from consulgw.policy.model import ServicePolicy
+from consulgw.policy.model import CompositePolicy, ServicePolicy
 from consulgw.server.history import TrafficHistory
 from consulgw.server.view import GatewayView
 from consulgw.upstream.breaker import BreakerBoard
@@ -246,7 +246,15 @@ def describe(deps: AdminDeps) -> dict[str, Any]:
         "sync_age_seconds": sync_age(status, deps.clock),
     }
     if view is None:
-        return {"version": 0, "consul": consul, "routes": [], "services": {}, "route_errors": [], "conflicts": []}
+        return {
+            "version": 0,
+            "consul": consul,
+            "routes": [],
+            "services": {},
+            "route_errors": [],
+            "conflicts": [],
+            "composites": {},
+        }
     rate_limited = _counter_by_service(deps.metrics, "consulgw_rate_limited")
     services: dict[str, Any] = {}
     for name, entry in sorted(view.services.items()):
@@ -298,6 +306,32 @@ def describe(deps: AdminDeps) -> dict[str, Any]:
             for c in view.table.conflicts
         ],
         "policy_errors": dict(view.book.errors),
+        "composites": {entry.name: composite_summary(entry.policy) for _, entry in sorted(view.composites.items())},
+    }
+
+
+def composite_summary(composite: CompositePolicy) -> dict[str, Any]:
+    """A composite route as /-/routes shows it: its route, calls and merge rules, its policy without secrets."""
+    return {
+        "route": composite.route.label,
+        "service": composite.label,
+        "methods": sorted(composite.route.methods or ()),
+        "timeout": composite.timeout,
+        "merge": composite.merge,
+        "partial_status": composite.partial_status,
+        "forward_headers": list(composite.forward_headers),
+        "calls": [
+            {
+                "name": call.name,
+                "service": call.service,
+                "path": call.path.text,
+                "required": call.required,
+                "timeout": call.timeout,
+                "default": json.loads(call.default) if call.default is not None else None,
+            }
+            for call in composite.calls
+        ],
+        "policy": policy_summary(composite.policy),
     }
 
 
@@ -319,6 +353,10 @@ def policy_summary(policy: ServicePolicy) -> dict[str, Any]:
         else {"failure_threshold": breaker.failure_threshold, "recovery_timeout": breaker.recovery_timeout},
         "cors": policy.cors is not None,
         "max_body_bytes": policy.max_body_bytes,
+        "cache": None
+        if policy.cache is None
+        else {"backend": policy.cache.backend, "mode": policy.cache.mode, "ttl": policy.cache.ttl},
+        "transform": policy.transform is not None,
     }
 
 
