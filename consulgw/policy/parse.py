@@ -446,7 +446,7 @@ def _policy(doc: Mapping[str, Any]) -> ServicePolicy:
             attempts=int(r.get("attempts", 1)),
             on=frozenset(r["on"]) if "on" in r else Retries().on,
         )
-    return ServicePolicy(
+    policy = ServicePolicy(
         lb=lb,
         timeouts=timeouts,
         retries=retries,
@@ -464,6 +464,9 @@ def _policy(doc: Mapping[str, Any]) -> ServicePolicy:
             else None
         ),
     )
+    if policy.cache is not None and policy.transform is not None:
+        _check_cached_transform(policy.cache, policy.transform)
+    return policy
 
 
 # -- openapi ---------------------------------------------------------------------------------------------------
@@ -1165,6 +1168,28 @@ def _prefix(path: Path, text: str) -> str:
     if any(segment in (".", "..") for segment in text.split("/")):
         raise _Invalid(path, "contains a '.' or '..' segment", value=text)
     return text.rstrip("/") or "/"
+
+
+def _check_cached_transform(cache: CachePolicy, transform: TransformPolicy) -> None:
+    """The cache stores transformed answers: a response ``set`` from a placeholder must be part of the cache key, or
+    every later caller would get the value of the request that filled the cache."""
+    for path, value in transform.response.json.set:
+        holder = value.placeholder
+        if holder is None:
+            continue
+        where: Path = ("transform", "response", "json", "set", jsonpath.show_path(path))
+        key = cache.key
+        if holder.kind == "request_id":
+            problem = "cannot be cached: every answer from the cache would carry the id of the request that filled it"
+        elif holder.kind in ("sub", "consumer") and not key.per_consumer:
+            problem = "needs cache.key.per_consumer true (the cached answer depends on the caller)"
+        elif holder.kind == "header" and holder.name not in key.headers:
+            problem = f"needs {holder.name!r} in cache.key.headers (the cached answer depends on it)"
+        elif holder.kind == "query" and key.query != "all" and (key.query == "none" or holder.name not in key.query):
+            problem = f"needs the query parameter {holder.name!r} in cache.key.query (the cached answer depends on it)"
+        else:
+            continue
+        raise _Invalid(where, problem, value=holder.text)
 
 
 def _transform(doc: Mapping[str, Any], *, authenticated: bool) -> TransformPolicy:

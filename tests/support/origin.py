@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from aiohttp import web
@@ -30,6 +31,7 @@ class Reply:
     etag: str | None = None
     delay: float = 0.0
     chunked: bool = False  # send the body in 16 KiB chunks without Content-Length
+    gzip: Literal["never", "if_accepted", "always"] = "never"  # Content-Encoding: gzip (as origins do)
 
 
 @dataclass
@@ -42,9 +44,7 @@ class Seen:
 
 def echo(request: web.Request) -> bytes:
     """A body saying what the origin received (headers lower-cased), for requests the test wants to inspect."""
-    return json.dumps(
-        {"path": request.path_qs, "headers": {k.lower(): v for k, v in request.headers.items()}}
-    ).encode()
+    return json.dumps({"path": request.path_qs, "headers": {k.lower(): v for k, v in request.headers.items()}}).encode()
 
 
 class Origin:
@@ -83,6 +83,10 @@ class Origin:
                     return web.Response(status=304, headers=headers)
             body = reply.body(request) if callable(reply.body) else reply.body
             headers["Content-Type"] = reply.content_type
+            accepts = "gzip" in request.headers.get("Accept-Encoding", "")
+            if reply.gzip == "always" or (reply.gzip == "if_accepted" and accepts):
+                body = gzip.compress(body)
+                headers["Content-Encoding"] = "gzip"
             if not reply.chunked:
                 return web.Response(status=reply.status, headers=headers, body=body)
             response = web.StreamResponse(status=reply.status, headers=headers)
