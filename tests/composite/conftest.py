@@ -88,7 +88,9 @@ BRIEF = {
 
 @pytest.fixture
 async def dashboard(
-    make_gateway: Callable[..., Awaitable[Gateway]], consul: Consul, origins: Callable[..., Awaitable[Origin]]
+    make_gateway: Callable[..., Awaitable[Gateway]],  # noqa: F811 - the fixtures imported above
+    consul: Consul,  # noqa: F811
+    origins: Callable[..., Awaitable[Origin]],  # noqa: F811
 ) -> Dashboard:
     gateway = await make_gateway()
     made = {}

@@ -151,13 +151,13 @@ async def test_the_composites_jwt_is_enforced_once_and_the_identity_reaches_ever
     )  # type: ignore[union-attr]
     await dashboard.put("user-dashboard", BRIEF)
     url = f"{dashboard.gateway.url}/api/user-dashboard?user=a"
-    status, headers, body = await call(http, url)
+    status, headers, _ = await call(http, url)
     assert status == 401
     assert headers["WWW-Authenticate"].startswith("Bearer")
     status, _, _ = await call(http, url, {"Authorization": "Bearer not-a-token"})
     assert status == 401
     assert sum(o.count() for o in (dashboard.users, dashboard.orders, dashboard.notifications)) == 0
-    status, _, body = await call(http, url, {**bearer("alice"), "X-User-ID": "mallory"})
+    status, _, _body = await call(http, url, {**bearer("alice"), "X-User-ID": "mallory"})
     assert status == 200
     for origin in (dashboard.users, dashboard.orders, dashboard.notifications):
         assert origin.count() == 1
