@@ -62,6 +62,16 @@ async def stage_deps(service: str = "svc") -> AsyncIterator[StageDeps]:
         )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ask:
+    """One request to send."""
+
+    method: str = "GET"
+    path: str = "/"
+    headers: dict[str, str] | None = None
+    body: bytes | None = None
+
+
 async def one_exchange(
     stages: Sequence[Stage],
     terminal: Terminal,
@@ -72,6 +82,16 @@ async def one_exchange(
     body: bytes | None = None,
     service: str = "svc",
 ) -> Reply:
+    (reply,) = await exchanges(
+        stages, terminal, [Ask(method=method, path=path, headers=headers, body=body)], service=service
+    )
+    return reply
+
+
+async def exchanges(
+    stages: Sequence[Stage], terminal: Terminal, asks: Sequence[Ask], *, service: str = "svc"
+) -> list[Reply]:
+    """Send ``asks`` one after the other to one server running ``stages`` in front of ``terminal``."""
     chain = build_chain(stages, terminal)
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
@@ -98,17 +118,23 @@ async def one_exchange(
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+    replies: list[Reply] = []
     try:
-        async with (
-            aiohttp.ClientSession(auto_decompress=False) as client,
-            client.request(
-                method,
-                f"http://127.0.0.1:{port}{path}",
-                headers=headers or {},
-                data=body,
-                skip_auto_headers=["Accept-Encoding"],
-            ) as resp,
-        ):
-            return Reply(resp.status, CIMultiDict(resp.headers), await resp.read())
+        async with aiohttp.ClientSession(auto_decompress=False) as client:
+            for ask in asks:
+                async with client.request(
+                    ask.method,
+                    f"http://127.0.0.1:{port}{ask.path}",
+                    headers=ask.headers or {},
+                    data=ask.body,
+                    skip_auto_headers=["Accept-Encoding"],
+                ) as resp:
+                    replies.append(Reply(resp.status, CIMultiDict(resp.headers), await resp.read()))
     finally:
         await runner.cleanup()
+    return replies
+
+
+def internal_error(reply: Reply) -> bool:
+    """The answer the gateway gives for an unexpected failure (never a 500 an upstream sent)."""
+    return reply.status == 500 and b'"internal_error"' in reply.body
