@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from consulgw.clock import Clock
+from consulgw.composite.routes import describe_composite
 from consulgw.discovery.watcher import WatcherStatus
 from consulgw.logs import REDACTED, is_secret_key
 from consulgw.metrics import GatewayMetrics
@@ -312,27 +313,7 @@ def describe(deps: AdminDeps) -> dict[str, Any]:
 
 def composite_summary(composite: CompositePolicy) -> dict[str, Any]:
     """A composite route as /-/routes shows it: its route, calls and merge rules, its policy without secrets."""
-    return {
-        "route": composite.route.label,
-        "service": composite.label,
-        "methods": sorted(composite.route.methods or ()),
-        "timeout": composite.timeout,
-        "merge": composite.merge,
-        "partial_status": composite.partial_status,
-        "forward_headers": list(composite.forward_headers),
-        "calls": [
-            {
-                "name": call.name,
-                "service": call.service,
-                "path": call.path.text,
-                "required": call.required,
-                "timeout": call.timeout,
-                "default": json.loads(call.default) if call.default is not None else None,
-            }
-            for call in composite.calls
-        ],
-        "policy": policy_summary(composite.policy),
-    }
+    return {**describe_composite(composite), "policy": policy_summary(composite.policy)}
 
 
 def policy_summary(policy: ServicePolicy) -> dict[str, Any]:
