@@ -46,6 +46,7 @@ from consulgw.pipeline.stages.made import MadeRequest
 from consulgw.pipeline.stages.placeholders import render
 from consulgw.pipeline.stages.transform import is_json
 from consulgw.policy.model import CompositeCall, CompositePolicy
+from consulgw.upstream.http1 import ExchangeError
 from consulgw.upstream.spool import Spool
 
 PARTIAL_HEADER = "X-Gateway-Partial"
@@ -135,6 +136,8 @@ class Composer:
                 return await self._read(call, answer)
         except TimeoutError:
             return CallResult(call=call, outcome="timeout", reason=f"timed out after {budget:.3g}s")
+        except ExchangeError:  # the body broke off (connection closed, read timeout, invalid framing)
+            return CallResult(call=call, outcome="failed", reason=f"{call.service} broke off its answer")
         finally:
             if answer is not None:
                 answer.discard()

@@ -277,3 +277,23 @@ async def test_an_invalid_composite_is_refused_with_key_path_and_value_and_the_p
         http, dashboard.gateway.admin_url, "consulgw_policy_rejected", key="composites/user-dashboard"
     )
     assert rejected == 1
+
+
+async def test_a_cached_composite_answers_again_without_calling_its_services(
+    dashboard: Dashboard, http: aiohttp.ClientSession
+) -> None:
+    await dashboard.put("user-dashboard", {**BRIEF, "cache": {"ttl": "60s", "key": {"per_consumer": True}}})
+    url = f"{dashboard.gateway.url}/api/user-dashboard?user=a"
+    status, headers, first = await call(http, url, bearer("ann"))
+    assert (status, headers["Cache-Status"]) == (200, "consulgw; fwd=miss")
+
+    async def hit() -> bool:
+        status, headers, body = await call(http, url, bearer("ann"))
+        assert (status, body) == (200, first)
+        return headers["Cache-Status"].startswith("consulgw; hit")
+
+    await wait_for(hit)
+    assert dashboard.users.count() == 1
+    status, headers, body = await call(http, url, bearer("bob"))  # another caller: never ann's document
+    assert headers["Cache-Status"] == "consulgw; fwd=miss"
+    assert body["user"]["path"] == "/users/bob"

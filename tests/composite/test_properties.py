@@ -21,6 +21,7 @@ from consulgw.pipeline.answer import Answer, error_answer
 from consulgw.pipeline.chain import Next
 from consulgw.pipeline.context import RequestContext
 from consulgw.policy.parse import parse_composite
+from consulgw.upstream.http1 import ConnectionClosed
 from consulgw.upstream.spool import Spool
 from tests.composite.conftest import BRIEF
 from tests.support.steps import Ask, exchanges, internal_error
@@ -64,7 +65,7 @@ answers = st.tuples(
     st.sampled_from([200, 201, 204, 404, 500, 502]),
     st.sampled_from(["application/json", "text/html", "application/x+json"]),
     st.one_of(json_bodies, st.binary(max_size=60)),
-    st.booleans(),  # streamed (a Spool) rather than bytes
+    st.sampled_from(["bytes", "spool", "broken"]),  # broken: the body stops with a closed connection
     st.booleans(),  # a gateway error (no_healthy_upstream) instead
 )
 
@@ -80,7 +81,7 @@ def test_any_composite_document_is_a_composite_or_a_policy_error(document: Any) 
 @given(
     st.lists(answers, min_size=3, max_size=3), st.sampled_from(["nest", "shallow"]), st.sampled_from([16, 1_000_000])
 )
-def test_a_composite_never_answers_500(replies: list[tuple[int, str, bytes, bool, bool]], merge: str, cap: int) -> None:
+def test_a_composite_never_answers_500(replies: list[tuple[int, str, bytes, str, bool]], merge: str, cap: int) -> None:
     calls = {
         "user": {"service": "users", "path": "/users/{request_id}", "required": True},
         "orders": {"service": "orders", "path": "/orders?u={query.u}", "default": {}},
@@ -89,8 +90,8 @@ def test_a_composite_never_answers_500(replies: list[tuple[int, str, bytes, bool
     document = {**BRIEF, "auth": None, "calls": calls, "merge": merge, "max_body_bytes": cap}
     composite = parse_composite(json.dumps(document), key="k", name="p")
 
-    def backend(reply: tuple[int, str, bytes, bool, bool]) -> Next:
-        status, content_type, body, streamed, failed = reply
+    def backend(reply: tuple[int, str, bytes, str, bool]) -> Next:
+        status, content_type, body, kind, failed = reply
 
         async def answer(ctx: RequestContext) -> Answer:
             if failed:
@@ -98,11 +99,14 @@ def test_a_composite_never_answers_500(replies: list[tuple[int, str, bytes, bool
 
                 return error_answer(NoHealthyUpstream("none"), ctx.request_id)
             headers: CIMultiDict[str] = CIMultiDict({"Content-Type": content_type})
-            if not streamed:
+            if kind == "bytes":
                 return Answer(status=status, headers=headers, body=body)
             spool = Spool()
             spool.feed(body)
-            spool.feed_eof()
+            if kind == "broken":
+                spool.set_exception(ConnectionClosed("closed mid-body", received=True))
+            else:
+                spool.feed_eof()
             return Answer(status=status, headers=headers, body=spool)
 
         return answer

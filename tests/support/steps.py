@@ -33,6 +33,7 @@ from consulgw.ratelimit.local import LocalLimiter
 from consulgw.server.listener import create_public_app, send_continue, write_answer
 
 Terminal = Callable[[RequestContext], Awaitable[Answer]]
+CUT = b"<the connection was cut in the middle of the body>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,11 @@ async def exchanges(
                     data=ask.body,
                     skip_auto_headers=["Accept-Encoding"],
                 ) as resp:
-                    replies.append(Reply(resp.status, CIMultiDict(resp.headers), await resp.read()))
+                    try:
+                        body = await resp.read()
+                    except aiohttp.ClientPayloadError:  # the gateway cut the connection: the upstream broke off
+                        body = CUT
+                    replies.append(Reply(resp.status, CIMultiDict(resp.headers), body))
     finally:
         await runner.cleanup()
     return replies

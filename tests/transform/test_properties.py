@@ -19,6 +19,8 @@ from consulgw.pipeline.context import RequestContext
 from consulgw.pipeline.stages.transform import TransformStage
 from consulgw.policy import jsonpath
 from consulgw.policy.parse import parse_policy
+from consulgw.upstream.http1 import ConnectionClosed
+from consulgw.upstream.spool import Spool
 from tests.support.steps import Ask, exchanges, internal_error, stage_deps
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -105,6 +107,7 @@ def test_json_edits_never_raise_and_allow_only_keeps(document: Any, first: str, 
         ["application/json", "application/problem+json", "text/plain", "application/json; charset=utf-8"]
     ),
     encoding=st.sampled_from([None, "gzip", "identity"]),
+    delivery=st.sampled_from(["bytes", "spool", "broken"]),
 )
 def test_the_transform_step_never_answers_500(
     request_ops: dict[str, Any],
@@ -115,6 +118,7 @@ def test_the_transform_step_never_answers_500(
     response_body: bytes,
     content_type: str,
     encoding: str | None,
+    delivery: str,
 ) -> None:
     document = {
         "request": {
@@ -133,7 +137,15 @@ def test_the_transform_step_never_answers_500(
         headers: CIMultiDict[str] = CIMultiDict({"Content-Type": content_type, "ETag": '"e"'})
         if encoding is not None:
             headers["Content-Encoding"] = encoding
-        return Answer(status=200, headers=headers, body=response_body, edits=ctx.response_edits)
+        if delivery == "bytes":
+            return Answer(status=200, headers=headers, body=response_body, edits=ctx.response_edits)
+        spool = Spool()
+        spool.feed(response_body)
+        if delivery == "broken":  # the upstream closes the connection in the middle of the body
+            spool.set_exception(ConnectionClosed("closed mid-body", received=True))
+        else:
+            spool.feed_eof()
+        return Answer(status=200, headers=headers, body=spool, edits=ctx.response_edits)
 
     async def run() -> None:
         async with stage_deps() as deps:

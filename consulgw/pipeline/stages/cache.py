@@ -46,6 +46,7 @@ from consulgw.pipeline.stages.deps import StageDeps
 from consulgw.pipeline.stages.made import MadeRequest
 from consulgw.pipeline.stages.relay import RelayBody
 from consulgw.policy.model import CachePolicy
+from consulgw.upstream.http1 import ExchangeError
 from consulgw.upstream.spool import Spool
 
 log = structlog.get_logger("consulgw.cache")
@@ -657,6 +658,8 @@ async def _read_whole(answer: Answer, limit: int) -> bytes | None:
             if size > limit:
                 return None
             chunks.append(chunk)
+    except ExchangeError:  # the upstream broke off the body: nothing to store
+        return None
     finally:
         body.close()
     return b"".join(chunks)

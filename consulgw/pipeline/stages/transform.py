@@ -35,7 +35,9 @@ from consulgw.pipeline.stages.placeholders import encode_segment, text
 from consulgw.pipeline.stages.relay import RelayBody
 from consulgw.policy import jsonpath
 from consulgw.policy.model import FieldOps, JsonOps, JsonValue, TransformPolicy
+from consulgw.upstream.http1 import ExchangeError
 from consulgw.upstream.spool import Spool
+from consulgw.upstream.transport import translate
 
 IDENTITY = HeaderEdits(set=(("Accept-Encoding", "identity"),))
 Outcome = Literal["applied", "passed", "failed"]
@@ -191,7 +193,11 @@ class TransformStage:
         else:
             if answer.length is not None and answer.length > self._cap:
                 return self._response_untouched(answer, "is too large")
-            head, complete = await _read_capped(body, self._cap)
+            try:
+                head, complete = await _read_capped(body, self._cap)
+            except ExchangeError as exc:  # the upstream broke off its answer before the head was sent on
+                body.close()
+                raise translate(exc, answer.instance or ctx.service) from exc
             if not complete:
                 answer.body = RelayBody(body, head=head)
                 return self._response_untouched(answer, "is too large")
