@@ -61,6 +61,13 @@ async def test_second_identical_get_is_served_without_reaching_the_upstream(
     assert hits is not None
     assert hits >= 2
     assert misses == 1
+    stored = await metric_value(
+        http, gateway.admin_url, "consulgw_cache_stored_bytes_total", service="shop", backend="memory"
+    )
+    held = await metric_value(http, gateway.admin_url, "consulgw_cache_memory_bytes")
+    assert stored == len(b'{"items": [1, 2]}')
+    assert held is not None
+    assert held > stored
 
 
 @pytest.mark.parametrize(
@@ -450,3 +457,18 @@ def _secret(url: str) -> Any:
     from consulgw.settings import Secret
 
     return Secret(value=url)
+
+
+async def test_gateways_sharing_redis_send_one_fill_upstream_between_them(
+    make_gateway: MakeGateway, consul: Consul, origins: Origins, http: aiohttp.ClientSession
+) -> None:
+    service = unique("stampede")
+    gateways = [await make_gateway(redis_url=_secret("redis://127.0.0.1:6379/0")) for _ in range(3)]
+    origin = await origins()
+    origin.default = Reply(delay=0.5, body=b'{"slow": true}')
+    await serve(gateways[0], consul, service, origin, {"cache": {"backend": "redis", "ttl": "60s"}})
+    for gateway in gateways[1:]:
+        await wait_for(lambda gateway=gateway: service in (gateway.view().services if gateway.view() else {}))  # type: ignore[union-attr]
+    answers = await asyncio.gather(*(get(http, f"{gw.url}/report") for gw in gateways for _ in range(10)))
+    assert all(status == 200 and body == b'{"slow": true}' for status, _, body in answers)
+    assert origin.count("/report") == 1  # one gateway took the Redis fill lock; the others waited for its entry
