@@ -438,12 +438,16 @@ async def test_redis_down_with_bypass_still_answers_and_deny_answers_503(
     gateway = await make_gateway(redis_url=_secret(private_redis.url))
     origin = await origins()
     await serve(gateway, consul, "bypassed", origin, {"cache": {"backend": "redis", "on_backend_error": "bypass"}})
+    local = await origins("local")
+    await serve(gateway, consul, "local", local, CACHE, route="/local")
     await private_redis.stop()
     for _ in range(3):
         status, headers, _ = await get(http, f"{gateway.url}/x")
         assert status == 200
         assert headers["Cache-Status"] == "consulgw; fwd=bypass; detail=backend-error"
+        await get(http, f"{gateway.url}/local/y")  # a memory cache on the same gateway is not affected
     assert origin.count() == 3
+    assert local.count() == 1
     await put_policy(consul, "bypassed", {"cache": {"backend": "redis", "on_backend_error": "deny"}})
 
     async def denied() -> bool:

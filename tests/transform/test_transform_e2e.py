@@ -309,3 +309,35 @@ async def test_the_cache_stores_the_transformed_answer(
 
         await wait_for(hit)
     assert origin.count() == 2  # one per query (the key has the whole query)
+
+
+async def test_a_body_the_transform_reads_is_held_to_the_service_s_max_body_bytes(
+    make_gateway: MakeGateway, consul: Consul, origins: Origins, http: aiohttp.ClientSession
+) -> None:
+    transform = {"request": {"json": {"set": {"seen": True}}}, "max_body_bytes": 1000}
+    gateway, origin = await transformed(make_gateway, consul, origins, transform, max_body_bytes=100)
+    json_type = {"Content-Type": "application/json"}
+
+    def chunked(data: bytes) -> Any:
+        async def chunks() -> Any:
+            for start in range(0, len(data), 30):
+                yield data[start : start + 30]
+
+        return chunks()
+
+    async with http.post(f"{gateway.url}/in", headers=json_type, data=chunked(b'{"a": "' + b"x" * 500 + b'"}')) as resp:
+        assert resp.status == 413
+    assert origin.count() == 0
+    async with http.post(f"{gateway.url}/in", headers=json_type, data=chunked(b'{"a": 1}')) as resp:
+        assert resp.status == 200
+    assert json.loads(origin.requests[-1].body) == {"a": 1, "seen": True}
+    # A body under the service's limit but over the transform's cap streams on untouched, still counted.
+    await serve(
+        gateway, consul, "api", origin, {"transform": {**transform, "max_body_bytes": 20}, "max_body_bytes": 100}
+    )
+    body = b'{"a": "' + b"y" * 40 + b'"}'
+    async with http.post(f"{gateway.url}/in", headers=json_type, data=chunked(body)) as resp:
+        assert resp.status == 200
+    assert origin.requests[-1].body == body
+    async with http.post(f"{gateway.url}/in", headers=json_type, data=chunked(body * 3)) as resp:
+        assert resp.status == 413

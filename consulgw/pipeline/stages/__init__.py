@@ -47,5 +47,5 @@ def build_stages(policy: ServicePolicy, deps: StageDeps) -> tuple[Stage, ...]:
         if cache is not None:
             stages.append(cache)
     if policy.transform is not None:
-        stages.append(TransformStage.from_policy(policy.transform, deps))
+        stages.append(TransformStage.from_policy(policy.transform, deps, limit=policy.max_body_bytes))
     return tuple(stages)

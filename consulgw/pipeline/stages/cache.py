@@ -161,8 +161,8 @@ class CacheStage:
         """The slot's entry; None when the backend failed and the policy says bypass (deny raises)."""
         store = self._store
         try:
-            if store is None or not self._owner.backend_usable():
-                raise CacheUnavailable("the cache backend is unavailable")
+            if store is None or (store.backend == "redis" and not self._owner.backend_usable()):
+                raise CacheUnavailable("the cache backend is unavailable")  # no Redis, or known down a moment ago
             found = await store.lookup(req.slot, request.headers)
         except CacheUnavailable as exc:
             if store is not None and exc.__cause__ is not None:

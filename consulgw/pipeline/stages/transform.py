@@ -29,7 +29,7 @@ from consulgw.errors import BadRequest, TransformFailed
 from consulgw.pipeline.answer import Answer
 from consulgw.pipeline.chain import Next
 from consulgw.pipeline.context import BodyReader, HeaderEdits, Inbound, RequestContext
-from consulgw.pipeline.stages.body_limit import too_large
+from consulgw.pipeline.stages.body_limit import LimitedBody, too_large
 from consulgw.pipeline.stages.deps import StageDeps
 from consulgw.pipeline.stages.placeholders import encode_segment, text
 from consulgw.pipeline.stages.relay import RelayBody
@@ -83,8 +83,9 @@ def _maker(value: JsonValue, ctx: RequestContext) -> Callable[[], Any] | None:
 
 
 class TransformStage:
-    def __init__(self, *, policy: TransformPolicy, deps: StageDeps) -> None:
+    def __init__(self, *, policy: TransformPolicy, deps: StageDeps, limit: int | None = None) -> None:
         self._policy = policy
+        self._limit = limit  # the service's max_body_bytes: a body the step reads itself is held to it too
         self._deps = deps
         self._service = deps.service
         request = policy.request
@@ -99,8 +100,8 @@ class TransformStage:
         self._counter = deps.metrics.transforms
 
     @classmethod
-    def from_policy(cls, policy: TransformPolicy, deps: StageDeps) -> TransformStage:
-        return cls(policy=policy, deps=deps)
+    def from_policy(cls, policy: TransformPolicy, deps: StageDeps, *, limit: int | None = None) -> TransformStage:
+        return cls(policy=policy, deps=deps, limit=limit)
 
     def _count(self, direction: str, outcome: Outcome) -> None:
         self._counter.labels(self._service, direction, outcome).inc()
@@ -142,13 +143,19 @@ class TransformStage:
             return self._request_untouched(ctx, "is too large", too_big=True)
         if request.headers.get("Expect", "").lower() == "100-continue" and self._deps.send_continue is not None:
             await self._deps.send_continue(request)
-        head, complete = await _read_capped(request.content, self._cap)
+        limit = self._limit
+        head, complete = await _read_capped(request.content, self._cap if limit is None else min(self._cap, limit))
         if not complete:
+            if limit is not None and sum(len(chunk) for chunk in head) > limit:
+                raise too_large(limit)  # the service's own limit: the client's fault whatever on_error says
             if self._fail:
                 self._count("request", "failed")
                 raise too_large(self._cap)
             self._count("request", "passed")
-            return ctx.replace(body=_chain(head, request.content))
+            if limit is None:
+                return ctx.replace(body=_chain(head, request.content))
+            # What was read, then the rest, still counted against the service's limit by the forwarder's own rule.
+            return ctx.replace(body=LimitedBody(_Prefixed(head, request.content), limit))
         data = b"".join(head)
         document = _decode(data)
         if document is _NOT_JSON:
@@ -289,6 +296,21 @@ async def _read_capped(source: BodyReader | Spool, cap: int) -> tuple[list[bytes
         size += len(chunk)
         if size > cap:
             return chunks, False
+
+
+class _Prefixed:
+    """A body reader (``readany``) that gives ``head`` first, then what ``content`` still has."""
+
+    __slots__ = ("_content", "_head")
+
+    def __init__(self, head: list[bytes], content: BodyReader) -> None:
+        self._head = list(head)
+        self._content = content
+
+    async def readany(self) -> bytes:
+        if self._head:
+            return self._head.pop(0)
+        return await self._content.readany()
 
 
 async def _chain(head: list[bytes], content: BodyReader) -> AsyncIterator[bytes]:
