@@ -105,8 +105,7 @@ def demo_steps(gateway: int, admin: int, consul: int) -> tuple[DemoStep, ...]:
             expect='"x-user-id": "demo-user"',
         ),
         DemoStep(
-            title="One call, three services in parallel (composite route consulgw/composites/user-dashboard): "
-            "the JWT is checked once and every service sees X-User-ID",
+            title="One call, three services in parallel (composite route): one JWT check, X-User-ID for each service",
             command=f'curl -s -H "Authorization: Bearer $TOKEN" {gw}/api/user-dashboard | .venv/bin/python -c '
             '\'import json,sys; d=json.load(sys.stdin); print(list(d), d["user"]["headers"]["x-user-id"])\'',
             expect="['user', 'orders', 'notifications'] demo-user",
