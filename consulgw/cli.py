@@ -104,7 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workers", metavar="N", help="processes sharing the port via SO_REUSEPORT (env CONSULGW_WORKERS)"
     )
-    run.add_argument("--redis", metavar="URL", help="Redis URL for shared rate limits (env CONSULGW_REDIS_URL)")
+    run.add_argument(
+        "--redis", metavar="URL", help="Redis URL for shared rate limits and caches (env CONSULGW_REDIS_URL)"
+    )
+    run.add_argument(
+        "--cache-memory-bytes",
+        metavar="SIZE",
+        help="bound of the in-process response cache, e.g. 64MiB (env CONSULGW_CACHE_MEMORY_BYTES, default 64MiB)",
+    )
     run.add_argument(
         "--tls-cert", metavar="FILE", help="PEM certificate for the public listener (env CONSULGW_TLS_CERT)"
     )

@@ -29,6 +29,24 @@ POLICIES: dict[str, dict[str, object]] = {
         }
     },
     "search": {"rate_limit": {"requests": 5, "per": "30s", "key": "ip"}},
+    "catalog": {"cache": {"ttl": "30s"}},
+    "notifications": {"transform": {"response": {"json": {"remove": ["headers"], "set": {"served_by": "consulgw"}}}}},
+}
+# consulgw/composites/<name>: routes the gateway answers by calling several services at once.
+COMPOSITES: dict[str, dict[str, object]] = {
+    "user-dashboard": {
+        "route": "/api/user-dashboard",
+        "methods": ["GET"],
+        "auth": {"type": "jwt", "algorithms": ["HS256"], "secret": DEMO_JWT_SECRET, "issuer": DEMO_ISSUER},
+        "timeout": "800ms",
+        "calls": {
+            "user": {"service": "users", "path": "/users/{sub}", "required": True},
+            "orders": {"service": "orders", "path": "/orders?user={sub}&limit=5", "timeout": "500ms", "default": []},
+            "notifications": {"service": "notifications", "path": "/notifications?user={sub}&unread=1", "default": []},
+        },
+        "merge": "nest",
+        "forward_headers": ["Accept-Language"],
+    }
 }
 
 
@@ -47,6 +65,8 @@ INSTANCES = (
     DemoInstance(service="orders", instance="orders-2", tags=("gw.route=/orders", "gw.lb=least_conn")),
     DemoInstance(service="search", instance="search-1", tags=("gw.route=/search", "gw.lb=ip_hash")),
     DemoInstance(service="search", instance="search-2", tags=("gw.route=/search", "gw.lb=ip_hash")),
+    DemoInstance(service="catalog", instance="catalog-1", tags=("gw.route=/catalog",)),
+    DemoInstance(service="notifications", instance="notifications-1", tags=("gw.route=/notifications",)),
 )
 
 
@@ -83,6 +103,22 @@ def demo_steps(gateway: int, admin: int, consul: int) -> tuple[DemoStep, ...]:
             title="With the token: 200, and the service sees who you are (X-User-ID)",
             command=f'curl -s -H "Authorization: Bearer $TOKEN" {gw}/orders/7',
             expect='"x-user-id": "demo-user"',
+        ),
+        DemoStep(
+            title="One call, three services in parallel (composite route): one JWT check, X-User-ID for each service",
+            command=f'curl -s -H "Authorization: Bearer $TOKEN" {gw}/api/user-dashboard | .venv/bin/python -c '
+            '\'import json,sys; d=json.load(sys.stdin); print(list(d), d["user"]["headers"]["x-user-id"])\'',
+            expect="['user', 'orders', 'notifications'] demo-user",
+        ),
+        DemoStep(
+            title="catalog is cached for 30s: the second answer comes from the gateway (Cache-Status, Age)",
+            command=f"for i in 1 2; do curl -s -D - -o /dev/null {gw}/catalog/items | grep -i '^cache-status'; done",
+            expect="Cache-Status: consulgw; hit; ttl=",
+        ),
+        DemoStep(
+            title="notifications answers are transformed: the echoed headers removed, a field added",
+            command=f"curl -s {gw}/notifications/latest",
+            expect='"served_by":"consulgw"',
         ),
         DemoStep(
             title="search is limited to 5 requests per 30s per client IP: the 6th and 7th get 429",
@@ -158,6 +194,11 @@ async def demo_services(session: aiohttp.ClientSession, consul_url: str) -> Asyn
             ids.append(inst.instance)
         for service, policy in POLICIES.items():
             async with session.put(f"{consul_url}/v1/kv/consulgw/services/{service}", data=json.dumps(policy)) as resp:
+                resp.raise_for_status()
+        for name, composite in COMPOSITES.items():
+            async with session.put(
+                f"{consul_url}/v1/kv/consulgw/composites/{name}", data=json.dumps(composite)
+            ) as resp:
                 resp.raise_for_status()
 
         async def beat() -> None:

@@ -10,6 +10,7 @@
     └── GatewayError             an answer to a client; carries HTTP status, stable code and extra headers
         ├── InvalidPath                   400 invalid_path (malformed, climbs above the root, ambiguous once decoded)
         ├── AmbiguousCredentials          400 ambiguous_credentials (two Authorization or API-key headers)
+        ├── BadRequest                    400 bad_request (a composite's input is missing, a body to transform is not JSON)
         ├── NoRoute                       404 no_route
         ├── MethodNotAllowed              405 method_not_allowed (+ Allow)
         ├── PayloadTooLarge               413 payload_too_large
@@ -22,9 +23,12 @@
         ├── NoHealthyUpstream             503 no_healthy_upstream
         ├── CircuitOpen                   503 circuit_open
         ├── Overloaded                    503 overloaded (the service's max_in_flight is reached)
+        ├── CacheUnavailable              503 cache_unavailable (the cache's Redis failed and on_backend_error is deny)
+        ├── TransformFailed               502 transform_failed (an answer to transform is not JSON or too large; on_error fail)
         └── UpstreamError
             ├── UpstreamUnreachable       502 upstream_unreachable (connect failed, reset before response)
-            └── UpstreamTimeout           504 upstream_timeout
+            ├── UpstreamTimeout           504 upstream_timeout
+            └── CompositeCallFailed       502 composite_call_failed (a required call of a composite route failed)
 
 Foreign exceptions (aiohttp, redis, jwt) are translated where they are caught, once, with ``raise ... from exc``.
 Messages of GatewayError are shown to clients: they never contain secrets.
@@ -80,6 +84,11 @@ class AmbiguousCredentials(GatewayError):
 
     status = 400
     code = "ambiguous_credentials"
+
+
+class BadRequest(GatewayError):
+    status = 400
+    code = "bad_request"
 
 
 class NoRoute(GatewayError):
@@ -177,3 +186,22 @@ class UpstreamUnreachable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class CacheUnavailable(GatewayError):
+    status = 503
+    code = "cache_unavailable"
+
+
+class TransformFailed(GatewayError):
+    """An answer the policy says to transform could not be (not JSON, or larger than the transform's cap)."""
+
+    status = 502
+    code = "transform_failed"
+
+
+class CompositeCallFailed(UpstreamError):
+    """A required call of a composite route failed; the message names the call."""
+
+    status = 502
+    code = "composite_call_failed"

@@ -141,6 +141,57 @@ class GatewayMetrics:
         for reason in ("queue_full", "export_failed"):
             self.trace_spans_dropped.labels(reason)
 
+        # -- answers the gateway makes itself (issue 10): cache, composites, transforms ---------------------------
+        self.cache_hits = Counter(
+            "consulgw_cache_hits_total", "Answers served from the cache (fresh or stale).", ("service",), registry=r
+        )
+        self.cache_misses = Counter(
+            "consulgw_cache_misses_total", "Cacheable requests the cache could not answer.", ("service",), registry=r
+        )
+        self.cache_stale = Counter(
+            "consulgw_cache_stale_total",
+            "Stale entries used, by how (while_revalidate, if_error, revalidated: a 304 refreshed it).",
+            ("service", "kind"),
+            registry=r,
+        )
+        self.cache_bypasses = Counter(
+            "consulgw_cache_bypasses_total",
+            "Requests on a cached route that did not use the cache, by reason (method, range, no_store, "
+            "credentialed, backend_error, uncacheable, too_large).",
+            ("service", "reason"),
+            registry=r,
+        )
+        self.cache_stored_bytes = Counter(
+            "consulgw_cache_stored_bytes_total",
+            "Bytes of answers written to the cache, by backend (memory, redis).",
+            ("service", "backend"),
+            registry=r,
+        )
+        self.cache_memory_bytes = Gauge(
+            "consulgw_cache_memory_bytes",
+            "Bytes held by this process's memory cache (bounded by --cache-memory-bytes).",
+            registry=r,
+            **({"multiprocess_mode": "livesum"} if multiprocess_dir else {}),  # type: ignore[arg-type]
+        )
+        self.composite_calls = Counter(
+            "consulgw_composite_calls_total",
+            "Calls made by composite routes, by outcome (ok, failed, timeout, skipped).",
+            ("service", "call", "outcome"),
+            registry=r,
+        )
+        self.composite_collisions = Counter(
+            "consulgw_composite_collisions_total",
+            "Top-level keys a later call of a shallow composite also had (the earlier call's value is kept).",
+            ("service",),
+            registry=r,
+        )
+        self.transforms = Counter(
+            "consulgw_transforms_total",
+            "Bodies seen by a transform, by direction (request, response) and outcome (applied, passed, failed).",
+            ("service", "direction", "outcome"),
+            registry=r,
+        )
+
     def observe_request(self, service: str, route: str, status: int, seconds: float) -> None:
         key = (service, route, status // 100)
         children = self._request_children.get(key)
@@ -166,6 +217,14 @@ class GatewayMetrics:
             self.auth_rejected,
             self.breaker_state,
             self.breaker_opened,
+            self.cache_hits,
+            self.cache_misses,
+            self.cache_stale,
+            self.cache_bypasses,
+            self.cache_stored_bytes,
+            self.composite_calls,
+            self.composite_collisions,
+            self.transforms,
         ):
             for labels in list(collector._metrics):
                 if labels and labels[0] == service:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -90,6 +91,7 @@ class GatewaySettings:
     coalesce_window: float = 0.05
     clients: ClientLimits = field(default_factory=ClientLimits)
     tracing: TracingSettings = field(default_factory=TracingSettings)  # from OTEL_* (consulgw.tracing.config)
+    cache_memory_bytes: int = 64 * 1024 * 1024  # bound of the memory cache of one process
 
 
 def parse_hostport(key: str, value: str) -> HostPort:
@@ -102,6 +104,18 @@ def parse_hostport(key: str, value: str) -> HostPort:
         raise ConfigError(f"{key}: port {port} in {value!r} is outside 0-65535")
     host = host.strip("[]") or "0.0.0.0"
     return HostPort(host, port)
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+
+
+def parse_bytes(key: str, value: str) -> int:
+    """``67108864``, ``64MiB``, ``512KiB``, ``1GiB`` (or kB/MB/GB, powers of 1000) -> bytes."""
+    match = re.fullmatch(r"\s*(\d{1,15})\s*([A-Za-z]*)\s*", value)
+    unit = match.group(2).lower() if match is not None else ""
+    if match is None or unit not in _BYTE_UNITS:
+        raise ConfigError(f"{key}: {value!r} is not a size (bytes, or a number with KiB, MiB or GiB, e.g. 64MiB)")
+    return int(match.group(1)) * _BYTE_UNITS[unit]
 
 
 def parse_cidrs(key: str, value: str) -> tuple[IPNetwork, ...]:
@@ -219,6 +233,10 @@ def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
         coalesce_window=parse_duration("--coalesce / CONSULGW_COALESCE", text("coalesce", "CONSULGW_COALESCE", "50ms")),
         clients=_client_limits(text),
         tracing=tracing_settings(environ),
+        cache_memory_bytes=parse_bytes(
+            "--cache-memory-bytes / CONSULGW_CACHE_MEMORY_BYTES",
+            text("cache_memory_bytes", "CONSULGW_CACHE_MEMORY_BYTES", str(defaults.cache_memory_bytes)),
+        ),
     )
 
 

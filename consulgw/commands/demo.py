@@ -86,7 +86,8 @@ def _print_banner(consul: int, gateway: int, admin: int) -> None:
         f"  dashboard    http://127.0.0.1:{admin}/",
         f"  dev agent    http://127.0.0.1:{consul}   (Consul HTTP API: export CONSUL_HTTP_ADDR=127.0.0.1:{consul})",
         "",
-        "Services: users (weighted round-robin 1:3), orders (least-connections, JWT), search (ip-hash, rate limit).",
+        "Services: users (weighted round-robin 1:3), orders (least-connections, JWT), search (ip-hash, rate limit),",
+        "catalog (cached), notifications (transformed); composite route /api/user-dashboard.",
         "Try these (from the repository root):",
         "",
     ]

@@ -32,11 +32,12 @@ from typing import Any
 
 import aiohttp
 
+from consulgw.composite.routes import composite_routes
 from consulgw.discovery.consul_api import ConsulClient, Result
 from consulgw.errors import ConfigError, DiscoveryError
 from consulgw.model.snapshot import Instance, ServiceSnapshot
 from consulgw.policy.book import build_policy_book
-from consulgw.policy.model import PolicyBook
+from consulgw.policy.model import CompositePolicy, PolicyBook
 from consulgw.redaction import redact_url
 from consulgw.routing.rules import FABIO, FABIO_TAG_PREFIX, ServiceRoutes, has_route_tags, parse_service_routes
 from consulgw.routing.table import RouteTable
@@ -154,13 +155,14 @@ async def read_routes(
         parse_service_routes(name, snap.tags, tag_prefix=tag_prefix, compat=compat, datacenter=snap.datacenter)
         for name, snap in snapshots.items()
     ]
+    book = build_policy_book(kv, previous=None, prefix=kv_prefix)
     return RoutesReport(
         consul=consul,
         services_index=max(catalog.index, 1),
         services_total=len(catalog.value),
         snapshots=MappingProxyType(snapshots),
-        table=RouteTable.build(parsed),
-        book=build_policy_book(kv, previous=None, prefix=kv_prefix),
+        table=RouteTable.build([*parsed, *composite_routes(book.composites)]),
+        book=book,
         kv_error=kv_error,
         fabio_ignored=fabio_ignored,
     )
@@ -185,6 +187,7 @@ def as_json(report: RoutesReport) -> dict[str, Any]:
         table=report.table,
         services=facts,
         policy_errors=report.book.errors,
+        composites=report.book.composites,
         query=DocumentQuery(limit=None),
     )
     return {
@@ -213,8 +216,14 @@ def as_text(report: RoutesReport) -> str:
     ]
     if not table.routes:
         lines.append("  (none)")
+    composites = {c.label: c for c in report.book.composites.values()}
     for route in table.routes:
         methods = ",".join(sorted(route.methods)) if route.methods else "any"
+        composite = composites.get(route.service)
+        if composite is not None:  # a composite route (KV composites/<name>): its calls instead of instances
+            lines.append(f"  {route.label}  ->  {route.service}   methods {methods}   from {route.tag}")
+            lines.extend(_call_lines(composite, report))
+            continue
         lines.append(
             f"  {route.label}  ->  {route.service}   methods {methods}   strip {route.strip or '-'}"
             f"   lb {report.lb(route.service)}   tag {truncate(route.tag, TAG_CHARS)!r}"
@@ -241,6 +250,15 @@ def as_text(report: RoutesReport) -> str:
     if report.kv_error:
         lines += ["", f"Note: KV policies not read ({report.kv_error}); balancers shown come from tags only"]
     return "\n".join(lines) + "\n"
+
+
+def _call_lines(composite: CompositePolicy, report: RoutesReport) -> list[str]:
+    lines = []
+    for call in composite.calls:
+        kind = "required" if call.required else "optional"
+        routed = "" if call.service in report.snapshots else "   (service not routed: the call fails)"
+        lines.append(f"      call {call.name}: {call.service} {call.path.text}   {kind}{routed}")
+    return lines
 
 
 def _instance_lines(instances: Sequence[Instance]) -> list[str]:

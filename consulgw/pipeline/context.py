@@ -6,7 +6,7 @@ uses, written down as a Protocol so a step can also be given a request the gatew
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterable, AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -114,6 +114,9 @@ class RequestContext:
     upstream_edits: HeaderEdits = NO_EDITS  # applied to the request sent upstream
     response_edits: HeaderEdits = NO_EDITS  # applied to the answer sent to the client (every answer)
     target: Target | None = None  # where the request may go; set by the target-selection step
+    # A request body a step made to replace the client's (a request transform): the forwarder sends it instead of
+    # reading ``request.content``. Bytes are sent with their length and can be retried; a stream is sent once.
+    body: bytes | AsyncIterable[bytes] | None = None
 
     def replace(self, **changes: object) -> RequestContext:
         return _replace(self, changes)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 from multidict import CIMultiDict
 
@@ -90,7 +90,7 @@ class Forwarder:
         method = request.method
         upgrade = _upgrade_token(request)
         headers = self._headers(ctx, request)
-        body, length, replayable = await self._body(request)
+        body, length, replayable = await self._body(request) if ctx.body is None else _replaced(ctx.body)
         outgoing = UpstreamRequest(
             method=method, target=ctx.upstream_target, headers=headers, body=body, length=length, upgrade=upgrade
         )
@@ -355,6 +355,13 @@ async def _then(first: Spool, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes
         first.close()
     async for chunk in rest:
         yield chunk
+
+
+def _replaced(body: bytes | AsyncIterable[bytes]) -> tuple[bytes | AsyncIterable[bytes], int | None, bool]:
+    """A body a step put in ``ctx.body``: bytes (sent with their length, replayable) or a stream (chunked, once)."""
+    if isinstance(body, bytes):
+        return body, len(body), True
+    return body, None, False
 
 
 def _fallback_answer(fallback: Fallback, ctx: RequestContext) -> Answer:

@@ -5,6 +5,8 @@ KV layout, relative to the prefix (default ``consulgw/``)::
     defaults              policy merged under every service's policy
     services/<service>    one service's policy (JSON object)
     consumers/<name>      one consumer (API-key digests, password hash, scopes, own rate limit)
+    composites/<name>     one composite route (consulgw.composite): its policy sections merge onto the defaults'
+    cache-purge/<service> any value: a new value empties the service's cache (read by consulgw.cache.purge)
 
 Rules (``build_policy_book``):
 
@@ -13,7 +15,8 @@ Rules (``build_policy_book``):
   section off (``"auth": null``). A service without a document gets the defaults.
 - A document that fails keeps the previous good value for its key: a bad ``services/x`` keeps x's previous effective
   policy (or the defaults if x never had a good one); a bad ``defaults`` keeps the previous defaults (document and
-  parsed value); a bad ``consumers/x`` keeps the previous consumer x (or none). The reason is in
+  parsed value); a bad ``consumers/x`` keeps the previous consumer x (or none); a bad ``composites/x`` keeps the
+  previous composite x (or none). The reason is in
   ``book.errors[<relative key>]`` (messages name the full KV key).
 - A deleted document is gone: the service falls back to the defaults, the consumer disappears, deleted defaults
   become the built-in defaults.
@@ -35,13 +38,15 @@ from types import MappingProxyType
 
 from consulgw.errors import PolicyError
 from consulgw.policy.consumers import digest_hint
-from consulgw.policy.model import DEFAULT_POLICY, Consumer, PolicyBook, ServicePolicy
-from consulgw.policy.parse import decode_document, merge_documents, parse_consumer, parse_policy
+from consulgw.policy.model import DEFAULT_POLICY, CompositePolicy, Consumer, PolicyBook, ServicePolicy
+from consulgw.policy.parse import decode_document, merge_documents, parse_composite, parse_consumer, parse_policy
 
 DEFAULTS_KEY = "defaults"
 SERVICES_DIR = "services/"
 CONSUMERS_DIR = "consumers/"
-_KNOWN_TOP = ("services", "consumers", "defaults")
+COMPOSITES_DIR = "composites/"
+CACHE_PURGE_DIR = "cache-purge/"
+_KNOWN_TOP = ("services", "consumers", "defaults", "composites", "cache-purge")
 
 
 def build_policy_book(
@@ -57,6 +62,7 @@ def build_policy_book(
 
     services: dict[str, ServicePolicy] = {}
     consumers: dict[str, Consumer] = {}
+    composites: dict[str, CompositePolicy] = {}
     for rel in sorted(kv):
         raw = kv[rel]
         if rel == DEFAULTS_KEY or rel.endswith("/"):
@@ -90,6 +96,12 @@ def build_policy_book(
                 errors[rel] = str(exc)
                 if name in prev.consumers:
                     consumers[name] = prev.consumers[name]
+        elif rel.startswith(COMPOSITES_DIR):
+            _composite(rel, kv[rel], prev, prefix, defaults_document, defaults_same, composites, errors, sources)
+        elif rel.startswith(CACHE_PURGE_DIR):
+            name = rel[len(CACHE_PURGE_DIR) :]
+            if not valid_service_name(name):
+                errors[rel] = f"{prefix}{rel}: {name!r} is not a service name (one key per service: cache-purge/<name>)"
         else:
             mistake = _looks_like_mistake(rel)
             if mistake is not None:
@@ -102,9 +114,40 @@ def build_policy_book(
         consumers=MappingProxyType(consumers),
         consumers_by_key=MappingProxyType(by_key),
         errors=MappingProxyType(errors),
+        composites=MappingProxyType(composites),
         defaults_document=defaults_document,
         sources=MappingProxyType(sources),
     )
+
+
+def _composite(
+    rel: str,
+    raw: bytes | None,
+    prev: PolicyBook,
+    prefix: str,
+    defaults_document: Mapping[str, object],
+    defaults_same: bool,
+    composites: dict[str, CompositePolicy],
+    errors: dict[str, str],
+    sources: dict[str, bytes | None],
+) -> None:
+    """``composites/<name>``: parsed onto the defaults' policy sections; a bad document keeps the previous one."""
+    name = rel[len(COMPOSITES_DIR) :]
+    if "/" in name or not name:
+        errors[rel] = f"{prefix}{rel}: {name!r} is not a composite name (one key per composite: composites/<name>)"
+        return
+    sources[rel] = raw
+    reuse = defaults_same and rel in prev.sources and prev.sources[rel] == raw and rel not in prev.errors
+    if reuse and name in prev.composites:
+        composites[name] = prev.composites[name]
+        return
+    key = prefix + rel
+    try:
+        composites[name] = parse_composite(_present(raw, key), key=key, name=name, defaults=defaults_document)
+    except PolicyError as exc:
+        errors[rel] = str(exc)
+        if name in prev.composites:
+            composites[name] = prev.composites[name]
 
 
 def changed_services(old: PolicyBook | None, new: PolicyBook, services: Iterable[str] = ()) -> frozenset[str]:

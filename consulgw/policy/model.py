@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from consulgw.model.balancing import LbAlgorithm
+from consulgw.routing.rules import RouteSpec
 
 # What a retry may be triggered by: a failed connect, a read timeout (only before any byte was sent back),
 # or one of these upstream statuses. Retries only ever apply to idempotent methods.
@@ -174,6 +175,113 @@ class TracingPolicy:
 
 
 DEFAULT_TRACING = TracingPolicy()
+# -- cache: response caching (consulgw.cache, consulgw.pipeline.stages.cache) ------------------------------------
+
+# RFC 9110 section 15.1: statuses cacheable by default (heuristically), without 206 (ranges are not cached).
+HEURISTIC_STATUSES: frozenset[int] = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+DEFAULT_CACHE_STATUSES: frozenset[int] = frozenset({200, 203, 204, 300, 301, 404, 410})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheKeyPolicy:
+    """What a cache key is made of besides service, method, host, path and ``Accept-Encoding`` (always)."""
+
+    query: Literal["all", "none"] | tuple[str, ...] = "all"  # every parameter (sorted), none, or these names
+    headers: tuple[str, ...] = ()  # request headers whose values are part of the key (lower case)
+    per_consumer: bool = True  # the verified consumer is part of the key (credentialed requests get own entries)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CachePolicy:
+    backend: Literal["memory", "redis"] = "memory"
+    mode: Literal["rfc9111", "override"] = "rfc9111"  # override: ``ttl`` whatever the upstream says
+    ttl: float = 60.0  # seconds; rfc9111: only when the answer gives no freshness of its own
+    methods: frozenset[str] = frozenset({"GET", "HEAD"})  # HEAD is answered from GET entries
+    statuses: frozenset[int] = DEFAULT_CACHE_STATUSES
+    key: CacheKeyPolicy = field(default_factory=CacheKeyPolicy)
+    max_body_bytes: int = 1024 * 1024  # larger answers stream through uncached
+    stale_while_revalidate: float = 0.0  # seconds a stale entry is served while one background fill refreshes it
+    stale_if_error: float = 0.0  # seconds a stale entry is served when the upstream fails
+    on_backend_error: Literal["bypass", "deny"] = "bypass"  # Redis unavailable: go to the upstream, or 503
+
+
+# -- transform: request and response rewriting (consulgw.pipeline.stages.transform) -----------------------------
+
+PlaceholderKind = Literal["sub", "consumer", "request_id", "query", "header"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Placeholder:
+    """One value of the closed placeholder set: ``{sub}``, ``{consumer}``, ``{request_id}``, ``{query.<name>}``,
+    ``{header.<name>}`` (consulgw.pipeline.stages.placeholders resolves them per request)."""
+
+    kind: PlaceholderKind
+    name: str = ""  # the query parameter or header name (header names lower case)
+
+    @property
+    def text(self) -> str:
+        return "{" + (f"{self.kind}.{self.name}" if self.name else self.kind) + "}"
+
+
+Text = str | Placeholder  # a constant string or a placeholder
+JsonPath = tuple[str | None, ...]  # dotted path segments; None is ``[*]`` (every element of an array)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JsonValue:
+    """A value of a JSON ``set``: a JSON constant (kept as its JSON text, so the model stays hashable) or a
+    placeholder (a string that is exactly one placeholder)."""
+
+    json: str | None = None
+    placeholder: Placeholder | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FieldOps:
+    """Edits of headers or query parameters, applied in the order remove, rename, set (replace), add (append)."""
+
+    remove: tuple[str, ...] = ()
+    rename: tuple[tuple[str, str], ...] = ()
+    set: tuple[tuple[str, Text], ...] = ()
+    add: tuple[tuple[str, Text], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.remove or self.rename or self.set or self.add)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JsonOps:
+    """Edits of a JSON body, applied in the order remove, rename, set, then ``allow`` (keep only these paths)."""
+
+    remove: tuple[JsonPath, ...] = ()
+    rename: tuple[tuple[JsonPath, str], ...] = ()  # the last key of the path gets the new name, in place
+    set: tuple[tuple[JsonPath, JsonValue], ...] = ()
+    allow: tuple[JsonPath, ...] | None = None  # responses only
+
+    def __bool__(self) -> bool:
+        return bool(self.remove or self.rename or self.set or self.allow is not None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestTransform:
+    headers: FieldOps = field(default_factory=FieldOps)
+    query: FieldOps = field(default_factory=FieldOps)
+    path_prefix: tuple[str, str] | None = None  # (from, to), on whole path segments
+    json: JsonOps = field(default_factory=JsonOps)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseTransform:
+    json: JsonOps = field(default_factory=JsonOps)
+    statuses: frozenset[int] | None = None  # None: every 2xx answer
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransformPolicy:
+    request: RequestTransform = field(default_factory=RequestTransform)
+    response: ResponseTransform = field(default_factory=ResponseTransform)
+    max_body_bytes: int = 1024 * 1024  # larger bodies pass untouched (on_error pass) or are refused (fail)
+    on_error: Literal["pass", "fail"] = "pass"  # a body that is not JSON or too large: untouched, or 502/413/400
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -193,9 +301,54 @@ class ServicePolicy:
     max_in_flight: int | None = None  # requests on their way to the instances at once; beyond, 503 overloaded
     openapi: OpenApiPolicy = DEFAULT_OPENAPI
     tracing: TracingPolicy = DEFAULT_TRACING
+    cache: CachePolicy | None = None
+    transform: TransformPolicy | None = None
 
 
 DEFAULT_POLICY = ServicePolicy()
+
+
+# -- composites: routes the gateway answers by calling several services (consulgw.composite) ---------------------
+
+COMPOSITE_SECTIONS = ("auth", "rate_limit", "cors", "cache", "headers", "timeouts")  # policy sections a composite has
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PathTemplate:
+    """An upstream request-target with placeholders: constant parts and placeholders, in order."""
+
+    text: str
+    parts: tuple[Text, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompositeCall:
+    name: str
+    service: str
+    path: PathTemplate
+    required: bool = False
+    timeout: float | None = None  # the call's own, else the composite's timeouts.read; None: the deadline only
+    default: str | None = None  # JSON text used when an optional call fails; None: the call's key is left out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompositePolicy:
+    """``consulgw/composites/<name>``: a route answered by calling ``calls`` concurrently and merging their JSON."""
+
+    name: str
+    route: RouteSpec  # service "composite:<name>", tag: the KV key
+    timeout: float = 5.0  # the whole answer's deadline, seconds
+    calls: tuple[CompositeCall, ...] = ()  # in declaration order
+    merge: Literal["nest", "shallow"] = "nest"
+    forward_headers: tuple[str, ...] = ()
+    partial_status: int = 200
+    max_body_bytes: int = 1024 * 1024  # per call: larger answers count as failed calls
+    policy: ServicePolicy = DEFAULT_POLICY  # auth, rate_limit, cors, cache, headers, timeouts
+
+    @property
+    def label(self) -> str:
+        """The name the route table, metrics and logs use (never clashes with a Consul service of that name)."""
+        return self.route.service
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -226,6 +379,7 @@ class PolicyBook:
     consumers: Mapping[str, Consumer] = field(default_factory=lambda: MappingProxyType({}))
     consumers_by_key: Mapping[str, Consumer] = field(default_factory=lambda: MappingProxyType({}))  # sha256 -> consumer
     errors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # KV key -> why it was rejected
+    composites: Mapping[str, CompositePolicy] = field(default_factory=lambda: MappingProxyType({}))  # by name
     # The last good ``defaults`` JSON object: what every service document is merged onto (consulgw.policy.book).
     defaults_document: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     # The raw KV values this book was built from (relative key -> bytes), so the next build re-parses only changes.

@@ -41,28 +41,44 @@ from consulgw.duration import parse_go_duration
 from consulgw.errors import PolicyError
 from consulgw.model.balancing import as_lb
 from consulgw.model.http import HOP_BY_HOP, IDENTITY_HEADERS
+from consulgw.policy import jsonpath
 from consulgw.policy.consumers import is_api_key_digest, parse_password_hash
 from consulgw.policy.model import (
+    COMPOSITE_SECTIONS,
     ApiKeyAuth,
     AuthPolicy,
     BasicAuth,
     BreakerPolicy,
+    CacheKeyPolicy,
+    CachePolicy,
+    CompositeCall,
+    CompositePolicy,
     Consumer,
     ConsumerRateLimit,
     CorsPolicy,
     Fallback,
+    FieldOps,
     HeaderPolicy,
     HeaderRules,
     IntrospectionAuth,
+    JsonOps,
+    JsonValue,
     JwtAuth,
     OpenApiPolicy,
+    PathTemplate,
+    Placeholder,
     RateLimitPolicy,
+    RequestTransform,
+    ResponseTransform,
     Retries,
     ServicePolicy,
+    Text,
     Timeouts,
     TracingPolicy,
+    TransformPolicy,
 )
 from consulgw.redaction import HIDDEN, is_secret_name, redact_url
+from consulgw.routing.rules import parse_route
 
 Path = tuple[str | int, ...]
 
@@ -287,6 +303,8 @@ def _describe(error: jsonschema.exceptions.ValidationError) -> tuple[Path, str, 
         return path, f"is too long (at most {expected} characters)", instance, True
     if validator == "minItems":
         return path, "must not be empty", instance, True
+    if validator == "minProperties":
+        return path, "must not be empty", None, False
     if validator == "maxProperties":
         return path, f"has too many entries (at most {expected})", None, False
     if validator == "pattern":
@@ -425,7 +443,7 @@ def _policy(doc: Mapping[str, Any]) -> ServicePolicy:
             attempts=int(r.get("attempts", 1)),
             on=frozenset(r["on"]) if "on" in r else Retries().on,
         )
-    return ServicePolicy(
+    policy = ServicePolicy(
         lb=lb,
         timeouts=timeouts,
         retries=retries,
@@ -439,7 +457,16 @@ def _policy(doc: Mapping[str, Any]) -> ServicePolicy:
         max_in_flight=int(doc["max_in_flight"]) if doc.get("max_in_flight") is not None else None,
         openapi=_openapi(doc["openapi"]) if doc.get("openapi") is not None else OpenApiPolicy(),
         tracing=_tracing(doc["tracing"]) if doc.get("tracing") is not None else TracingPolicy(),
+        cache=_cache(doc["cache"]) if doc.get("cache") is not None else None,
+        transform=(
+            _transform(doc["transform"], authenticated=doc.get("auth") is not None)
+            if doc.get("transform") is not None
+            else None
+        ),
     )
+    if policy.cache is not None and policy.transform is not None:
+        _check_cached_transform(policy.cache, policy.transform)
+    return policy
 
 
 # -- openapi ---------------------------------------------------------------------------------------------------
@@ -979,4 +1006,400 @@ def _consumer(doc: Mapping[str, Any], name: str) -> Consumer:
         password_hash=password_hash,
         scopes=frozenset(doc.get("scopes", ())),
         rate_limit=rate_limit,
+    )
+
+
+# ------------------------------------------------------------------- placeholders (transform values, composite paths)
+
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)(?:\.([^{}]*))?\}")
+_QUERY_NAME = re.compile(r"[^\x00-\x20\x7f&=#{}]{1,256}")
+PLACEHOLDER_SET = "{sub}, {consumer}, {request_id}, {query.<name>}, {header.<name>}"
+
+
+def _placeholder(path: Path, text: str) -> Placeholder:
+    """``{sub}`` / ``{consumer}`` / ``{request_id}`` / ``{query.<name>}`` / ``{header.<name>}``, or _Invalid."""
+    match = _PLACEHOLDER.fullmatch(text)
+    kind, name = (match.group(1), match.group(2)) if match is not None else ("", None)
+    if kind in ("sub", "consumer", "request_id") and name is None:
+        return Placeholder(kind=kind)  # type: ignore[arg-type]  # narrowed by the test above
+    if kind == "query" and name is not None:
+        if _QUERY_NAME.fullmatch(name) is None:
+            raise _Invalid(
+                path, "names a query parameter that is empty or has spaces, '&', '=', '#' or braces", value=text
+            )
+        return Placeholder(kind="query", name=name)
+    if kind == "header" and name is not None:
+        if not valid_header_name(name):
+            raise _Invalid(path, "names a header that is not a valid header name", value=text)
+        lowered = name.lower()
+        if is_secret_name(lowered) or lowered in _GATEWAY_OWNED_HEADERS:
+            raise _Invalid(
+                path,
+                "reads a credential or a header the gateway sets itself; such values never go into paths or bodies "
+                "(use {sub} or {consumer} for the verified identity)",
+                value=text,
+            )
+        return Placeholder(kind="header", name=lowered)
+    raise _Invalid(path, f"is not a placeholder (the closed set is {PLACEHOLDER_SET})", value=text)
+
+
+def _looks_like_placeholder(text: str) -> bool:
+    return len(text) > 2 and text.startswith("{") and text.endswith("}") and "{" not in text[1:-1]
+
+
+def _text(path: Path, value: str) -> Text:
+    """A constant, or a placeholder when the whole string is one (``"{sub}"``); ``"{subb}"`` is an error."""
+    if _looks_like_placeholder(value):
+        return _placeholder(path, value)
+    return value
+
+
+def _needs_identity(values: Iterable[object]) -> bool:
+    return any(isinstance(v, Placeholder) and v.kind in ("sub", "consumer") for v in values)
+
+
+# ------------------------------------------------------------------------------------------- cache (issue 10)
+
+MAX_CACHE_WINDOW = 24 * 3600.0
+
+
+def _cache(doc: Mapping[str, Any]) -> CachePolicy:
+    defaults = CachePolicy()
+    mode = doc.get("mode", defaults.mode)
+    ttl = _duration(("cache", "ttl"), doc["ttl"], positive=False, maximum=MAX_CACHE_WINDOW) if "ttl" in doc else 60.0
+    if mode == "override" and ttl == 0:
+        raise _Invalid(
+            ("cache", "ttl"),
+            "must be greater than zero with mode 'override' (it is the only freshness)",
+            value=doc["ttl"],
+        )
+    key_doc = doc.get("key") or {}
+    query: Any = key_doc.get("query", "all")
+    if isinstance(query, str):
+        if query not in ("all", "none"):
+            raise _Invalid(("cache", "key", "query"), "is not 'all', 'none' or a list of parameter names", value=query)
+    else:
+        for index, name in enumerate(query):
+            if _QUERY_NAME.fullmatch(name) is None:
+                raise _Invalid(("cache", "key", "query", index), "is not a query parameter name", value=name)
+        query = tuple(sorted(set(query)))
+    headers = tuple(
+        _header_name(("cache", "key", "headers", i), name, policy_owned=False).lower()
+        for i, name in enumerate(key_doc.get("headers", ()))
+    )
+    windows = {
+        name: _duration(("cache", name), doc[name], positive=False, maximum=MAX_CACHE_WINDOW) if name in doc else 0.0
+        for name in ("stale_while_revalidate", "stale_if_error")
+    }
+    return CachePolicy(
+        backend=doc.get("backend", defaults.backend),
+        mode=mode,
+        ttl=ttl,
+        methods=frozenset(doc.get("methods", defaults.methods)),
+        statuses=frozenset(int(s) for s in doc["statuses"]) if "statuses" in doc else defaults.statuses,
+        key=CacheKeyPolicy(
+            query=query,
+            headers=tuple(sorted(set(headers))),
+            per_consumer=bool(key_doc.get("per_consumer", True)),
+        ),
+        max_body_bytes=int(doc.get("max_body_bytes", defaults.max_body_bytes)),
+        stale_while_revalidate=windows["stale_while_revalidate"],
+        stale_if_error=windows["stale_if_error"],
+        on_backend_error=doc.get("on_backend_error", defaults.on_backend_error),
+    )
+
+
+# --------------------------------------------------------------------------------------- transform (issue 10)
+
+# Headers a transform may not touch: what the proxy frames (hop-by-hop, Host, Content-Length), the identity the
+# gateway sets after authentication, and Accept-Encoding (the gateway asks for unencoded answers on these routes).
+_TRANSFORM_OWNED = frozenset({*(h.lower() for h in IDENTITY_HEADERS), "accept-encoding"})
+
+
+def _transform_header(path: Path, name: str) -> str:
+    _header_name(path, name)
+    if name.lower() in _TRANSFORM_OWNED:
+        raise _Invalid(
+            path, "is set by the gateway on transformed routes (identity after auth, Accept-Encoding)", value=name
+        )
+    return name
+
+
+def _query_name(path: Path, name: str) -> str:
+    if _QUERY_NAME.fullmatch(name) is None:
+        raise _Invalid(path, "is not a query parameter name (no spaces, '&', '=', '#' or braces)", value=name)
+    return name
+
+
+def _field_ops(path: Path, doc: Mapping[str, Any], name_check: Callable[[Path, str], str]) -> FieldOps:
+    remove = tuple(name_check((*path, "remove", i), n) for i, n in enumerate(doc.get("remove", ())))
+    rename = tuple(
+        (name_check((*path, "rename", old), old), name_check((*path, "rename", old), new))
+        for old, new in doc.get("rename", {}).items()
+    )
+
+    def values(kind: str) -> tuple[tuple[str, Text], ...]:
+        out: list[tuple[str, Text]] = []
+        for name, value in doc.get(kind, {}).items():
+            where = (*path, kind, name)
+            name_check(where, name)
+            if _BAD_HEADER_VALUE.search(value):
+                raise _Invalid(where, "contains control characters (CR, LF, NUL ...)", value=value)
+            out.append((name, _text(where, value)))
+        return tuple(out)
+
+    return FieldOps(remove=remove, rename=rename, set=values("set"), add=values("add"))
+
+
+def _json_path(path: Path, text: str, *, leaf: bool = False) -> jsonpath.Path:
+    try:
+        parsed = jsonpath.parse_path(text)
+    except ValueError as exc:
+        raise _Invalid(path, f"is not a JSON path ({exc})", value=text) from None
+    if leaf and parsed[-1] is jsonpath.EVERY:
+        raise _Invalid(path, "must end with a key, not '[*]'", value=text)
+    return parsed
+
+
+def _json_value(path: Path, value: object) -> JsonValue:
+    if isinstance(value, str) and _looks_like_placeholder(value):
+        return JsonValue(placeholder=_placeholder(path, value))
+    return JsonValue(json=json.dumps(value, separators=(",", ":")))
+
+
+def _json_ops(path: Path, doc: Mapping[str, Any], *, response: bool) -> JsonOps:
+    remove = tuple(_json_path((*path, "remove", i), p) for i, p in enumerate(doc.get("remove", ())))
+    rename: list[tuple[jsonpath.Path, str]] = []
+    for old, new in doc.get("rename", {}).items():
+        where = (*path, "rename", old)
+        if not new.isprintable():
+            raise _Invalid(where, "names a key with control characters", value=new)
+        rename.append((_json_path(where, old, leaf=True), new))
+    assignments = tuple(
+        (_json_path((*path, "set", p), p, leaf=True), _json_value((*path, "set", p), v))
+        for p, v in doc.get("set", {}).items()
+    )
+    allow: tuple[jsonpath.Path, ...] | None = None
+    if response and doc.get("allow") is not None:
+        allow = tuple(_json_path((*path, "allow", i), p) for i, p in enumerate(doc["allow"]))
+    return JsonOps(remove=remove, rename=tuple(rename), set=assignments, allow=allow)
+
+
+def _prefix(path: Path, text: str) -> str:
+    if not text.startswith("/") or not text.isascii() or any(c in text for c in "?# ") or not text.isprintable():
+        raise _Invalid(path, "must be a path such as '/v1' (ASCII, no spaces, '?' or '#')", value=text)
+    if any(segment in (".", "..") for segment in text.split("/")):
+        raise _Invalid(path, "contains a '.' or '..' segment", value=text)
+    return text.rstrip("/") or "/"
+
+
+def _check_cached_transform(cache: CachePolicy, transform: TransformPolicy) -> None:
+    """The cache stores transformed answers: a response ``set`` from a placeholder must be part of the cache key, or
+    every later caller would get the value of the request that filled the cache."""
+    for path, value in transform.response.json.set:
+        holder = value.placeholder
+        if holder is None:
+            continue
+        where: Path = ("transform", "response", "json", "set", jsonpath.show_path(path))
+        key = cache.key
+        if holder.kind == "request_id":
+            problem = "cannot be cached: every answer from the cache would carry the id of the request that filled it"
+        elif holder.kind in ("sub", "consumer") and not key.per_consumer:
+            problem = "needs cache.key.per_consumer true (the cached answer depends on the caller)"
+        elif holder.kind == "header" and holder.name not in key.headers:
+            problem = f"needs {holder.name!r} in cache.key.headers (the cached answer depends on it)"
+        elif holder.kind == "query" and key.query != "all" and (key.query == "none" or holder.name not in key.query):
+            problem = f"needs the query parameter {holder.name!r} in cache.key.query (the cached answer depends on it)"
+        else:
+            continue
+        raise _Invalid(where, problem, value=holder.text)
+
+
+def _transform(doc: Mapping[str, Any], *, authenticated: bool) -> TransformPolicy:
+    defaults = TransformPolicy()
+    request = doc.get("request") or {}
+    response = doc.get("response") or {}
+    where: Path = ("transform", "request")
+    prefix = request.get("path_prefix")
+    transform = TransformPolicy(
+        request=RequestTransform(
+            headers=_field_ops((*where, "headers"), request.get("headers") or {}, _transform_header),
+            query=_field_ops((*where, "query"), request.get("query") or {}, _query_name),
+            path_prefix=(
+                (
+                    _prefix((*where, "path_prefix", "from"), prefix["from"]),
+                    _prefix((*where, "path_prefix", "to"), prefix["to"]),
+                )
+                if prefix is not None
+                else None
+            ),
+            json=_json_ops((*where, "json"), request.get("json") or {}, response=False),
+        ),
+        response=ResponseTransform(
+            json=_json_ops(("transform", "response", "json"), response.get("json") or {}, response=True),
+            statuses=frozenset(int(s) for s in response["statuses"]) if "statuses" in response else None,
+        ),
+        max_body_bytes=int(doc.get("max_body_bytes", defaults.max_body_bytes)),
+        on_error=doc.get("on_error", defaults.on_error),
+    )
+    if not authenticated:
+        req, res = transform.request, transform.response
+        values: list[object] = [v for _, v in (*req.headers.set, *req.headers.add, *req.query.set, *req.query.add)]
+        values += [v.placeholder for _, v in (*req.json.set, *res.json.set)]
+        if _needs_identity(values):
+            raise _Invalid(
+                ("transform",),
+                "uses {sub} or {consumer}, but the policy has no auth section to verify who the caller is",
+                show_value=False,
+            )
+    return transform
+
+
+# --------------------------------------------------------------------------------------- composites (issue 10)
+
+_COMPOSITE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9_.-]{0,62}[a-z0-9])?")
+_CALL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+_PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
+COMPOSITE_PREFIX = "composite:"
+MAX_COMPOSITE_TIMEOUT = 300.0
+
+
+def composite_label(name: str) -> str:
+    """The route table's and metrics' name for a composite: never a Consul service's name."""
+    return COMPOSITE_PREFIX + name
+
+
+def parse_composite(
+    raw: bytes | str | object, *, key: str, name: str, defaults: Mapping[str, object] | None = None
+) -> CompositePolicy:
+    """Validate and convert ``consulgw/composites/<name>``. Its policy sections are merged onto the same sections of
+    ``defaults`` (the defaults document), exactly like a service's; the defaults' other sections do not apply."""
+    if not isinstance(name, str) or _COMPOSITE_NAME.fullmatch(name) is None:
+        raise PolicyError(
+            f"{key}: composite name {_show(name)} is not valid (lower-case letters, digits, '-', '_', '.'; at most 64)"
+        )
+    doc = decode_document(raw, key=key)
+    if isinstance(doc, Mapping) and defaults:
+        inherited = {k: v for k, v in defaults.items() if k in COMPOSITE_SECTIONS}
+        doc = merge_documents(inherited, doc)
+    _check_schema(doc, "composite", key)
+    try:
+        return _composite(cast(Mapping[str, Any], doc), name=name, key=key)
+    except _Invalid as exc:
+        raise PolicyError(_message(key, exc.path, exc.reason, exc.value, exc.show_value)) from None
+    except RecursionError:
+        raise PolicyError(f"{key}: the document is nested too deeply") from None
+
+
+def _path_template(path: Path, text: str) -> PathTemplate:
+    if not text.startswith("/"):
+        raise _Invalid(path, "must start with '/' (a path on the service, with an optional ?query)", value=text)
+    if "#" in text:
+        raise _Invalid(path, "must not contain '#'", value=text)
+    parts: list[Text] = []
+    position = 0
+    for match in re.finditer(r"\{[^{}]*\}", text):
+        literal = text[position : match.start()]
+        if literal:
+            parts.append(_path_literal(path, literal, text))
+        parts.append(_placeholder(path, match.group(0)))
+        position = match.end()
+    if text[position:]:
+        parts.append(_path_literal(path, text[position:], text))
+    return PathTemplate(text=text, parts=tuple(parts))
+
+
+def _path_literal(path: Path, literal: str, text: str) -> str:
+    if _PATH_CHARS.fullmatch(literal) is None:
+        raise _Invalid(
+            path,
+            "has characters a request-target cannot carry (spaces, braces outside a placeholder, non-ASCII: "
+            "percent-encode them)",
+            value=text,
+        )
+    if any(segment in (".", "..") for segment in literal.split("?", 1)[0].split("/")):
+        raise _Invalid(path, "contains a '.' or '..' segment", value=text)
+    return literal
+
+
+def _composite(doc: Mapping[str, Any], *, name: str, key: str) -> CompositePolicy:
+    label = composite_label(name)
+    methods = sorted({m.upper() for m in doc.get("methods", ["GET"])})
+    route_text = doc["route"]
+    if any(c.isspace() for c in route_text):
+        raise _Invalid(
+            ("route",), "is [host]/path without spaces or options (methods go in 'methods')", value=route_text
+        )
+    try:
+        route = parse_route(label, key, f"{route_text} methods={','.join(methods)}")
+    except ValueError as exc:
+        raise _Invalid(("route",), f"is not a route ({exc})", value=route_text) from None
+    timeout = _duration(("timeout",), doc["timeout"], maximum=MAX_COMPOSITE_TIMEOUT) if "timeout" in doc else 5.0
+    merge = doc.get("merge", "nest")
+    read = (doc.get("timeouts") or {}).get("read")
+    call_default = _duration(("timeouts", "read"), read, maximum=MAX_COMPOSITE_TIMEOUT) if read is not None else None
+    calls: list[CompositeCall] = []
+    for call_name, call in doc["calls"].items():
+        where: Path = ("calls", call_name)
+        if _CALL_NAME.fullmatch(call_name) is None:
+            raise _Invalid(
+                where, "is not a call name (letters, digits, '_', '-'; starts with a letter or '_')", show_value=False
+            )
+        service = call["service"]
+        if "/" in service or not service.isprintable() or any(c.isspace() for c in service):
+            raise _Invalid((*where, "service"), "is not a Consul service name", value=service)
+        required = bool(call.get("required", False))
+        default: str | None = None
+        if "default" in call:
+            if required:
+                raise _Invalid(
+                    (*where, "default"),
+                    "is never used: a required call that fails fails the composite",
+                    show_value=False,
+                )
+            if merge == "shallow" and not isinstance(call["default"], dict):
+                raise _Invalid(
+                    (*where, "default"),
+                    "must be an object with merge 'shallow' (its keys are merged)",
+                    value=call["default"],
+                )
+            default = json.dumps(call["default"], separators=(",", ":"))
+        calls.append(
+            CompositeCall(
+                name=call_name,
+                service=service,
+                path=_path_template((*where, "path"), call["path"]),
+                required=required,
+                timeout=_duration((*where, "timeout"), call["timeout"], maximum=MAX_COMPOSITE_TIMEOUT)
+                if "timeout" in call
+                else call_default,
+                default=default,
+            )
+        )
+    forward: list[str] = []
+    for index, header in enumerate(doc.get("forward_headers", ())):
+        _header_name(("forward_headers", index), header)
+        if header.lower() in _GATEWAY_OWNED_HEADERS - {"authorization", "cookie", "proxy-authorization"}:
+            raise _Invalid(
+                ("forward_headers", index),
+                "is set by the gateway itself (identity, forwarding, request id)",
+                value=header,
+            )
+        forward.append(header)
+    sections = {section: doc[section] for section in COMPOSITE_SECTIONS if section in doc}
+    policy = _policy(sections)
+    if policy.auth is None and _needs_identity(p for c in calls for p in c.path.parts):
+        raise _Invalid(
+            ("calls",), "a path uses {sub} or {consumer}, but the composite has no auth section", show_value=False
+        )
+    return CompositePolicy(
+        name=name,
+        route=route,
+        timeout=timeout,
+        calls=tuple(calls),
+        merge=merge,
+        forward_headers=_unique(forward),
+        partial_status=int(doc.get("partial_status", 200)),
+        max_body_bytes=int(doc.get("max_body_bytes", 1024 * 1024)),
+        policy=policy,
     )

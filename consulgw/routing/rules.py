@@ -197,6 +197,15 @@ def parse_service_routes(
     return ServiceRoutes(service=service, routes=tuple(kept), lb=lb, errors=tuple(errors))
 
 
+def parse_route(service: str, source: str, text: str) -> RouteSpec:
+    """One route in the ``gw.route`` grammar that comes from somewhere else than a tag (a composite's KV document,
+    named by ``source``). Raises ``ValueError`` with the same reasons a tag gets."""
+    try:
+        return _parse_route(service, source, text, head="route: ", fabio=False, datacenter=None)
+    except _TagError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _parses(tag: str, prefix: str, fabio: bool, datacenter: str | None) -> bool:
     """Whether a suggested tag is itself valid (a suggestion that does not parse is never shown)."""
     try:

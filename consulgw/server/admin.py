@@ -290,6 +290,7 @@ def describe(deps: AdminDeps, query: DocumentQuery | None = None) -> dict[str, A
         table=view.table,
         services=facts,
         policy_errors=view.book.errors,
+        composites=view.book.composites,
         query=query or DocumentQuery(),
         runtime=Runtime(instance=instance, service=service_runtime),
     )

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from consulgw.auth.basic import VerifiedPasswords
 from consulgw.auth.jwks import JwksCache
+from consulgw.cache.owner import CacheOwner
 from consulgw.clock import Clock, SystemClock
 from consulgw.discovery.consul_api import ConsulClient
 from consulgw.discovery.watcher import CatalogWatcher, WatcherStatus
@@ -140,6 +141,11 @@ class Gateway:
         redis_limiter = RedisLimiter(redis_client, timeout=0.25, tracer=tracer) if redis_client is not None else None
         if redis_limiter is not None:
             self._exit.push_async_callback(redis_limiter.aclose)
+        # The response cache's process-wide part (stores, fills in flight, background refreshes): closed before the
+        # transport and Redis it uses, after the watcher that builds steps with it.
+        cache = await self._exit.enter_async_context(
+            CacheOwner(clock=self._clock, metrics=self.metrics, memory_bytes=s.cache_memory_bytes, redis=redis_client)
+        )
         pools = UpstreamPools(rng=self._rng)
         breakers = BreakerBoard(clock=self._clock, metrics=self.metrics)
         jwks = JwksCache(http=consul_session, clock=self._clock, tracer=tracer)
@@ -189,9 +195,12 @@ class Gateway:
                 worker_index=self._worker_index,
                 worker_count=self._worker_count,
                 tracer=tracer,
+                cache=cache,
+                send_continue=send_continue,
             ),
             pipeline=pipeline,
             clock=self._clock,
+            on_purge=cache.apply_purges,
         )
         self._builder = builder
         watcher = CatalogWatcher(

@@ -115,10 +115,10 @@ class ProxyHandler:
                     raise NoRoute(f"no route for {request.method} {request.path}")
                 service, route_label = route.service, route.label
                 require_single_credentials(headers)  # two Authorization headers: 400 ambiguous_credentials
-                entry = view.services.get(service)
+                entry = view.entry(service)  # a routed service or a composite route
                 if entry is None:
                     raise NoHealthyUpstream(f"no healthy instance of {service}")
-                trace.start(route, entry.policy.tracing)
+                trace.start(route, entry.service_policy.tracing)
                 ctx = RequestContext(
                     request=request,
                     request_id=request_id,

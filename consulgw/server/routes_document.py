@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final
 
+from consulgw.composite.routes import describe_composite
 from consulgw.model.snapshot import Instance, ServiceSnapshot
-from consulgw.policy.model import ServicePolicy
+from consulgw.policy.model import CompositePolicy, ServicePolicy
 from consulgw.routing.rules import RouteError, RouteSpec, ServiceRoutes
 from consulgw.routing.table import RouteTable
 
@@ -87,10 +89,12 @@ def routes_document(
     table: RouteTable,
     services: Mapping[str, ServiceFacts],
     policy_errors: Mapping[str, str],
+    composites: Mapping[str, CompositePolicy] = MappingProxyType({}),
     query: DocumentQuery = DocumentQuery(),
     runtime: Runtime | None = None,
 ) -> dict[str, Any]:
-    """``routes``, ``services``, ``route_errors``, ``conflicts``, ``policy_errors``, ``totals`` and ``next``."""
+    """``routes``, ``services``, ``route_errors``, ``conflicts``, ``policy_errors``, ``composites``, ``totals`` and
+    ``next``."""
     selected = sorted(n for n in services if query.services is None or n in query.services)
     after = [n for n in selected if query.after is None or n > query.after]
     shown = after if query.limit is None else after[: query.limit]
@@ -111,6 +115,11 @@ def routes_document(
             for c in conflicts[:MAX_PROBLEMS]
         ],
         "policy_errors": {k: truncate(v, TEXT_CHARS) for k, v in list(policy.items())[:MAX_PROBLEMS]},
+        "composites": {
+            name: {**describe_composite(c), "policy": policy_summary(c.policy)}
+            for name, c in sorted(composites.items())
+            if wanted is None or name in wanted
+        },
         "totals": {
             "services": len(selected),
             "routes": sum(1 for r in table.routes if wanted is None or r.service in wanted),
@@ -158,6 +167,11 @@ def policy_summary(policy: ServicePolicy) -> dict[str, Any]:
         else {"failure_threshold": breaker.failure_threshold, "recovery_timeout": breaker.recovery_timeout},
         "cors": policy.cors is not None,
         "max_body_bytes": policy.max_body_bytes,
+        "max_in_flight": policy.max_in_flight,
+        "cache": None
+        if policy.cache is None
+        else {"backend": policy.cache.backend, "mode": policy.cache.mode, "ttl": policy.cache.ttl},
+        "transform": policy.transform is not None,
     }
 
 

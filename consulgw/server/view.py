@@ -15,7 +15,10 @@ from types import MappingProxyType
 
 import structlog
 
+from consulgw.cache.purge import generations as purge_generations
 from consulgw.clock import Clock
+from consulgw.composite.build import CompositeEntry, build_composites
+from consulgw.composite.routes import composite_routes
 from consulgw.errors import PolicyError
 from consulgw.metrics import GatewayMetrics
 from consulgw.model.balancing import LbAlgorithm, effective_lb
@@ -41,6 +44,10 @@ class ServiceEntry:
     chain: Next  # the service's pipeline: policy stages, target selection, forwarder (built once per policy)
     lb: LbAlgorithm
 
+    @property
+    def service_policy(self) -> ServicePolicy:
+        return self.policy
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GatewayView:
@@ -49,6 +56,12 @@ class GatewayView:
     book: PolicyBook = field(default_factory=PolicyBook)
     snapshot: CatalogSnapshot = field(default_factory=CatalogSnapshot)
     version: int = 0
+    composites: Mapping[str, CompositeEntry] = field(default_factory=lambda: MappingProxyType({}))  # by label
+
+    def entry(self, name: str) -> ServiceEntry | CompositeEntry | None:
+        """What a route's ``service`` names: a routed service, or a composite (``composite:<name>``)."""
+        found = self.services.get(name)
+        return found if found is not None else self.composites.get(name)
 
 
 class ViewBuilder:
@@ -66,6 +79,7 @@ class ViewBuilder:
         stage_deps: Callable[[str], StageDeps],
         pipeline: Callable[[str, ServicePolicy, tuple[Stage, ...]], Next],
         clock: Clock,
+        on_purge: Callable[[Mapping[str, str]], None] = lambda _: None,
     ) -> None:
         self._tag_prefix = tag_prefix
         self._kv_prefix = kv_prefix
@@ -76,6 +90,7 @@ class ViewBuilder:
         self._stage_deps = stage_deps
         self._pipeline = pipeline
         self._clock = clock
+        self._on_purge = on_purge  # the cache's purge generations, from cache-purge/<service> keys
         self._log = structlog.get_logger("consulgw.view")
         self.current: GatewayView | None = None
         self.ready = asyncio.Event()
@@ -143,17 +158,23 @@ class ViewBuilder:
             in_pool = sum(1 for i in svc.instances if i.weight > 0)
             self._metrics.pool_size.labels(name, "in_pool").set(in_pool)
             self._metrics.pool_size.labels(name, "excluded").set(len(svc.instances) - in_pool)
+        composites = self._composites(book, previous, services)
+        if book is not old_book and (old_book is None or _routes_of(old_book) != _routes_of(book)):
+            routes_changed = True
         table = (
-            RouteTable.build(entry.routes for entry in services.values())
+            RouteTable.build([*(entry.routes for entry in services.values()), *composite_routes(book.composites)])
             if routes_changed or previous is None
             else previous.table
         )
+        if first or snapshot.kv_changed:
+            self._on_purge(purge_generations(snapshot.kv))
         view = GatewayView(
             table=table,
             services=MappingProxyType(services),
             book=book,
             snapshot=snapshot,
             version=(previous.version + 1) if previous is not None else 1,
+            composites=MappingProxyType(composites),
         )
         self.current = view
         self._metrics.table_swaps.inc()
@@ -170,6 +191,24 @@ class ViewBuilder:
         if snapshot.complete:
             self.ready.set()
 
+    def _composites(
+        self, book: PolicyBook, previous: GatewayView | None, services: Mapping[str, ServiceEntry]
+    ) -> dict[str, CompositeEntry]:
+        """Composite entries (consulgw.composite.build), rebuilt only for changed documents or target policies."""
+        old = previous.composites if previous is not None else {}
+        composites = build_composites(
+            book.composites,
+            old,
+            policy_of=lambda name: services[name].policy if name in services else None,
+            pipeline=self._pipeline,
+            stage_deps=self._stage_deps,
+            metrics=self._metrics,
+            clock=self._clock,
+        )
+        for label in old.keys() - composites.keys():
+            self._metrics.forget_service(label)
+        return composites
+
     def _report_policy_errors(self, old: PolicyBook | None, new: PolicyBook) -> None:
         old_errors = old.errors if old is not None else {}
         for key, reason in new.errors.items():
@@ -180,3 +219,7 @@ class ViewBuilder:
             if key not in new.errors:
                 self._metrics.policy_rejected.labels(key).set(0)
                 self._log.info("policy_accepted", key=key)
+
+
+def _routes_of(book: PolicyBook) -> dict[str, object]:
+    return {name: c.route for name, c in book.composites.items()}

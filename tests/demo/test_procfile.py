@@ -61,11 +61,17 @@ async def test_services_only_registers_the_demo_in_an_existing_consul(dev_agent:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{dev_agent.url}/v1/catalog/services") as resp:
                 services = await resp.json()
-            async with http.get(f"{dev_agent.url}/v1/kv/consulgw/services/?keys") as resp:
+            async with http.get(f"{dev_agent.url}/v1/kv/consulgw/?keys") as resp:
                 keys = await resp.json()
-        assert {"users", "orders", "search"} <= set(services)
+        assert {"users", "orders", "search", "catalog", "notifications"} <= set(services)
         assert "gw.route=/users" in services["users"]
-        assert set(keys) == {"consulgw/services/orders", "consulgw/services/search"}
+        assert set(keys) == {
+            "consulgw/services/orders",
+            "consulgw/services/search",
+            "consulgw/services/catalog",
+            "consulgw/services/notifications",
+            "consulgw/composites/user-dashboard",
+        }
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
         async with aiohttp.ClientSession() as http, http.get(f"{dev_agent.url}/v1/agent/services") as resp:

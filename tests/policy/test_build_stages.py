@@ -109,7 +109,7 @@ async def test_whole_chain(aiohttp_client: ClientFactory, deps: StageDeps) -> No
     [
         pytest.param(e, id=f"line-{e.line}")
         for e in json_examples()
-        if not ({"consumer", "invalid"} & set(e.marks.split()))
+        if not ({"consumer", "invalid", "composite"} & set(e.marks.split()))
     ],
 )
 async def test_every_documented_policy_builds(deps: StageDeps, example: JsonExample) -> None:

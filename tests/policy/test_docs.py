@@ -1,7 +1,8 @@
 """docs/policies.md tells the truth: every JSON example parses, every shown command runs and prints what is shown.
 
 Conventions in the doc: an HTML comment on the line before a ```json block marks it -- ``consumer`` (a consumer
-document), ``invalid`` (must be refused), ``file: NAME`` (written to NAME for the commands). In ```console blocks,
+document), ``composite`` (a composite route), ``invalid`` (must be refused), ``file: NAME`` (written to NAME for the
+commands). In ```console blocks,
 ``$ `` lines are commands (run in order, in one directory, against one dev agent) and the lines after them are the
 expected output (standard output and error together); ``…`` in an expected line matches anything.
 """
@@ -21,7 +22,7 @@ import pytest
 
 from consulgw.devagent import DevAgent
 from consulgw.errors import PolicyError
-from consulgw.policy.parse import parse_consumer, parse_policy
+from consulgw.policy.parse import parse_composite, parse_consumer, parse_policy
 from tests.policy.cli import clean_env, run_cli
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "policies.md"
@@ -83,6 +84,8 @@ def test_json_examples_parse(example: JsonExample) -> None:
     if "invalid" in example.marks:
         with pytest.raises(PolicyError):
             parse_policy(example.text, key=key)
+    elif "composite" in example.marks:
+        parse_composite(example.text, key=key, name="example")
     elif "consumer" in example.marks:
         parse_consumer(example.text, key=key, name="alice")
     else:

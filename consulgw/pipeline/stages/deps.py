@@ -9,15 +9,17 @@ to the next request without rebuilding stages.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
 
 from consulgw.auth.basic import VerifiedPasswords
 from consulgw.auth.jwks import JwksCache
+from consulgw.cache.owner import CacheOwner
 from consulgw.clock import Clock
 from consulgw.metrics import GatewayMetrics
+from consulgw.pipeline.context import Inbound
 from consulgw.pipeline.stages.inflight import InFlight
 from consulgw.policy.model import PolicyBook
 from consulgw.ratelimit.local import LocalLimiter
@@ -49,3 +51,7 @@ class StageDeps:
     worker_index: int = 0  # this process's index among `consulgw serve --workers N` (0-based)
     worker_count: int = 1  # N: the local backend enforces 1/N of each limit per worker (consulgw.ratelimit.local)
     tracer: Tracer = NO_TRACER  # CLIENT spans of identity-provider and Redis calls (consulgw.tracing)
+    # The process's cache (stores, fills in flight, background refreshes); None outside a gateway: no cache step.
+    cache: CacheOwner | None = None
+    # Invites a client that sent ``Expect: 100-continue`` to send its body (a step that reads the body itself).
+    send_continue: Callable[[Inbound], Awaitable[None]] | None = None
