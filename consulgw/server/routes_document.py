@@ -102,7 +102,12 @@ def routes_document(
     shown_set = frozenset(shown)
     wanted = frozenset(selected) if query.services is not None else None
 
-    routes = [_route(r, services) for r in table.routes if r.service in shown_set]
+    shown_composites = {
+        c.label
+        for name, c in composites.items()
+        if query.services is None or name in query.services or c.label in query.services
+    }
+    routes = [_route(r, services) for r in table.routes if r.service in shown_set or r.service in shown_composites]
     route_errors = [e for e in table.errors if wanted is None or e.service in wanted]
     conflicts = [c for c in table.conflicts if wanted is None or c.winner in wanted or not wanted.isdisjoint(c.losers)]
     policy = {k: v for k, v in sorted(policy_errors.items()) if wanted is None or _concerns(k, wanted)}
@@ -118,7 +123,7 @@ def routes_document(
         "composites": {
             name: {**describe_composite(c), "policy": policy_summary(c.policy)}
             for name, c in sorted(composites.items())
-            if wanted is None or name in wanted
+            if c.label in shown_composites
         },
         "totals": {
             "services": len(selected),
