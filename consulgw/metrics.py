@@ -126,6 +126,48 @@ class GatewayMetrics:
         self.breaker_opened = Counter(
             "consulgw_circuit_breaker_opened_total", "Times an instance's breaker opened.", ("service",), registry=r
         )
+        # Traffic management (issue 9). Subset and target labels come from the policy (bounded by its schema).
+        self.split_requests = Counter(
+            "consulgw_split_requests_total",
+            "Requests a split sent to each subset, by how it was chosen (match, weight, default, fallback).",
+            ("service", "subset", "by"),
+            registry=r,
+        )
+        self.split_fallback = Counter(
+            "consulgw_split_fallback_total",
+            "Requests whose chosen subset was empty or wholly unhealthy, sent to the split's default instead.",
+            ("service", "subset"),
+            registry=r,
+        )
+        self.sticky = Counter(
+            "consulgw_sticky_total",
+            "Sticky-session decisions: hit (pinned instance used), new (no cookie), repick (pinned instance "
+            "unavailable), tampered (cookie not made by a gateway with this key), fail (503, on_unavailable=fail).",
+            ("service", "outcome"),
+            registry=r,
+        )
+        self.mirror_sent = Counter(
+            "consulgw_mirror_sent_total", "Mirrored requests started, by target.", ("service", "target"), registry=r
+        )
+        self.mirror_dropped = Counter(
+            "consulgw_mirror_dropped_total",
+            "Requests sampled for mirroring but not mirrored, by reason (body_too_large, body_incomplete, "
+            "in_flight_full, no_instance, shutdown).",
+            ("service", "target", "reason"),
+            registry=r,
+        )
+        self.mirror_errors = Counter(
+            "consulgw_mirror_errors_total",
+            "Mirrored requests that got no answer, by kind (timeout, connect, reset, ...).",
+            ("service", "target", "kind"),
+            registry=r,
+        )
+        self.mirror_status_mismatch = Counter(
+            "consulgw_mirror_status_mismatch_total",
+            "Mirrored requests whose answer's status class differed from the primary's.",
+            ("service", "target"),
+            registry=r,
+        )
 
     def observe_request(self, service: str, route: str, status: int, seconds: float) -> None:
         key = (service, route, status // 100)
@@ -152,6 +194,13 @@ class GatewayMetrics:
             self.auth_rejected,
             self.breaker_state,
             self.breaker_opened,
+            self.split_requests,
+            self.split_fallback,
+            self.sticky,
+            self.mirror_sent,
+            self.mirror_dropped,
+            self.mirror_errors,
+            self.mirror_status_mismatch,
         ):
             for labels in list(collector._metrics):
                 if labels and labels[0] == service:

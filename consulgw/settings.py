@@ -71,6 +71,13 @@ class GatewaySettings:
     max_staleness: float = 60.0
     drain_timeout: float = 30.0
     coalesce_window: float = 0.05
+    # Keys the sticky-session cookies (HMAC-SHA256); empty: the gateway makes a random one per run (see
+    # consulgw.traffic.sticky), so replicas must share one for their cookies to agree.
+    sticky_key: Secret = field(default_factory=lambda: Secret(value=""))
+    sticky_key_generated: bool = False  # the supervisor made ``sticky_key`` for its workers (none was configured)
+
+
+MIN_STICKY_KEY = 16  # characters: 128 bits when random, as RFC 2104 recommends for an HMAC key at least
 
 
 def parse_hostport(key: str, value: str) -> HostPort:
@@ -161,6 +168,12 @@ def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
     tls_key = _pick(args, "tls_key", environ, "CONSULGW_TLS_KEY")
     if bool(tls_cert) != bool(tls_key):
         raise ConfigError("--tls-cert and --tls-key (CONSULGW_TLS_CERT / CONSULGW_TLS_KEY) must be given together")
+    sticky_key = text("sticky_key", "CONSULGW_STICKY_KEY", "")
+    if sticky_key and (len(sticky_key) < MIN_STICKY_KEY or not sticky_key.isprintable() or sticky_key.isspace()):
+        raise ConfigError(
+            f"--sticky-key / CONSULGW_STICKY_KEY: the key has {len(sticky_key)} characters; give at least "
+            f"{MIN_STICKY_KEY} printable characters (for example from `openssl rand -hex 32`)"
+        )
     return GatewaySettings(
         consul=consul_settings(args, environ),
         listen=parse_hostport("--listen / CONSULGW_LISTEN", listen),
@@ -185,4 +198,5 @@ def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
             "--drain-timeout / CONSULGW_DRAIN_TIMEOUT", text("drain_timeout", "CONSULGW_DRAIN_TIMEOUT", "30s")
         ),
         coalesce_window=parse_duration("--coalesce / CONSULGW_COALESCE", text("coalesce", "CONSULGW_COALESCE", "50ms")),
+        sticky_key=Secret(value=sticky_key),
     )

@@ -17,7 +17,7 @@ from consulgw.discovery.watcher import WatcherStatus
 from consulgw.logs import REDACTED, is_secret_key
 from consulgw.metrics import GatewayMetrics
 from consulgw.openapi.catalog import OpenApiCatalog
-from consulgw.policy.model import ServicePolicy
+from consulgw.policy.model import ServicePolicy, SplitMatch, Subset
 from consulgw.server.history import TrafficHistory
 from consulgw.server.view import GatewayView
 from consulgw.upstream.breaker import BreakerBoard
@@ -275,6 +275,7 @@ def describe(deps: AdminDeps) -> dict[str, Any]:
             "route_errors": [{"tag": e.tag, "reason": e.reason} for e in entry.routes.errors],
             "rate_limited": rate_limited.get(name, 0),
             "openapi": deps.openapi.status(name) if deps.openapi is not None else None,
+            **traffic_facts(name, entry.policy, deps.pools),
         }
     return {
         "version": view.version,
@@ -319,7 +320,117 @@ def policy_summary(policy: ServicePolicy) -> dict[str, Any]:
         else {"failure_threshold": breaker.failure_threshold, "recovery_timeout": breaker.recovery_timeout},
         "cors": policy.cors is not None,
         "max_body_bytes": policy.max_body_bytes,
+        **traffic_summary(policy),
     }
+
+
+# -- traffic management (issue 9): the sections in force and the subsets' pools ------------------------------------
+
+
+def traffic_summary(policy: ServicePolicy) -> dict[str, Any]:
+    """The traffic sections of ``policy`` as JSON (nothing in them is secret)."""
+    split, sticky, mirror = policy.split, policy.sticky, policy.mirror
+    return {
+        "lb_key": str(policy.lb_key) if policy.lb_key is not None else None,
+        "subsets": {s.name: _subset_json(s) for s in policy.subsets},
+        "split": None
+        if split is None
+        else {
+            "default": split.default,
+            "weights": dict(split.weights),
+            "match": [_match_json(rule) for rule in split.match],
+            "hash": str(split.hash) if split.hash is not None else "none",
+            "on_empty": split.on_empty,
+            "response_header": split.response_header,
+        },
+        "sticky": None if sticky is None else dataclasses.asdict(sticky),
+        "slow_start": None if policy.slow_start is None else {"window": policy.slow_start.window},
+        "mirror": None
+        if mirror is None
+        else {
+            "to": [{"target": t.label, "percent": t.percent} for t in mirror.to],
+            "methods": sorted(mirror.methods),
+            "max_body_bytes": mirror.max_body_bytes,
+            "timeout": mirror.timeout,
+            "max_in_flight": mirror.max_in_flight,
+            "headers": {"set": dict(mirror.headers.set), "remove": list(mirror.headers.remove)},
+        },
+    }
+
+
+def _subset_json(subset: Subset) -> dict[str, Any]:
+    if subset.service is not None:
+        return {"service": subset.service}
+    return {
+        "meta": {key: list(values) for key, values in subset.meta},
+        "tags": [*subset.tags, *(f"!{tag}" for tag in subset.without_tags)],
+    }
+
+
+def _match_json(rule: SplitMatch) -> dict[str, Any]:
+    out: dict[str, Any] = {"to": rule.to}
+    for key, pairs in (("header", rule.headers), ("cookie", rule.cookies), ("query", rule.query)):
+        if pairs:
+            out[key] = {name: list(values) for name, values in pairs}
+    if rule.consumers:
+        out["consumer"] = sorted(rule.consumers)
+    return out
+
+
+def traffic_facts(service: str, policy: ServicePolicy, pools: UpstreamPools) -> dict[str, Any]:
+    """One line per traffic section in force, for people (the dashboard shows them), plus ``subset_pools``: how
+    many instances each subset's pool holds right now (``in_pool``: taking traffic; ``draining``: healthy at weight
+    0, still serving sticky sessions)."""
+    facts: dict[str, Any] = {}
+    if policy.subsets:
+        counts: dict[str, dict[str, Any]] = {}
+        parts = []
+        for subset in policy.subsets:
+            pool = pools.pool(subset.service) if subset.service is not None else pools.subset(service, subset.name)
+            in_pool = len(pool) if pool is not None else 0
+            draining = len(pool.draining) if pool is not None else 0
+            counts[subset.name] = {"in_pool": in_pool, "draining": draining, "service": subset.service}
+            parts.append(f"{subset.name} {in_pool} in pool ({_selector_text(subset)})")
+        facts["subsets"] = " · ".join(parts)
+        facts["subset_pools"] = counts
+    split = policy.split
+    if split is not None:
+        parts = [f"{name} {weight}" for name, weight in split.weights] or [f"{split.default} (no weights)"]
+        parts += [f"{_rule_text(rule)} → {rule.to}" for rule in split.match]
+        parts.append(f"hash {split.hash if split.hash is not None else 'none'}")
+        parts.append(f"default {split.default}, on_empty {split.on_empty}")
+        facts["split"] = " · ".join(parts)
+    sticky = policy.sticky
+    if sticky is not None:
+        drain = "keeps draining sessions" if sticky.keep_draining else "re-pins draining sessions"
+        facts["sticky"] = f"cookie {sticky.cookie} · on_unavailable {sticky.on_unavailable} · {drain}"
+    if policy.slow_start is not None:
+        facts["slow_start"] = f"window {policy.slow_start.window:g}s"
+    mirror = policy.mirror
+    if mirror is not None:
+        targets = " · ".join(f"{t.label} {t.percent:g}%" for t in mirror.to)
+        facts["mirror"] = (
+            f"{targets} · {', '.join(sorted(mirror.methods))} · bodies up to {mirror.max_body_bytes} bytes · "
+            f"timeout {mirror.timeout:g}s · at most {mirror.max_in_flight} in flight"
+        )
+    return facts
+
+
+def _selector_text(subset: Subset) -> str:
+    if subset.service is not None:
+        return f"service {subset.service}"
+    bits = [f"{key}={'|'.join(values)}" for key, values in subset.meta]
+    bits += list(subset.tags) + [f"!{tag}" for tag in subset.without_tags]
+    return ", ".join(bits) if bits else "every instance"
+
+
+def _rule_text(rule: SplitMatch) -> str:
+    bits = [f"header {name}={'|'.join(values)}" for name, values in rule.headers]
+    bits += [f"cookie {name}={'|'.join(values)}" for name, values in rule.cookies]
+    bits += [f"query {name}={'|'.join(values)}" for name, values in rule.query]
+    if rule.consumers:
+        bits.append(f"consumer {'|'.join(sorted(rule.consumers))}")
+    return " and ".join(bits)
 
 
 def _counter_by_service(metrics: GatewayMetrics, name: str) -> dict[str, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 import ssl
 from collections.abc import Callable
 from types import TracebackType
@@ -41,6 +42,7 @@ from consulgw.server.listener import create_public_app, send_continue
 from consulgw.server.proxy import ProxyHandler
 from consulgw.server.view import GatewayView, ViewBuilder
 from consulgw.settings import GatewaySettings
+from consulgw.traffic import MirrorDispatcher, TrafficDeps, ephemeral_key_warning, traffic_steps
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.headers import TrustedProxies
 from consulgw.upstream.pool import UpstreamPools
@@ -119,8 +121,21 @@ class Gateway:
                 s.redis_url.value, socket_timeout=0.25, socket_connect_timeout=0.25, health_check_interval=5
             )
             self._exit.push_async_callback(redis_client.aclose)
-        pools = UpstreamPools(rng=self._rng)
+        pools = UpstreamPools(rng=self._rng, clock=self._clock)
         breakers = BreakerBoard(clock=self._clock, metrics=self.metrics)
+        # Mirrored requests run in the background, owned here; cancelled before the transport closes.
+        mirrors = MirrorDispatcher(transport=transport, metrics=self.metrics)
+        self._exit.push_async_callback(mirrors.close)
+        traffic = TrafficDeps(
+            pools=pools,
+            breakers=breakers,
+            metrics=self.metrics,
+            rng=self._rng,
+            mirrors=mirrors,
+            send_continue=send_continue,
+            sticky_key=(s.sticky_key.value or secrets.token_hex(32)).encode(),
+            sticky_key_used=(ephemeral_key_warning() if not s.sticky_key or s.sticky_key_generated else (lambda: None)),
+        )
         jwks = JwksCache(http=consul_session, clock=self._clock)
         local_limits = LocalLimiter(clock=self._clock)
         redis_outage = BackendOutage()
@@ -137,7 +152,7 @@ class Gateway:
                 metrics=self.metrics,
                 send_continue=send_continue,
             )
-            return build_chain((*stages, select), forwarder)
+            return build_chain((*stages, *traffic_steps(service, policy, traffic), select), forwarder)
 
         builder = ViewBuilder(
             tag_prefix=s.tag_prefix,
@@ -163,6 +178,7 @@ class Gateway:
             ),
             pipeline=pipeline,
             clock=self._clock,
+            watch_also=lambda names: watcher.watch_also(names),
         )
         self._builder = builder
         watcher = CatalogWatcher(

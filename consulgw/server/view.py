@@ -27,6 +27,7 @@ from consulgw.policy.book import build_policy_book, changed_services
 from consulgw.policy.model import PolicyBook, ServicePolicy
 from consulgw.routing.rules import ServiceRoutes, parse_service_routes
 from consulgw.routing.table import RouteTable
+from consulgw.traffic.subsets import subset_instances
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.pool import UpstreamPools
 
@@ -66,6 +67,7 @@ class ViewBuilder:
         stage_deps: Callable[[str], StageDeps],
         pipeline: Callable[[str, ServicePolicy, tuple[Stage, ...]], Next],
         clock: Clock,
+        watch_also: Callable[[frozenset[str]], None] | None = None,
     ) -> None:
         self._tag_prefix = tag_prefix
         self._kv_prefix = kv_prefix
@@ -76,6 +78,8 @@ class ViewBuilder:
         self._stage_deps = stage_deps
         self._pipeline = pipeline
         self._clock = clock
+        self._watch_also = watch_also
+        self._also: frozenset[str] = frozenset()
         self._log = structlog.get_logger("consulgw.view")
         self.current: GatewayView | None = None
         self.ready = asyncio.Event()
@@ -93,6 +97,7 @@ class ViewBuilder:
         if book is None or snapshot.kv_changed:
             book = build_policy_book(snapshot.kv, previous=old_book, prefix=self._kv_prefix)
             self._report_policy_errors(old_book, book)
+            self._watch_referenced(book)
         services = dict(previous.services) if previous is not None else {}
         first = previous is None
         changed_catalog = set(snapshot.services) if first else set(snapshot.changed)
@@ -133,7 +138,13 @@ class ViewBuilder:
                         else self._pipeline(name, policy, build_stages(policy, self._stage_deps(name)))
                     )
             lb = effective_lb(policy.lb, routes.lb)
-            self._pools.update(name, svc.instances, lb)
+            self._pools.update(
+                name,
+                svc.instances,
+                lb,
+                subsets=subset_instances(policy, svc.instances),
+                slow_start=policy.slow_start.window if policy.slow_start is not None else None,
+            )
             self._breakers.configure(name, policy.circuit_breaker)
             self._breakers.forget(name, frozenset(i.id for i in svc.instances))
             services[name] = ServiceEntry(snapshot=svc, routes=routes, policy=policy, chain=chain, lb=lb)
@@ -168,6 +179,14 @@ class ViewBuilder:
         if snapshot.complete:
             self.ready.set()
 
+    def _watch_referenced(self, book: PolicyBook) -> None:
+        """Tell discovery which services the policies send traffic to (subsets, mirrors), routed or not."""
+        also = referenced_services(book)
+        if also != self._also:
+            self._also = also
+            if self._watch_also is not None:
+                self._watch_also(also)
+
     def _report_policy_errors(self, old: PolicyBook | None, new: PolicyBook) -> None:
         old_errors = old.errors if old is not None else {}
         for key, reason in new.errors.items():
@@ -178,3 +197,11 @@ class ViewBuilder:
             if key not in new.errors:
                 self._metrics.policy_rejected.labels(key).set(0)
                 self._log.info("policy_accepted", key=key)
+
+
+def referenced_services(book: PolicyBook) -> frozenset[str]:
+    """Services any policy of ``book`` sends traffic to (``subsets`` of another service, ``mirror`` targets)."""
+    names = set(book.defaults.referenced_services())
+    for policy in book.services.values():
+        names |= policy.referenced_services()
+    return frozenset(names)
