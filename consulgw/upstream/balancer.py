@@ -90,14 +90,21 @@ def least_conn_pick(
     available: Available | None = None,
     weights: Weights | None = None,
 ) -> Instance | None:
-    """The member with the least ``in_flight / weight``; ties broken by a weighted random choice from ``rng``."""
+    """The member with the least ``in_flight / weight``; ties broken by a weighted random choice from ``rng``.
+
+    With ``weights`` (slow start is ramping someone up), a weighted random choice by ``weight / (in_flight + 1)``
+    instead (Envoy's least-request with bias 1): a member that is idle only because it is new must not win every
+    pick against busier full-weight members, so its ramped weight counts at any load.
+    """
+    if weights is not None:
+        return _least_request_pick(members, in_flight, rng, available, weights)
     remaining = list(members)
     while remaining:
         tied: list[Instance] = []
         best_load = best_weight = 0
         for member in remaining:
             load = in_flight.get(member.id, 0)
-            weight = member.weight if weights is None else weights[member.id]
+            weight = member.weight
             if not tied:
                 tied, best_load, best_weight = [member], load, weight
                 continue
@@ -107,10 +114,24 @@ def least_conn_pick(
                 tied, best_load, best_weight = [member], load, weight
             elif lhs == rhs:
                 tied.append(member)
-        if len(tied) == 1:
-            chosen = tied[0]
-        else:
-            chosen = rng.choices(tied, weights=[m.weight if weights is None else weights[m.id] for m in tied])[0]
+        chosen = tied[0] if len(tied) == 1 else rng.choices(tied, weights=[m.weight for m in tied])[0]
+        if available is None or available(chosen):
+            return chosen
+        remaining.remove(chosen)
+    return None
+
+
+def _least_request_pick(
+    members: Sequence[Instance],
+    in_flight: Mapping[str, int],
+    rng: random.Random,
+    available: Available | None,
+    weights: Weights,
+) -> Instance | None:
+    remaining = [m for m in members if weights[m.id] > 0]
+    while remaining:
+        scores = [weights[m.id] / (in_flight.get(m.id, 0) + 1) for m in remaining]
+        chosen = rng.choices(remaining, weights=scores)[0]
         if available is None or available(chosen):
             return chosen
         remaining.remove(chosen)
