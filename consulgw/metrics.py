@@ -36,6 +36,7 @@ class GatewayMetrics:
         self.multiprocess_dir = multiprocess_dir
         worst: Any = {"multiprocess_mode": "livemax"} if multiprocess_dir else {}
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._counter_children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "consulgw_requests_total",
@@ -178,10 +179,21 @@ class GatewayMetrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def count(self, counter: Counter, *labels: str) -> None:
+        """``counter.labels(*labels).inc()`` for the request path: the label set's child is looked up once (the
+        first label is the service; ``forget_service`` drops it with the service)."""
+        key = (id(counter), labels)
+        child = self._counter_children.get(key)
+        if child is None:
+            child = self._counter_children[key] = counter.labels(*labels)
+        child.inc()
+
     def forget_service(self, service: str) -> None:
         """Drop every label set of a service that left the route table."""
         for key in [k for k in self._request_children if k[0] == service]:
             del self._request_children[key]
+        for counted in [k for k in self._counter_children if k[1] and k[1][0] == service]:
+            del self._counter_children[counted]
         for collector in (
             self.requests,
             self.latency,

@@ -201,7 +201,7 @@ class MirrorDispatcher:
             if instance is None:
                 reason = "no_instance"
         if reason is not None or instance is None:
-            self._metrics.mirror_dropped.labels(service, job.target, reason or "no_instance").inc()
+            self._metrics.count(self._metrics.mirror_dropped, service, job.target, reason or "no_instance")
             return False
         self._in_flight[service] = self._in_flight.get(service, 0) + 1
         job.pool.acquire(instance.id)
@@ -219,7 +219,7 @@ class MirrorDispatcher:
                 self._in_flight.pop(service, None)
 
         task.add_done_callback(done)
-        self._metrics.mirror_sent.labels(service, job.target).inc()
+        self._metrics.count(self._metrics.mirror_sent, service, job.target)
         return True
 
     async def _run(self, job: MirrorJob, endpoint: Endpoint) -> None:
@@ -235,17 +235,17 @@ class MirrorDispatcher:
                     if response.tunnel is not None:  # never asked for; close whatever the upstream did
                         response.tunnel.close()
         except UpstreamError as exc:
-            self._metrics.mirror_errors.labels(job.service, job.target, exc.kind).inc()
+            self._metrics.count(self._metrics.mirror_errors, job.service, job.target, exc.kind)
             return
         except TimeoutError:
-            self._metrics.mirror_errors.labels(job.service, job.target, "timeout").inc()
+            self._metrics.count(self._metrics.mirror_errors, job.service, job.target, "timeout")
             return
         except Exception:  # noqa: BLE001 - a mirror's bug must never surface anywhere; logged and counted
             _log.exception("mirror_failed", service=job.service, target=job.target)
-            self._metrics.mirror_errors.labels(job.service, job.target, "error").inc()
+            self._metrics.count(self._metrics.mirror_errors, job.service, job.target, "error")
             return
         if response.status // 100 != job.primary_status // 100:
-            self._metrics.mirror_status_mismatch.labels(job.service, job.target).inc()
+            self._metrics.count(self._metrics.mirror_status_mismatch, job.service, job.target)
 
     async def close(self) -> None:
         """Stop taking jobs and cancel those in flight (their sockets are closed by the transport)."""
@@ -368,4 +368,4 @@ class MirrorStep:
 
     def _drop(self, targets: list[_Resolved], reason: str) -> None:
         for resolved in targets:
-            self._metrics.mirror_dropped.labels(self._service, resolved.label, reason).inc()
+            self._metrics.count(self._metrics.mirror_dropped, self._service, resolved.label, reason)

@@ -83,6 +83,8 @@ class SplitStep:
         self._choices = tuple((name, stable_hash(name), weight) for name, weight in policy.weights)
         self._total = sum(weight for _, weight in policy.weights)
         self._cookie_hash = policy.hash is not None and policy.hash.kind == "cookie"
+        names = {policy.default, *(name for name, _ in policy.weights), *(rule.to for rule in policy.match)}
+        self._subset_edits = {name: HeaderEdits(set=((SUBSET_HEADER, name),)) for name in names}
 
     async def __call__(self, ctx: RequestContext, request: Inbound, call_next: Next) -> Answer:
         policy = self._policy
@@ -94,25 +96,25 @@ class SplitStep:
             if policy.on_empty == "fail":
                 raise self._empty(name)
             if name != policy.default:
-                self._metrics.split_fallback.labels(self._service, name).inc()
+                self._metrics.count(self._metrics.split_fallback, self._service, name)
                 name, by = policy.default, "fallback"
                 pool = self._subsets.pool(name)
             if pool is None or not usable(pool):
                 raise self._empty(name)
         assert pool is not None
-        self._metrics.split_requests.labels(self._service, name, by).inc()
-        edits: list[tuple[str, str]] = []
+        metrics = self._metrics
+        metrics.count(metrics.split_requests, self._service, name, by)
+        edits = self._subset_edits.get(name) if policy.response_header else None
         if choice.new_id is not None:
-            edits.append(("Set-Cookie", set_cookie(SPLIT_COOKIE, choice.new_id, max_age=SPLIT_COOKIE_MAX_AGE)))
+            cookie = HeaderEdits(
+                add=(("Set-Cookie", set_cookie(SPLIT_COOKIE, choice.new_id, max_age=SPLIT_COOKIE_MAX_AGE)),)
+            )
+            edits = cookie if edits is None else edits.merged(cookie)
         previous = ctx.target
-        ctx = ctx.replace(
-            target=Target(pool=pool, label=name, prefer=None, key=previous.key if previous is not None else None)
-        )
-        if policy.response_header:
-            ctx = ctx.with_response(HeaderEdits(set=((SUBSET_HEADER, name),), add=tuple(edits)))
-        elif edits:
-            ctx = ctx.with_response(HeaderEdits(add=tuple(edits)))
-        return await call_next(ctx)
+        target = Target(pool=pool, label=name, key=previous.key if previous is not None else None)
+        if edits is None:
+            return await call_next(ctx.replace(target=target))
+        return await call_next(ctx.replace(target=target, response_edits=ctx.response_edits.merged(edits)))
 
     def _empty(self, name: str) -> NoHealthyUpstream:
         headers = {SUBSET_HEADER: name} if self._policy.response_header else None

@@ -48,6 +48,9 @@ class StickyTokens:
         self._key = key
         self._service = service.encode("utf-8", "surrogateescape")
         self.token = functools.lru_cache(maxsize=4096)(self._token)
+        # Cookie values seen recently: a returning client costs a dict lookup, not an HMAC (bounded; a flood of
+        # forged values only evicts entries).
+        self.authentic_token = functools.lru_cache(maxsize=4096)(self._authentic_token)
 
     def _token(self, instance_id: str) -> str:
         message = self._service + b"\x00" + instance_id.encode("utf-8", "surrogateescape")
@@ -61,7 +64,7 @@ class StickyTokens:
         token = self.token(instance_id)
         return f"{token}.{self._check(token)}"
 
-    def authentic_token(self, value: str) -> str | None:
+    def _authentic_token(self, value: str) -> str | None:
         """The token of a cookie value this key made for this service, else None (tampered or foreign)."""
         token, sep, check = value.partition(".")
         if not sep or len(token) != _TOKEN_HEX or len(check) != _CHECK_HEX:
@@ -91,9 +94,7 @@ class StickyStep:
         self._tokens = StickyTokens(key, service)
         self._pools = pools
         self._breakers = breakers
-        self._outcomes = {
-            outcome: metrics.sticky.labels(service, outcome) for outcome in ("hit", "new", "repick", "tampered", "fail")
-        }
+        self._metrics = metrics
 
     async def __call__(self, ctx: RequestContext, request: Inbound, call_next: Next) -> Answer:
         policy = self._policy
@@ -110,9 +111,9 @@ class StickyStep:
                 pinned = self._resolve(token, target.pool)
                 outcome = "hit" if pinned is not None else "repick"
                 if pinned is None and policy.on_unavailable == "fail":
-                    self._outcomes["fail"].inc()
+                    self._metrics.count(self._metrics.sticky, self._service, "fail")
                     raise NoHealthyUpstream(f"the instance this client is pinned to is unavailable ({self._service})")
-        self._outcomes[outcome].inc()
+        self._metrics.count(self._metrics.sticky, self._service, outcome)
         if pinned is not None:
             ctx = ctx.replace(target=_with_prefer(target, pinned))
         answer = await call_next(ctx)
