@@ -17,6 +17,7 @@ import pytest
 from consulgw.server.gateway import Gateway
 from tests.gateway.conftest import Consul, routed
 from tests.policy_e2e.conftest import admin_routes, metric_value, put_policy, wait_for, wait_policy
+from tests.support.processes import free_port
 
 from .support import SUBSETS, canary_service, cookie_value, fetch, fetch_many
 
@@ -236,3 +237,21 @@ async def test_an_invalid_split_is_refused_with_its_path_and_the_previous_split_
         assert routes["policy_errors"][rel].startswith(f"consulgw/{rel}: ")
         replies = await fetch_many(http, f"{gateway.url}/a", [None] * 10)
         assert {r.upstream for r in replies} == svc.canary_names  # the previous split is in force
+
+
+async def test_retries_stay_inside_the_chosen_subset(
+    make_gateway: Any, consul: Consul, upstreams: Any, http: aiohttp.ClientSession
+) -> None:
+    gateway: Gateway = await make_gateway()
+    policy = {**split({"stable": 1, "canary": 0}, hash="none"), "retries": {"attempts": 3, "on": ["connect_failure"]}}
+    svc = await canary_service(gateway, consul, upstreams, policy=policy, stable=1)
+    # A second stable instance that is registered and passing but refuses connections.
+    await consul.register(
+        svc.name, free_port(), service_id=f"{svc.name}-stable-dead", tags=["gw.route=/"], meta={"version": "v1"}
+    )
+    await wait_for(lambda: routed(gateway, svc.name, 3))
+    replies = await fetch_many(http, f"{gateway.url}/a", [None] * 40)
+    assert {(r.status, r.upstream) for r in replies} == {(200, "stable-1")}  # retried on stable, never the canary
+    retried = await metric_value(http, gateway.admin_url, "consulgw_retries_total", service=svc.name)
+    assert retried is not None
+    assert retried >= 10
