@@ -170,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="window that coalesces bursts of Consul changes into one update (env CONSULGW_COALESCE, default 50ms)",
     )
+    run.add_argument(
+        "--sticky-key",
+        metavar="KEY",
+        help="secret (at least 16 characters) that makes sticky-session cookies; give every replica the same one "
+        "(env CONSULGW_STICKY_KEY, default: a random key per run)",
+    )
     _add_log_flags(run)
     run.set_defaults(handler="run")
 

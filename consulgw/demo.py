@@ -1,4 +1,4 @@
-"""The demo: a dev agent, three self-registering services with different balancing and policies, the gateway.
+"""The demo: a dev agent, five self-registering services with different balancing and policies, the gateway.
 
 Everything printed by ``consulgw demo`` comes from ``demo_steps``, which the test-suite runs line by line, so the
 printed ``curl`` lines always give the answers they promise.
@@ -29,8 +29,20 @@ POLICIES: dict[str, dict[str, object]] = {
         }
     },
     "search": {"rate_limit": {"requests": 5, "per": "30s", "key": "ip"}},
-    "catalog": {"cache": {"ttl": "30s"}},
+    "products": {"cache": {"ttl": "30s"}},
     "notifications": {"transform": {"response": {"json": {"remove": ["headers"], "set": {"served_by": "consulgw"}}}}},
+    # A canary: 10% of visitors (each keeps its subset through its gw_split cookie), and everyone who asks for it.
+    "catalog": {
+        "subsets": {"stable": {"meta": {"version": "v1"}}, "canary": {"meta": {"version": "v2"}}},
+        "split": {
+            "default": "stable",
+            "weights": {"stable": 90, "canary": 10},
+            "match": [{"header": {"X-Canary": "always"}, "to": "canary"}],
+            "response_header": True,
+        },
+    },
+    # Sticky sessions over plain HTTP (a Secure cookie would never come back from curl or a browser).
+    "cart": {"sticky": {"secure": False}},
 }
 # consulgw/composites/<name>: routes the gateway answers by calling several services at once.
 COMPOSITES: dict[str, dict[str, object]] = {
@@ -56,6 +68,7 @@ class DemoInstance:
     instance: str
     tags: tuple[str, ...]
     weight: int = 1
+    meta: tuple[tuple[str, str], ...] = ()
 
 
 INSTANCES = (
@@ -65,8 +78,12 @@ INSTANCES = (
     DemoInstance(service="orders", instance="orders-2", tags=("gw.route=/orders", "gw.lb=least_conn")),
     DemoInstance(service="search", instance="search-1", tags=("gw.route=/search", "gw.lb=ip_hash")),
     DemoInstance(service="search", instance="search-2", tags=("gw.route=/search", "gw.lb=ip_hash")),
-    DemoInstance(service="catalog", instance="catalog-1", tags=("gw.route=/catalog",)),
+    DemoInstance(service="products", instance="products-1", tags=("gw.route=/products",)),
     DemoInstance(service="notifications", instance="notifications-1", tags=("gw.route=/notifications",)),
+    DemoInstance(service="catalog", instance="catalog-v1", tags=("gw.route=/catalog",), meta=(("version", "v1"),)),
+    DemoInstance(service="catalog", instance="catalog-v2", tags=("gw.route=/catalog",), meta=(("version", "v2"),)),
+    DemoInstance(service="cart", instance="cart-1", tags=("gw.route=/cart",)),
+    DemoInstance(service="cart", instance="cart-2", tags=("gw.route=/cart",)),
 )
 
 
@@ -90,6 +107,8 @@ def mint_token_command() -> str:
 def demo_steps(gateway: int, admin: int, consul: int) -> tuple[DemoStep, ...]:
     gw = f"http://127.0.0.1:{gateway}"
     code = "curl -s -o /dev/null -w '%{http_code}\\n'"
+    subset = "curl -s -o /dev/null -D -"  # then the URL, then: | grep -i '^x-gateway-subset'
+    instance = ".venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)[\"instance\"])'"
     return (
         DemoStep(
             title="Weighted round-robin (users-2 has Weights.Passing=3): 8 requests, about 6 go to users-2",
@@ -111,8 +130,8 @@ def demo_steps(gateway: int, admin: int, consul: int) -> tuple[DemoStep, ...]:
             expect="['user', 'orders', 'notifications'] demo-user",
         ),
         DemoStep(
-            title="catalog is cached for 30s: the second answer comes from the gateway (Cache-Status, Age)",
-            command=f"for i in 1 2; do curl -s -D - -o /dev/null {gw}/catalog/items | grep -i '^cache-status'; done",
+            title="products is cached for 30s: the second answer comes from the gateway (Cache-Status, Age)",
+            command=f"for i in 1 2; do curl -s -D - -o /dev/null {gw}/products/items | grep -i '^cache-status'; done",
             expect="Cache-Status: consulgw; hit; ttl=",
         ),
         DemoStep(
@@ -135,6 +154,29 @@ def demo_steps(gateway: int, admin: int, consul: int) -> tuple[DemoStep, ...]:
             command=f'curl -s -X PUT --data \'{{"rate_limit": {{"requests": 100, "per": "30s"}}}}\' '
             f"http://127.0.0.1:{consul}/v1/kv/consulgw/services/search && sleep 1 && {code} {gw}/search?q=x",
             expect="200",
+        ),
+        DemoStep(
+            title="catalog runs a canary (Meta version=v2) at 10%: of 100 new visitors, about 10 get the canary",
+            command=f"for i in $(seq 100); do {subset} {gw}/catalog/items | grep -i '^x-gateway-subset'; done "
+            "| tr -d '\\r' | sort | uniq -c",
+            expect="X-Gateway-Subset: stable",
+        ),
+        DemoStep(
+            title="The header X-Canary: always always reaches the canary",
+            command=f"curl -s -H 'X-Canary: always' {gw}/catalog/items | {instance}",
+            expect="catalog-v2",
+        ),
+        DemoStep(
+            title="A visitor keeps its subset: its gw_split cookie (in a cookie jar) decides, 5 times out of 5",
+            command=f"JAR=$(mktemp) && for i in $(seq 5); do {subset} -b $JAR -c $JAR {gw}/catalog/items "
+            "| grep -i '^x-gateway-subset'; done | tr -d '\\r' | uniq -c",
+            expect="5 X-Gateway-Subset: ",
+        ),
+        DemoStep(
+            title="cart is sticky: with its gw_sticky cookie, 6 requests stay on one instance (round-robin alternates)",
+            command=f"JAR=$(mktemp) && for i in $(seq 6); do curl -s -b $JAR -c $JAR {gw}/cart | {instance}; done "
+            "| uniq -c",
+            expect="6 cart-",
         ),
         DemoStep(
             title="What the gateway thinks (routes, instances, health, weights)",
@@ -186,6 +228,7 @@ async def demo_services(session: aiohttp.ClientSession, consul_url: str) -> Asyn
                 "Address": "127.0.0.1",
                 "Port": port,
                 "Tags": list(inst.tags),
+                "Meta": dict(inst.meta),
                 "Weights": {"Passing": inst.weight, "Warning": 1},
                 "Check": {"CheckID": f"ttl:{inst.instance}", "TTL": "15s", "Status": "passing"},
             }

@@ -36,6 +36,7 @@ class GatewayMetrics:
         self.multiprocess_dir = multiprocess_dir
         worst: Any = {"multiprocess_mode": "livemax"} if multiprocess_dir else {}
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._counter_children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "consulgw_requests_total",
@@ -191,6 +192,48 @@ class GatewayMetrics:
             ("service", "direction", "outcome"),
             registry=r,
         )
+        # Traffic management (issue 9). Subset and target labels come from the policy (bounded by its schema).
+        self.split_requests = Counter(
+            "consulgw_split_requests_total",
+            "Requests a split sent to each subset, by how it was chosen (match, weight, default, fallback).",
+            ("service", "subset", "by"),
+            registry=r,
+        )
+        self.split_fallback = Counter(
+            "consulgw_split_fallback_total",
+            "Requests whose chosen subset was empty or wholly unhealthy, sent to the split's default instead.",
+            ("service", "subset"),
+            registry=r,
+        )
+        self.sticky = Counter(
+            "consulgw_sticky_total",
+            "Sticky-session decisions: hit (pinned instance used), new (no cookie), repick (pinned instance "
+            "unavailable), tampered (cookie not made by a gateway with this key), fail (503, on_unavailable=fail).",
+            ("service", "outcome"),
+            registry=r,
+        )
+        self.mirror_sent = Counter(
+            "consulgw_mirror_sent_total", "Mirrored requests started, by target.", ("service", "target"), registry=r
+        )
+        self.mirror_dropped = Counter(
+            "consulgw_mirror_dropped_total",
+            "Requests sampled for mirroring but not mirrored, by reason (body_too_large, body_incomplete, "
+            "in_flight_full, no_instance, shutdown).",
+            ("service", "target", "reason"),
+            registry=r,
+        )
+        self.mirror_errors = Counter(
+            "consulgw_mirror_errors_total",
+            "Mirrored requests that got no answer, by kind (timeout, connect, reset, ...).",
+            ("service", "target", "kind"),
+            registry=r,
+        )
+        self.mirror_status_mismatch = Counter(
+            "consulgw_mirror_status_mismatch_total",
+            "Mirrored requests whose answer's status class differed from the primary's.",
+            ("service", "target"),
+            registry=r,
+        )
 
     def observe_request(self, service: str, route: str, status: int, seconds: float) -> None:
         key = (service, route, status // 100)
@@ -201,10 +244,21 @@ class GatewayMetrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def count(self, counter: Counter, *labels: str) -> None:
+        """``counter.labels(*labels).inc()`` for the request path: the label set's child is looked up once (the
+        first label is the service; ``forget_service`` drops it with the service)."""
+        key = (id(counter), labels)
+        child = self._counter_children.get(key)
+        if child is None:
+            child = self._counter_children[key] = counter.labels(*labels)
+        child.inc()
+
     def forget_service(self, service: str) -> None:
         """Drop every label set of a service that left the route table."""
         for key in [k for k in self._request_children if k[0] == service]:
             del self._request_children[key]
+        for counted in [k for k in self._counter_children if k[1] and k[1][0] == service]:
+            del self._counter_children[counted]
         for collector in (
             self.requests,
             self.latency,
@@ -225,6 +279,13 @@ class GatewayMetrics:
             self.composite_calls,
             self.composite_collisions,
             self.transforms,
+            self.split_requests,
+            self.split_fallback,
+            self.sticky,
+            self.mirror_sent,
+            self.mirror_dropped,
+            self.mirror_errors,
+            self.mirror_status_mismatch,
         ):
             for labels in list(collector._metrics):
                 if labels and labels[0] == service:

@@ -92,6 +92,13 @@ class GatewaySettings:
     clients: ClientLimits = field(default_factory=ClientLimits)
     tracing: TracingSettings = field(default_factory=TracingSettings)  # from OTEL_* (consulgw.tracing.config)
     cache_memory_bytes: int = 64 * 1024 * 1024  # bound of the memory cache of one process
+    # Keys the sticky-session cookies (HMAC-SHA256); empty: the gateway makes a random one per run (see
+    # consulgw.traffic.sticky), so replicas must share one for their cookies to agree.
+    sticky_key: Secret = field(default_factory=lambda: Secret(value=""))
+    sticky_key_generated: bool = False  # the supervisor made ``sticky_key`` for its workers (none was configured)
+
+
+MIN_STICKY_KEY = 16  # characters: 128 bits when random, as RFC 2104 recommends for an HMAC key at least
 
 
 def parse_hostport(key: str, value: str) -> HostPort:
@@ -206,6 +213,12 @@ def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
     tls_key = _pick(args, "tls_key", environ, "CONSULGW_TLS_KEY")
     if bool(tls_cert) != bool(tls_key):
         raise ConfigError("--tls-cert and --tls-key (CONSULGW_TLS_CERT / CONSULGW_TLS_KEY) must be given together")
+    sticky_key = text("sticky_key", "CONSULGW_STICKY_KEY", "")
+    if sticky_key and (len(sticky_key) < MIN_STICKY_KEY or not sticky_key.isprintable() or sticky_key.isspace()):
+        raise ConfigError(
+            f"--sticky-key / CONSULGW_STICKY_KEY: the key has {len(sticky_key)} characters; give at least "
+            f"{MIN_STICKY_KEY} printable characters (for example from `openssl rand -hex 32`)"
+        )
     return GatewaySettings(
         consul=consul_settings(args, environ),
         listen=parse_hostport("--listen / CONSULGW_LISTEN", listen),
@@ -237,6 +250,7 @@ def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
             "--cache-memory-bytes / CONSULGW_CACHE_MEMORY_BYTES",
             text("cache_memory_bytes", "CONSULGW_CACHE_MEMORY_BYTES", str(defaults.cache_memory_bytes)),
         ),
+        sticky_key=Secret(value=sticky_key),
     )
 
 

@@ -50,6 +50,11 @@ def test_help_on_every_level(level: tuple[str, ...]) -> None:
         ),
         pytest.param(("run", "--max-staleness", "10"), "--max-staleness / CONSULGW_MAX_STALENESS: '10'", id="duration"),
         pytest.param(("dev-agent", "--listen", "1.2.3.4"), "--listen", id="dev-agent-listen"),
+        pytest.param(
+            ("run", "--sticky-key", "too-short"),
+            "--sticky-key / CONSULGW_STICKY_KEY: the key has 9 characters; give at least 16",
+            id="sticky-key",
+        ),
     ],
 )
 def test_bad_values_get_one_line_naming_the_flag(argv: tuple[str, ...], needle: str) -> None:

@@ -66,9 +66,18 @@ class Consul(Client):
         if status != 200:
             raise HttpError(f"PUT {self.base_url}{path} -> {status}: {data[:300]!r}")
 
-    def register(self, *, name: str, service_id: str, port: int, tags: list[str], address: str = "127.0.0.1") -> None:
+    def register(
+        self,
+        *,
+        name: str,
+        service_id: str,
+        port: int,
+        tags: list[str],
+        address: str = "127.0.0.1",
+        meta: dict[str, str] | None = None,
+    ) -> None:
         """Agent registration with a passing TTL check, as a real service would register."""
-        doc = {
+        doc: dict[str, object] = {
             "Name": name,
             "ID": service_id,
             "Address": address,
@@ -76,6 +85,8 @@ class Consul(Client):
             "Tags": tags,
             "Check": {"TTL": "1h", "Status": "passing"},
         }
+        if meta:
+            doc["Meta"] = meta
         self._put("/v1/agent/service/register", json.dumps(doc).encode())
 
     def deregister(self, service_id: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import secrets
 import signal
 
 import aiohttp
@@ -13,7 +14,7 @@ from consulgw.demo import demo_services, demo_steps
 from consulgw.devagent import DevAgent
 from consulgw.logs import configure_logging
 from consulgw.server.gateway import Gateway
-from consulgw.settings import ConsulSettings, GatewaySettings, HostPort, normalize_consul_address
+from consulgw.settings import ConsulSettings, GatewaySettings, HostPort, Secret, normalize_consul_address
 
 
 def main(args: argparse.Namespace) -> int:
@@ -39,6 +40,7 @@ async def _demo(args: argparse.Namespace) -> int:
             listen=HostPort("127.0.0.1", args.gateway_port),
             admin_listen=HostPort("127.0.0.1", args.admin_port),
             drain_timeout=2.0,
+            sticky_key=Secret(value=secrets.token_hex(32)),  # one gateway: a key of this run is all it needs
         )
         gateway = await stack.enter_async_context(Gateway(settings))
         await gateway.wait_ready(15)
@@ -87,7 +89,8 @@ def _print_banner(consul: int, gateway: int, admin: int) -> None:
         f"  dev agent    http://127.0.0.1:{consul}   (Consul HTTP API: export CONSUL_HTTP_ADDR=127.0.0.1:{consul})",
         "",
         "Services: users (weighted round-robin 1:3), orders (least-connections, JWT), search (ip-hash, rate limit),",
-        "catalog (cached), notifications (transformed); composite route /api/user-dashboard.",
+        "products (cached), notifications (transformed), catalog (a canary at 10%), cart (sticky sessions); "
+        "composite route /api/user-dashboard.",
         "Try these (from the repository root):",
         "",
     ]

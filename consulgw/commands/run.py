@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -14,11 +16,17 @@ import time
 import structlog
 
 from consulgw.logs import BufferedLines, configure_logging
-from consulgw.settings import GatewaySettings, gateway_settings
+from consulgw.settings import GatewaySettings, Secret, gateway_settings
 
 
 def main(args: argparse.Namespace) -> int:
     settings = gateway_settings(args, os.environ)
+    if settings.workers > 1 and not settings.sticky_key:
+        # One random key for every worker of this run: each would otherwise make its own, and a sticky cookie made
+        # by one worker would mean nothing to the next (the port is shared, so a client meets them all).
+        settings = dataclasses.replace(
+            settings, sticky_key=Secret(value=secrets.token_hex(32)), sticky_key_generated=True
+        )
     if settings.workers > 1:
         # Must precede the first import of prometheus_client (via consulgw.server): it picks its value store then.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="consulgw-metrics-"))

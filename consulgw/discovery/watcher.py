@@ -1,6 +1,7 @@
 """Watch Consul with blocking queries and publish immutable CatalogSnapshots.
 
-One blocking watch of ``/v1/catalog/services`` decides which services are routed; each routed service gets its own
+One blocking watch of ``/v1/catalog/services`` decides which services are routed (or named by ``watch_also``: services
+a policy sends traffic to without routing them); each watched service gets its own
 blocking watch of ``/v1/health/service/<name>`` (its own index: a change to one of 1,000 services re-reads only that
 one); one blocking watch of ``/v1/kv/<prefix>?recurse`` reads the KV documents. Watches only update the watcher's
 state and mark what changed; one publisher task turns bursts of changes into ONE new CatalogSnapshot per
@@ -88,6 +89,7 @@ class CatalogWatcher:
         prefix = kv_prefix.lstrip("/")
         self._prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"  # as the settings normalise it
         self._is_routed = is_routed
+        self._also: frozenset[str] = frozenset()  # watched even without route tags (watch_also)
         self._coalesce = coalesce_window
         self._clock = clock
         self._rng = rng
@@ -109,6 +111,7 @@ class CatalogWatcher:
         self._kv: Mapping[str, bytes] | None = None
         self._kv_dirty = False
         self._catalog_read = False
+        self._listing: Mapping[str, tuple[str, ...]] | None = None  # the last /v1/catalog/services answer
         self._published: CatalogSnapshot | None = None
         self._services_index = 0
         self._kv_index = 0
@@ -216,9 +219,23 @@ class CatalogWatcher:
             self._apply_catalog,
         )
 
+    def watch_also(self, names: frozenset[str]) -> None:
+        """Also watch these services when they exist, with or without route tags (the one input besides the
+        catalog: the view names the services its policies send traffic to). Applied to the last listing at once."""
+        if names == self._also:
+            return
+        self._also = names
+        if self._listing is not None:
+            self._reconcile(self._listing)
+
     def _apply_catalog(self, result: Result[Mapping[str, tuple[str, ...]]], step: IndexStep) -> None:
         self._services_index = max(result.index, 1)
-        routed = {name for name, tags in result.value.items() if self._is_routed(name, tags)}
+        self._listing = result.value
+        self._reconcile(result.value)
+
+    def _reconcile(self, listing: Mapping[str, tuple[str, ...]]) -> None:
+        also = self._also
+        routed = {name for name, tags in listing.items() if name in also or self._is_routed(name, tags)}
         gone = [name for name in self._watches if name not in routed]
         new = sorted(name for name in routed if name not in self._watches)
         for name in gone:

@@ -132,7 +132,7 @@ class Forwarder:
             except UpstreamError as exc:
                 call.failed(exc.kind)
                 pool.release(instance.id)
-                self._breakers.record(service, instance.id, ok=False)
+                self._breakers.record(pool.service, instance.id, ok=False)
                 self._errors.labels(service, exc.kind).inc()
                 failures.append(exc.kind)
                 last_error = exc
@@ -146,7 +146,12 @@ class Forwarder:
                 raise
             call.answered(response.status)
             status = response.status
-            self._breakers.record(service, instance.id, ok=status not in self._failure_statuses)
+            if pool.service == service:
+                self._breakers.record(service, instance.id, ok=status not in self._failure_statuses)
+            else:  # a subset that is another service's pool: that service's breakers judge its instances
+                self._breakers.record(
+                    pool.service, instance.id, ok=not self._breakers.is_failure_status(pool.service, status)
+                )
             if (
                 replayable
                 and str(status) in self._retry_on
@@ -221,12 +226,22 @@ class Forwarder:
     def _pick(self, ctx: RequestContext, target: Target, tried: set[str]) -> Instance | None:
         pool = target.pool
         exclude = frozenset(tried) if tried else frozenset()
-        available = self._available if self._uses_breaker else None
+        available = self._availability(pool.service)
         if target.prefer is not None and target.prefer not in tried:
-            preferred = pool.member(target.prefer)
+            preferred = pool.pinnable(target.prefer)
             if preferred is not None and (available is None or available(preferred)):
                 return preferred
-        return pool.pick(ctx.client_ip, exclude=exclude, available=available)
+        return pool.pick(target.key if target.key is not None else ctx.client_ip, exclude=exclude, available=available)
+
+    def _availability(self, service: str) -> Callable[[Instance], bool] | None:
+        """The breaker check of the pool's service: this one's, or another service's when a subset is that
+        service's pool (its breakers and policy, as for its own routes)."""
+        if service == self._service:
+            return self._available if self._uses_breaker else None
+        if self._breakers.policy(service) is None:
+            return None
+        allow = self._breakers.allow
+        return lambda instance: allow(service, instance.id)
 
     def _available(self, instance: Instance) -> bool:
         return self._breakers.allow(self._service, instance.id)

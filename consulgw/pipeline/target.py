@@ -19,8 +19,11 @@ from consulgw.upstream.pool import ServicePool, UpstreamPools
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Target:
     pool: ServicePool
-    prefer: str | None = None  # an instance id to try first while it is a member and available (sticky sessions)
+    # An instance id to try first while the pool can pin it (a member, or a healthy instance drained to weight 0:
+    # sticky sessions with keep_draining) and its breaker lets it; then the balancer picks as usual.
+    prefer: str | None = None
     label: str | None = None  # what chose this pool (e.g. a subset name), for headers and logs
+    key: str | None = None  # the hash balancer's key for this request (None: the client IP)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,14 @@ from types import MappingProxyType
 from consulgw.errors import PolicyError
 from consulgw.policy.consumers import digest_hint
 from consulgw.policy.model import DEFAULT_POLICY, CompositePolicy, Consumer, PolicyBook, ServicePolicy
-from consulgw.policy.parse import decode_document, merge_documents, parse_composite, parse_consumer, parse_policy
+from consulgw.policy.parse import (
+    decode_document,
+    merge_documents,
+    parse_composite,
+    parse_consumer,
+    parse_policy,
+    valid_service_name,
+)
 
 DEFAULTS_KEY = "defaults"
 SERVICES_DIR = "services/"
@@ -47,6 +54,7 @@ CONSUMERS_DIR = "consumers/"
 COMPOSITES_DIR = "composites/"
 CACHE_PURGE_DIR = "cache-purge/"
 _KNOWN_TOP = ("services", "consumers", "defaults", "composites", "cache-purge")
+__all__ = ["build_policy_book", "changed_services", "consumers_changed", "valid_service_name"]
 
 
 def build_policy_book(
@@ -207,11 +215,6 @@ def _present(raw: bytes | None, key: str) -> bytes:
     if raw is None:
         raise PolicyError(f"{key}: the key has no value (expected a JSON object)")
     return raw
-
-
-def valid_service_name(name: str) -> bool:
-    """A KV-addressable service name: non-empty, no slash, no whitespace or control characters."""
-    return 0 < len(name) <= 256 and "/" not in name and name.isprintable() and not any(c.isspace() for c in name)
 
 
 def _looks_like_mistake(rel: str) -> str | None:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from consulgw.model.balancing import LbAlgorithm
+from consulgw.model.balancing import HashKey, LbAlgorithm
+from consulgw.model.snapshot import Instance
 from consulgw.routing.rules import RouteSpec
 
 # What a retry may be triggered by: a failed connect, a read timeout (only before any byte was sent back),
@@ -284,6 +285,95 @@ class TransformPolicy:
     on_error: Literal["pass", "fail"] = "pass"  # a body that is not JSON or too large: untouched, or 502/413/400
 
 
+# -- traffic management: subsets, split, sticky sessions, slow start, mirroring (issue 9) -----------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Subset:
+    """A named slice of a service's instances, or another Consul service's whole pool (``service``)."""
+
+    name: str
+    meta: tuple[tuple[str, tuple[str, ...]], ...] = ()  # every key present with one of its values
+    tags: tuple[str, ...] = ()  # every one of these tags
+    without_tags: tuple[str, ...] = ()  # none of these (written "!tag")
+    service: str | None = None  # another Consul service: its pool, as it is (health, Weights, lb, breakers)
+
+    def selects(self, instance: Instance) -> bool:
+        """Does this (selector) subset include ``instance``? (Always False for a ``service`` subset.)"""
+        if self.service is not None:
+            return False
+        meta = instance.meta
+        for key, values in self.meta:
+            if meta.get(key) not in values:
+                return False
+        tags = instance.tags
+        return all(tag in tags for tag in self.tags) and not any(tag in tags for tag in self.without_tags)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SplitMatch:
+    """One ``split.match`` rule: every condition listed must hold (a header, cookie or query value among the listed
+    ones; the verified consumer among ``consumers``); the request then goes to subset ``to``."""
+
+    to: str
+    headers: tuple[tuple[str, tuple[str, ...]], ...] = ()  # lower-case name -> accepted values
+    cookies: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    query: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    consumers: frozenset[str] = frozenset()
+
+
+SPLIT_COOKIE = "gw_split"  # the id cookie the gateway sets for ``"hash": "cookie"``
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SplitPolicy:
+    default: str
+    weights: tuple[tuple[str, int], ...] = ()  # subset -> relative weight (0: only reachable by a match)
+    match: tuple[SplitMatch, ...] = ()
+    hash: HashKey | None = field(default_factory=lambda: HashKey("cookie", SPLIT_COOKIE))  # None: per request
+    on_empty: Literal["default", "fail"] = "default"
+    response_header: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StickyPolicy:
+    cookie: str = "gw_sticky"
+    max_age: float | None = None  # None: a session cookie
+    path: str = "/"
+    secure: bool = True
+    http_only: bool = True
+    same_site: Literal["lax", "strict", "none"] | None = "lax"
+    on_unavailable: Literal["repick", "fail"] = "repick"
+    keep_draining: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlowStartPolicy:
+    window: float  # seconds over which a joining instance ramps up to its full weight
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorTarget:
+    service: str | None = None  # exactly one of service / subset
+    subset: str | None = None
+    percent: float = 100.0
+
+    @property
+    def label(self) -> str:
+        """The target as metrics and /-/routes name it: ``service:<name>`` or ``subset:<name>``."""
+        return f"service:{self.service}" if self.service is not None else f"subset:{self.subset}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorPolicy:
+    to: tuple[MirrorTarget, ...]
+    methods: frozenset[str] = frozenset({"GET", "HEAD"})
+    max_body_bytes: int = 65536
+    timeout: float = 2.0
+    max_in_flight: int = 64
+    headers: HeaderRules = field(default_factory=HeaderRules)  # applied to the mirrored request only
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServicePolicy:
     """The effective policy of one service: ``consulgw/defaults`` merged under ``consulgw/services/<name>``."""
@@ -303,6 +393,27 @@ class ServicePolicy:
     tracing: TracingPolicy = DEFAULT_TRACING
     cache: CachePolicy | None = None
     transform: TransformPolicy | None = None
+    # Traffic management (issue 9).
+    lb_key: HashKey | None = None  # the hash balancer's key when the lb object names one other than the client IP
+    subsets: tuple[Subset, ...] = ()
+    split: SplitPolicy | None = None
+    sticky: StickyPolicy | None = None
+    slow_start: SlowStartPolicy | None = None
+    mirror: MirrorPolicy | None = None
+
+    def subset(self, name: str) -> Subset | None:
+        for subset in self.subsets:
+            if subset.name == name:
+                return subset
+        return None
+
+    def referenced_services(self) -> frozenset[str]:
+        """Other Consul services this policy sends traffic to (subsets and mirror targets): watched by the gateway
+        even when they have no route of their own."""
+        names = {s.service for s in self.subsets if s.service is not None}
+        if self.mirror is not None:
+            names.update(t.service for t in self.mirror.to if t.service is not None)
+        return frozenset(names)
 
 
 DEFAULT_POLICY = ServicePolicy()

@@ -39,12 +39,13 @@ from consulgw.auth.claims import is_scope_token
 from consulgw.auth.discovery import expected_issuer, same_issuer
 from consulgw.duration import parse_go_duration
 from consulgw.errors import PolicyError
-from consulgw.model.balancing import as_lb
+from consulgw.model.balancing import HASH, IP_HASH, HashKey, LbAlgorithm, as_hash_key, as_lb
 from consulgw.model.http import HOP_BY_HOP, IDENTITY_HEADERS
 from consulgw.policy import jsonpath
 from consulgw.policy.consumers import is_api_key_digest, parse_password_hash
 from consulgw.policy.model import (
     COMPOSITE_SECTIONS,
+    SPLIT_COOKIE,
     ApiKeyAuth,
     AuthPolicy,
     BasicAuth,
@@ -64,6 +65,8 @@ from consulgw.policy.model import (
     JsonOps,
     JsonValue,
     JwtAuth,
+    MirrorPolicy,
+    MirrorTarget,
     OpenApiPolicy,
     PathTemplate,
     Placeholder,
@@ -72,6 +75,11 @@ from consulgw.policy.model import (
     ResponseTransform,
     Retries,
     ServicePolicy,
+    SlowStartPolicy,
+    SplitMatch,
+    SplitPolicy,
+    StickyPolicy,
+    Subset,
     Text,
     Timeouts,
     TracingPolicy,
@@ -187,6 +195,11 @@ def merge_documents(base: object, override: object) -> object:
 
 def valid_header_name(name: str) -> bool:
     return HEADER_NAME.fullmatch(name) is not None
+
+
+def valid_service_name(name: str) -> bool:
+    """A KV-addressable service name: non-empty, no slash, no whitespace or control characters."""
+    return 0 < len(name) <= 256 and "/" not in name and name.isprintable() and not any(c.isspace() for c in name)
 
 
 def valid_consumer_name(name: str) -> bool:
@@ -428,7 +441,7 @@ def _unique(items: Iterable[str], *, fold: Callable[[str], str] = str.lower) -> 
 
 
 def _policy(doc: Mapping[str, Any]) -> ServicePolicy:
-    lb = as_lb(doc.get("lb"))
+    lb, lb_key = _lb(doc.get("lb"))
     timeouts = Timeouts()
     if "timeouts" in doc:
         t = doc["timeouts"]
@@ -463,6 +476,7 @@ def _policy(doc: Mapping[str, Any]) -> ServicePolicy:
             if doc.get("transform") is not None
             else None
         ),
+        **_traffic(doc, lb_key),
     )
     if policy.cache is not None and policy.transform is not None:
         _check_cached_transform(policy.cache, policy.transform)
@@ -1402,4 +1416,280 @@ def _composite(doc: Mapping[str, Any], *, name: str, key: str) -> CompositePolic
         partial_status=int(doc.get("partial_status", 200)),
         max_body_bytes=int(doc.get("max_body_bytes", 1024 * 1024)),
         policy=policy,
+    )
+
+
+# ------------------------------------------- traffic: lb object, subsets, split, sticky, slow start, mirror (issue 9)
+
+_SUBSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_COOKIE_NAME = HEADER_NAME  # RFC 6265 section 4.1.1: cookie-name is an HTTP token
+_COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")  # RFC 6265 cookie-octet
+_METHOD = HEADER_NAME
+MAX_SLOW_START = 3600.0
+MAX_MIRROR_TIMEOUT = 60.0
+MAX_COOKIE_AGE = 400 * 24 * 3600.0  # RFC 6265bis caps Max-Age at 400 days
+_LB_CHOICES = "null, round_robin, least_conn, ip_hash"
+_SPLIT_HASHES = "cookie, consumer, ip, header:<name>, none"
+
+
+def _lb(value: object) -> tuple[LbAlgorithm | None, HashKey | None]:
+    """``lb`` as a name (``"least_conn"``) or an object (``{"type": "hash", "key": "header:X-User-ID"}``)."""
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        name = as_lb(value)
+        if name is None:
+            raise _Invalid(
+                ("lb",),
+                f'is not one of: {_LB_CHOICES} (or an object such as {{"type": "hash", "key": "ip"}})',
+                value=value,
+            )
+        return name, None
+    doc = cast(Mapping[str, Any], value)
+    kind = doc["type"]
+    algorithm = IP_HASH if kind == HASH else as_lb(kind)
+    if algorithm is None:  # the schema's enum allows nothing else; kept for the type checker
+        raise _Invalid(("lb", "type"), f"is not one of: {_LB_CHOICES}, hash", value=kind)
+    if "key" not in doc:
+        return algorithm, None
+    if algorithm != IP_HASH:
+        raise _Invalid(
+            ("lb", "key"), f"is only used by the hash balancer (type 'hash'), not by {kind!r}", value=doc["key"]
+        )
+    key = _hash_key(("lb", "key"), doc["key"], cookies=True)
+    return algorithm, None if key is None or key.kind == "ip" else key
+
+
+def _hash_key(path: Path, text: str, *, cookies: bool) -> HashKey | None:
+    key = as_hash_key(text)
+    forms = "ip, consumer, header:<name>, cookie:<name>" if cookies else "ip, consumer, header:<name>"
+    if key is None or (key.kind == "cookie" and not cookies):
+        raise _Invalid(path, f"is not one of: {forms}", value=text)
+    if key.kind == "header" and not valid_header_name(key.name):
+        raise _Invalid(path, f"names {key.name!r}, which is not a valid header name", value=text)
+    if key.kind == "cookie" and _COOKIE_NAME.fullmatch(key.name) is None:
+        raise _Invalid(path, f"names {key.name!r}, which is not a valid cookie name", value=text)
+    return key
+
+
+def _traffic(doc: Mapping[str, Any], lb_key: HashKey | None) -> dict[str, Any]:
+    """The traffic sections, checked against each other (names of subsets must exist)."""
+    subsets = _subsets(doc.get("subsets") or {})
+    names = frozenset(s.name for s in subsets)
+    return {
+        "lb_key": lb_key,
+        "subsets": subsets,
+        "split": _split(doc["split"], names) if doc.get("split") is not None else None,
+        "sticky": _sticky(doc["sticky"]) if doc.get("sticky") is not None else None,
+        "slow_start": (
+            SlowStartPolicy(
+                window=_duration(("slow_start", "window"), doc["slow_start"]["window"], maximum=MAX_SLOW_START)
+            )
+            if doc.get("slow_start") is not None
+            else None
+        ),
+        "mirror": _mirror(doc["mirror"], names) if doc.get("mirror") is not None else None,
+    }
+
+
+def _values(path: Path, value: str | list[str]) -> tuple[str, ...]:
+    values = (value,) if isinstance(value, str) else tuple(value)
+    if not values:
+        raise _Invalid(path, "must not be empty", value=value)
+    for index, item in enumerate(values):
+        if _BAD_HEADER_VALUE.search(item):
+            where = path if isinstance(value, str) else (*path, index)
+            raise _Invalid(where, "contains control characters", value=item)
+    return tuple(dict.fromkeys(values))
+
+
+def _subsets(doc: Mapping[str, Any]) -> tuple[Subset, ...]:
+    subsets: list[Subset] = []
+    for name, spec in doc.items():
+        path: Path = ("subsets", name)
+        if _SUBSET_NAME.fullmatch(name) is None:
+            raise _Invalid(
+                path,
+                "is not a subset name (letters, digits, '.', '_', '-'; at most 64; a letter or digit first)",
+                show_value=False,
+            )
+        service = spec.get("service")
+        if service is not None:
+            others = [key for key in ("meta", "tags") if key in spec]
+            if others:
+                raise _Invalid(
+                    (*path, others[0]),
+                    "cannot be combined with 'service' (a service subset is that service's whole pool)",
+                    show_value=False,
+                )
+            if not valid_service_name(service):
+                raise _Invalid((*path, "service"), "is not a Consul service name", value=service)
+            subsets.append(Subset(name=name, service=service))
+            continue
+        meta: list[tuple[str, tuple[str, ...]]] = []
+        for key, values in spec.get("meta", {}).items():
+            if not key or not key.isprintable():
+                raise _Invalid((*path, "meta"), "has an empty or unprintable key", value=key)
+            meta.append((key, _values((*path, "meta", key), values)))
+        tags: list[str] = []
+        without: list[str] = []
+        for index, tag in enumerate(spec.get("tags", ())):
+            if tag.startswith("!"):
+                if len(tag) == 1:
+                    raise _Invalid(
+                        (*path, "tags", index), "names no tag ('!tag' excludes instances tagged 'tag')", value=tag
+                    )
+                without.append(tag[1:])
+            else:
+                tags.append(tag)
+        if set(tags) & set(without):
+            both = sorted(set(tags) & set(without))[0]
+            raise _Invalid((*path, "tags"), f"requires and excludes {both!r}: no instance can match", show_value=False)
+        subsets.append(
+            Subset(
+                name=name, meta=tuple(meta), tags=tuple(dict.fromkeys(tags)), without_tags=tuple(dict.fromkeys(without))
+            )
+        )
+    return tuple(subsets)
+
+
+def _known_subset(path: Path, name: str, names: frozenset[str]) -> str:
+    if name in names:
+        return name
+    close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    known = ", ".join(sorted(names)) if names else "none: define them under 'subsets'"
+    raise _Invalid(path, f"is not a subset of this service ({hint}subsets: {known})", value=name)
+
+
+def _split(doc: Mapping[str, Any], names: frozenset[str]) -> SplitPolicy:
+    default = _known_subset(("split", "default"), doc["default"], names)
+    weights = tuple(
+        (_known_subset(("split", "weights", name), name, names), int(weight))
+        for name, weight in doc.get("weights", {}).items()
+    )
+    rules: list[SplitMatch] = []
+    for index, rule in enumerate(doc.get("match", ())):
+        path: Path = ("split", "match", index)
+        if not any(key in rule for key in ("header", "cookie", "query", "consumer")):
+            raise _Invalid(path, "needs at least one condition: header, cookie, query or consumer", show_value=False)
+        headers = tuple(
+            (
+                _header_name((*path, "header", name), name, policy_owned=False).lower(),
+                _values((*path, "header", name), v),
+            )
+            for name, v in rule.get("header", {}).items()
+        )
+        cookies: list[tuple[str, tuple[str, ...]]] = []
+        for name, value in rule.get("cookie", {}).items():
+            if _COOKIE_NAME.fullmatch(name) is None:
+                raise _Invalid((*path, "cookie", name), "is not a valid cookie name", show_value=False)
+            cookies.append((name, _values((*path, "cookie", name), value)))
+        query: list[tuple[str, tuple[str, ...]]] = []
+        for name, value in rule.get("query", {}).items():
+            if not name:
+                raise _Invalid((*path, "query"), "has an empty parameter name", show_value=False)
+            query.append((name, _values((*path, "query", name), value)))
+        consumers = rule.get("consumer", ())
+        for position, consumer in enumerate(consumers):
+            if not valid_consumer_name(consumer):
+                raise _Invalid((*path, "consumer", position), "is not a consumer name", value=consumer)
+        rules.append(
+            SplitMatch(
+                to=_known_subset((*path, "to"), rule["to"], names),
+                headers=headers,
+                cookies=tuple(cookies),
+                query=tuple(query),
+                consumers=frozenset(consumers),
+            )
+        )
+    hash_text = doc.get("hash", "cookie")
+    hash_key: HashKey | None
+    if hash_text == "none":
+        hash_key = None
+    elif hash_text == "cookie":
+        hash_key = HashKey("cookie", SPLIT_COOKIE)
+    else:
+        key = as_hash_key(hash_text)
+        if key is None or key.kind == "cookie":
+            raise _Invalid(("split", "hash"), f"is not one of: {_SPLIT_HASHES}", value=hash_text)
+        hash_key = _hash_key(("split", "hash"), hash_text, cookies=False)
+    return SplitPolicy(
+        default=default,
+        weights=weights,
+        match=tuple(rules),
+        hash=hash_key,
+        on_empty=doc.get("on_empty", "default"),
+        response_header=bool(doc.get("response_header", False)),
+    )
+
+
+def _sticky(doc: Mapping[str, Any]) -> StickyPolicy:
+    defaults = StickyPolicy()
+    cookie = doc.get("cookie", defaults.cookie)
+    if _COOKIE_NAME.fullmatch(cookie) is None:
+        raise _Invalid(("sticky", "cookie"), "is not a valid cookie name (an HTTP token)", value=cookie)
+    if cookie == SPLIT_COOKIE:
+        raise _Invalid(("sticky", "cookie"), "is the split's own cookie; choose another name", value=cookie)
+    path = doc.get("path", defaults.path)
+    if not path.startswith("/") or ";" in path or any(not c.isprintable() or c.isspace() for c in path):
+        raise _Invalid(
+            ("sticky", "path"), "must be a path such as '/' (no ';', spaces or control characters)", value=path
+        )
+    max_age = doc.get("max_age")
+    secure = bool(doc.get("secure", defaults.secure))
+    same_site = doc.get("same_site", defaults.same_site)
+    if same_site == "none" and not secure:
+        raise _Invalid(
+            ("sticky", "same_site"),
+            "requires secure: true (browsers drop SameSite=None cookies without Secure)",
+            value=same_site,
+        )
+    return StickyPolicy(
+        cookie=cookie,
+        max_age=None if max_age is None else _duration(("sticky", "max_age"), max_age, maximum=MAX_COOKIE_AGE),
+        path=path,
+        secure=secure,
+        http_only=bool(doc.get("http_only", defaults.http_only)),
+        same_site=same_site,
+        on_unavailable=doc.get("on_unavailable", defaults.on_unavailable),
+        keep_draining=bool(doc.get("keep_draining", defaults.keep_draining)),
+    )
+
+
+def _mirror(doc: Mapping[str, Any], names: frozenset[str]) -> MirrorPolicy:
+    defaults = MirrorPolicy(to=())
+    targets: list[MirrorTarget] = []
+    for index, target in enumerate(doc["to"]):
+        path: Path = ("mirror", "to", index)
+        service, subset = target.get("service"), target.get("subset")
+        if (service is None) == (subset is None):
+            raise _Invalid(
+                path, "give exactly one of 'service' (another Consul service) and 'subset'", show_value=False
+            )
+        if service is not None and not valid_service_name(service):
+            raise _Invalid((*path, "service"), "is not a Consul service name", value=service)
+        if subset is not None:
+            _known_subset((*path, "subset"), subset, names)
+        mirror_target = MirrorTarget(service=service, subset=subset, percent=float(target.get("percent", 100)))
+        if any(t.label == mirror_target.label for t in targets):
+            raise _Invalid(path, f"mirrors to {mirror_target.label} a second time", show_value=False)
+        targets.append(mirror_target)
+    methods: list[str] = []
+    for index, method in enumerate(doc.get("methods", sorted(defaults.methods))):
+        if _METHOD.fullmatch(method) is None:
+            raise _Invalid(("mirror", "methods", index), "is not an HTTP method", value=method)
+        methods.append(method.upper())
+    rules = doc.get("headers") or {}
+    return MirrorPolicy(
+        to=tuple(targets),
+        methods=frozenset(methods),
+        max_body_bytes=int(doc.get("max_body_bytes", defaults.max_body_bytes)),
+        timeout=(
+            _duration(("mirror", "timeout"), doc["timeout"], maximum=MAX_MIRROR_TIMEOUT)
+            if "timeout" in doc
+            else defaults.timeout
+        ),
+        max_in_flight=int(doc.get("max_in_flight", defaults.max_in_flight)),
+        headers=_header_rules(("mirror", "headers"), rules),
     )

@@ -29,6 +29,7 @@ from consulgw.server.routes_document import (
     parse_query,
     routes_document,
 )
+from consulgw.server.traffic_document import traffic_facts
 from consulgw.server.view import GatewayView
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.pool import UpstreamPools
@@ -278,6 +279,9 @@ def describe(deps: AdminDeps, query: DocumentQuery | None = None) -> dict[str, A
 
     def service_runtime(name: str) -> dict[str, Any]:
         runtime: dict[str, Any] = {"rate_limited": rate_limited.get(name, 0)}
+        entry = view.services.get(name)
+        if entry is not None:
+            runtime.update(traffic_facts(name, entry.policy, deps.pools))
         if deps.openapi is not None:
             runtime["openapi"] = deps.openapi.status(name)
         return runtime

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 import ssl
 from collections.abc import Callable
 from types import TracebackType
@@ -48,6 +49,7 @@ from consulgw.server.proxy import ProxyHandler
 from consulgw.server.view import GatewayView, ViewBuilder
 from consulgw.settings import GatewaySettings
 from consulgw.tracing.setup import start_tracing
+from consulgw.traffic import MirrorDispatcher, TrafficDeps, ephemeral_key_warning, traffic_steps
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.headers import TrustedProxies
 from consulgw.upstream.pool import UpstreamPools
@@ -146,8 +148,21 @@ class Gateway:
         cache = await self._exit.enter_async_context(
             CacheOwner(clock=self._clock, metrics=self.metrics, memory_bytes=s.cache_memory_bytes, redis=redis_client)
         )
-        pools = UpstreamPools(rng=self._rng)
+        pools = UpstreamPools(rng=self._rng, clock=self._clock)
         breakers = BreakerBoard(clock=self._clock, metrics=self.metrics)
+        # Mirrored requests run in the background, owned here; cancelled before the transport closes.
+        mirrors = MirrorDispatcher(transport=transport, metrics=self.metrics)
+        self._exit.push_async_callback(mirrors.close)
+        traffic = TrafficDeps(
+            pools=pools,
+            breakers=breakers,
+            metrics=self.metrics,
+            rng=self._rng,
+            mirrors=mirrors,
+            send_continue=send_continue,
+            sticky_key=(s.sticky_key.value or secrets.token_hex(32)).encode(),
+            sticky_key_used=(ephemeral_key_warning() if not s.sticky_key or s.sticky_key_generated else (lambda: None)),
+        )
         jwks = JwksCache(http=consul_session, clock=self._clock, tracer=tracer)
         local_limits = LocalLimiter(clock=self._clock)
         redis_outage = BackendOutage()
@@ -169,7 +184,7 @@ class Gateway:
                 body_min_rate=s.clients.body_min_rate,
                 tracer=tracer,
             )
-            return build_chain((*stages, select), forwarder)
+            return build_chain((*stages, *traffic_steps(service, policy, traffic), select), forwarder)
 
         builder = ViewBuilder(
             tag_prefix=s.tag_prefix,
@@ -201,6 +216,7 @@ class Gateway:
             pipeline=pipeline,
             clock=self._clock,
             on_purge=cache.apply_purges,
+            watch_also=lambda names: watcher.watch_also(names),
         )
         self._builder = builder
         watcher = CatalogWatcher(

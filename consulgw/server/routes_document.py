@@ -26,6 +26,7 @@ from consulgw.model.snapshot import Instance, ServiceSnapshot
 from consulgw.policy.model import CompositePolicy, ServicePolicy
 from consulgw.routing.rules import RouteError, RouteSpec, ServiceRoutes
 from consulgw.routing.table import RouteTable
+from consulgw.server.traffic_document import traffic_summary
 
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
@@ -177,6 +178,7 @@ def policy_summary(policy: ServicePolicy) -> dict[str, Any]:
         if policy.cache is None
         else {"backend": policy.cache.backend, "mode": policy.cache.mode, "ttl": policy.cache.ttl},
         "transform": policy.transform is not None,
+        **traffic_summary(policy),
     }
 
 

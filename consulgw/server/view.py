@@ -30,6 +30,7 @@ from consulgw.policy.book import build_policy_book, changed_services
 from consulgw.policy.model import PolicyBook, ServicePolicy
 from consulgw.routing.rules import ServiceRoutes, parse_service_routes
 from consulgw.routing.table import RouteTable
+from consulgw.traffic.subsets import subset_instances
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.pool import UpstreamPools
 
@@ -80,6 +81,7 @@ class ViewBuilder:
         pipeline: Callable[[str, ServicePolicy, tuple[Stage, ...]], Next],
         clock: Clock,
         on_purge: Callable[[Mapping[str, str]], None] = lambda _: None,
+        watch_also: Callable[[frozenset[str]], None] | None = None,
     ) -> None:
         self._tag_prefix = tag_prefix
         self._kv_prefix = kv_prefix
@@ -91,6 +93,8 @@ class ViewBuilder:
         self._pipeline = pipeline
         self._clock = clock
         self._on_purge = on_purge  # the cache's purge generations, from cache-purge/<service> keys
+        self._watch_also = watch_also
+        self._also: frozenset[str] = frozenset()
         self._log = structlog.get_logger("consulgw.view")
         self.current: GatewayView | None = None
         self.ready = asyncio.Event()
@@ -108,6 +112,7 @@ class ViewBuilder:
         if book is None or snapshot.kv_changed:
             book = build_policy_book(snapshot.kv, previous=old_book, prefix=self._kv_prefix)
             self._report_policy_errors(old_book, book)
+            self._watch_referenced(book)
         services = dict(previous.services) if previous is not None else {}
         first = previous is None
         changed_catalog = set(snapshot.services) if first else set(snapshot.changed)
@@ -150,7 +155,13 @@ class ViewBuilder:
                         else self._pipeline(name, policy, build_stages(policy, self._stage_deps(name)))
                     )
             lb = effective_lb(policy.lb, routes.lb)
-            self._pools.update(name, svc.instances, lb)
+            self._pools.update(
+                name,
+                svc.instances,
+                lb,
+                subsets=subset_instances(policy, svc.instances),
+                slow_start=policy.slow_start.window if policy.slow_start is not None else None,
+            )
             self._breakers.configure(name, policy.circuit_breaker)
             self._breakers.forget(name, frozenset(i.id for i in svc.instances))
             services[name] = ServiceEntry(snapshot=svc, routes=routes, policy=policy, chain=chain, lb=lb)
@@ -209,6 +220,14 @@ class ViewBuilder:
             self._metrics.forget_service(label)
         return composites
 
+    def _watch_referenced(self, book: PolicyBook) -> None:
+        """Tell discovery which services the policies send traffic to (subsets, mirrors), routed or not."""
+        also = referenced_services(book)
+        if also != self._also:
+            self._also = also
+            if self._watch_also is not None:
+                self._watch_also(also)
+
     def _report_policy_errors(self, old: PolicyBook | None, new: PolicyBook) -> None:
         old_errors = old.errors if old is not None else {}
         for key, reason in new.errors.items():
@@ -223,3 +242,11 @@ class ViewBuilder:
 
 def _routes_of(book: PolicyBook) -> dict[str, object]:
     return {name: c.route for name, c in book.composites.items()}
+
+
+def referenced_services(book: PolicyBook) -> frozenset[str]:
+    """Services any policy of ``book`` sends traffic to (``subsets`` of another service, ``mirror`` targets)."""
+    names = set(book.defaults.referenced_services())
+    for policy in book.services.values():
+        names |= policy.referenced_services()
+    return frozenset(names)

@@ -82,6 +82,10 @@ def test_make_demo_prints_working_curl_lines_and_stops_cleanly() -> None:
         for step, output in zip(steps, outputs, strict=True):
             assert step.expect in output, f"{step.title}\n$ {step.command}\n{output}\n{run.stderr}"
         assert re.search(r"\b6 users-2\b", outputs[0]), outputs[0]  # Weights 1:3 over 8 requests
+        canary = next(o for step, o in zip(steps, outputs, strict=True) if "of 100 new visitors" in step.title)
+        counts = {subset: int(n) for n, subset in re.findall(r"(\d+) X-Gateway-Subset: (\w+)", canary)}
+        assert sum(counts.values()) == 100, canary
+        assert counts.get("canary", 0) <= 30, canary  # 10% expected; binomial(100, 0.1) stays far below 30
 
         # Ctrl-C: the demo process (make's child) stops gateway, services and dev agent, and exits 0.
         (demo_pid,) = _children(proc.pid)

@@ -63,13 +63,15 @@ async def test_services_only_registers_the_demo_in_an_existing_consul(dev_agent:
                 services = await resp.json()
             async with http.get(f"{dev_agent.url}/v1/kv/consulgw/?keys") as resp:
                 keys = await resp.json()
-        assert {"users", "orders", "search", "catalog", "notifications"} <= set(services)
+        assert {"users", "orders", "search", "products", "notifications", "catalog", "cart"} <= set(services)
         assert "gw.route=/users" in services["users"]
         assert set(keys) == {
             "consulgw/services/orders",
             "consulgw/services/search",
-            "consulgw/services/catalog",
+            "consulgw/services/products",
             "consulgw/services/notifications",
+            "consulgw/services/catalog",
+            "consulgw/services/cart",
             "consulgw/composites/user-dashboard",
         }
         proc.send_signal(signal.SIGTERM)

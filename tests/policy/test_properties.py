@@ -27,6 +27,10 @@ VOCABULARY = [
     "introspection", "endpoint", "discovery", "client_id", "client_secret", "client_auth", "token_type_hint",
     "timeout", "cache_ttl", "negative_cache_ttl", "cache", "cache_max_entries", "claims_to_headers",
     "hide_credentials", "openapi", "path", "include", "refresh", "max_bytes",
+    "subsets", "meta", "tags", "service", "split", "default", "weights", "match", "to", "cookie", "query",
+    "consumer", "hash", "on_empty", "response_header", "sticky", "secure", "http_only", "same_site",
+    "on_unavailable", "keep_draining", "slow_start", "window", "mirror", "percent", "max_in_flight", "stable",
+    "canary",
 ]  # fmt: skip
 SCALARS = [
     "round_robin", "ip_hash", "HS256", "RS256", "none", "ES256", "*", "https://a.example", "1s", "10 s", "-1s", "0",
@@ -34,6 +38,8 @@ SCALARS = [
     keys.HS256_SECRET, "scrypt$16384$8$1$AAAA$AAAA", "a" * 64,
     "https://idp.example/.well-known/openid-configuration", "https://idp.example/introspect", "basic", "post",
     "memory", "X-User-ID", "X-Email", "email", "orders:read",
+    "hash", "cookie", "cookie:sid", "header:X-User-ID", "stable", "canary", "!canary", "repick", "fail", "lax",
+    "users-next", "30s",
 ]  # fmt: skip
 
 leaves = st.one_of(
@@ -83,10 +89,15 @@ def test_any_json(doc: object) -> None:
 
 
 @SETTINGS
-@given(st.dictionaries(st.sampled_from(VOCABULARY), json_values, max_size=6), st.sampled_from(["auth", "cors"]))
+@given(
+    st.dictionaries(st.sampled_from(VOCABULARY), json_values, max_size=6),
+    st.sampled_from(["auth", "cors", "split", "sticky", "mirror", "slow_start", "lb"]),
+)
 def test_policy_shaped_sections(section: dict[str, Any], name: str) -> None:
     doc = {name: section}
     assert isinstance(_outcome(lambda: parse_policy(doc, key="k")), ServicePolicy | PolicyError)
+    with_subsets = {"subsets": {"stable": {}, "canary": {"tags": ["v2"]}}, name: section}
+    assert isinstance(_outcome(lambda: parse_policy(with_subsets, key="k")), ServicePolicy | PolicyError)
 
 
 SECRET_ALPHABET = "ΩΨΦ"

@@ -184,11 +184,15 @@ VOCABULARY = [
     "backend", "on_backend_error", "burst", "circuit_breaker", "failure_threshold", "recovery_timeout",
     "failure_statuses", "fallback", "status", "body", "content_type", "headers", "cors", "origins", "methods",
     "expose_headers", "credentials", "max_age", "request", "response", "add", "set", "remove", "max_body_bytes",
+    "subsets", "split", "sticky", "slow_start", "mirror", "meta", "tags", "service", "default", "weights", "match",
+    "to", "cookie", "query", "hash", "on_empty", "response_header", "on_unavailable", "keep_draining", "window",
+    "percent", "max_in_flight",
 ]  # fmt: skip
 SCALARS = [
     "round_robin", "ip_hash", "least_conn", "HS256", "RS256", "none", "jwt", "api_key", "basic", "*", "1s", "10 s",
     "-1s", "250ms", "0", "ip", "consumer", "header:X-Tenant", "redis", "local", "deny", "allow", "502", "503",
     "connect_failure", "timeout", "Host", "X-Test", "https://app.example.com", "GET", "x" * 40,
+    "hash", "cookie", "stable", "canary", "!canary", "repick", "fail", "header:X-User-ID", "cookie:sid", "30s",
 ]  # fmt: skip
 _leaves = st.one_of(
     st.none(),
@@ -209,7 +213,9 @@ _json = st.recursive(
 _SECTIONS = st.fixed_dictionaries(
     {},
     optional={
-        "lb": st.sampled_from(["round_robin", "least_conn", "ip_hash"]),
+        "lb": st.sampled_from(["round_robin", "least_conn", "ip_hash", {"type": "hash", "key": "header:X-Test"},
+                               {"type": "hash", "key": "cookie:sid"}, {"type": "least_conn", "key": "ip"},
+                               {"type": "hash", "key": "consumer"}]),
         "timeouts": st.fixed_dictionaries({}, optional={"connect": st.sampled_from(["1s", "250ms"]), "read": _json}),
         "retries": st.fixed_dictionaries({"attempts": st.integers(-1, 11)}),
         "rate_limit": st.fixed_dictionaries(
@@ -226,6 +232,32 @@ _SECTIONS = st.fixed_dictionaries(
                       "headers": st.lists(st.sampled_from(["*", "Content-Type", "Bad Name"])), "max_age": _json},
         ),
         "auth": st.sampled_from([{"type": "api_key"}, {"type": "basic"}, {"type": "jwt"}, None]),
+        # Traffic management (issue 9): the instance under test has no Meta, so "stable" is empty.
+        "subsets": st.sampled_from([{"all": {}, "stable": {"meta": {"version": "v1"}}},
+                                    {"all": {}, "stable": {"service": "no-such-service"}}, {"bad name": {}}]),
+        "split": st.fixed_dictionaries(
+            {"default": st.sampled_from(["all", "stable", "nope"])},
+            optional={"weights": st.dictionaries(st.sampled_from(["all", "stable", "x"]), st.integers(-1, 3), max_size=2),
+                      "hash": st.sampled_from(["cookie", "none", "ip", "consumer", "header:X-Test", "cookie:sid"]),
+                      "on_empty": st.sampled_from(["default", "fail", "x"]), "response_header": st.booleans(),
+                      "match": st.lists(st.fixed_dictionaries({"to": st.sampled_from(["all", "stable"])}, optional={
+                          "header": st.dictionaries(st.sampled_from(["X-Test", "Bad Name"]), st.text(max_size=4), max_size=1),
+                          "query": st.dictionaries(st.sampled_from(["v", ""]), st.text(max_size=3), max_size=1),
+                          "cookie": st.dictionaries(st.sampled_from(["beta", "a b"]), st.text(max_size=3), max_size=1)}),
+                          max_size=2)},
+        ),
+        "sticky": st.fixed_dictionaries({}, optional={"secure": st.booleans(), "on_unavailable": st.sampled_from(
+            ["repick", "fail"]), "cookie": st.sampled_from(["pin", "gw_split", "a b"]), "max_age": _json,
+            "same_site": st.sampled_from(["lax", "none", None])}),
+        "slow_start": st.fixed_dictionaries({"window": st.sampled_from(["30s", "1ms", "0s", -1, "2h", None])}),
+        "mirror": st.fixed_dictionaries(
+            {"to": st.lists(st.sampled_from([{"subset": "all"}, {"subset": "nope"}, {"service": "no-such-service"},
+                                             {"service": "a", "subset": "all"}, {"subset": "all", "percent": 50}]),
+                            max_size=2)},
+            optional={"methods": st.lists(st.sampled_from(["GET", "POST", "get", "bad method"]), max_size=2),
+                      "max_body_bytes": st.integers(-1, 10), "timeout": st.sampled_from(["1s", "0s", "x"]),
+                      "max_in_flight": st.integers(0, 2)},
+        ),
     },
 )  # fmt: skip
 policy_documents = st.one_of(_json, st.dictionaries(st.sampled_from(VOCABULARY), _json, max_size=5), _SECTIONS)

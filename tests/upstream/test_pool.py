@@ -58,7 +58,9 @@ def test_every_balancer_name_is_accepted_by_tags_policies_and_pools(algorithm: s
 
 def test_the_policy_schema_lists_the_same_balancers() -> None:
     schema = json.loads((Path(__file__).parents[2] / "consulgw" / "policy" / "schema.json").read_text())
-    assert tuple(v for v in schema["$defs"]["policy"]["properties"]["lb"]["enum"] if v is not None) == LB_ALGORITHMS
+    lb = schema["$defs"]["policy"]["properties"]["lb"]
+    assert tuple(v for v in lb["then"]["enum"] if v is not None) == LB_ALGORITHMS  # the string form
+    assert tuple(lb["properties"]["type"]["enum"]) == (*LB_ALGORITHMS, "hash")  # the object form
 
 
 @pytest.mark.parametrize(
