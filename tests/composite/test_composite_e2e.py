@@ -237,6 +237,7 @@ async def test_composite_routes_join_the_route_table_and_admin_routes(
             "strip": None,
             "methods": ["GET", "HEAD"],
             "tag": "consulgw/composites/user-dashboard",
+            "lb": None,
         }
     ]
     assert routes["composites"]["user-dashboard"]["calls"][0] == {
