@@ -402,3 +402,36 @@ def test_a_small_real_run_produces_its_tables() -> None:
     assert "### Consul change -> route in force" in proc.stdout
     assert "| 3 x 2 |" in proc.stdout
     assert "failures" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(), reason="nginx missing")
+def test_a_small_consul_scale_run_produces_its_tables() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "run.py"),
+            "--only",
+            "consul",
+            "--consul-services",
+            "30",
+            "--consul-instances",
+            "2",
+            "--consul-nodes",
+            "5",
+            "--consul-trials",
+            "1",
+            "--consul-workers",
+            "1",
+            "--no-install",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "### Consul at scale" in proc.stdout
+    assert "30 services x 2 instances on 5 nodes" in proc.stdout
+    assert "| 1 process | new route | 1 |" in proc.stdout
+    assert "connections at one moment" not in proc.stdout  # the budget held

@@ -176,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="secret (at least 16 characters) that makes sticky-session cookies; give every replica the same one "
         "(env CONSULGW_STICKY_KEY, default: a random key per run)",
     )
+    run.add_argument(
+        "--consul-max-conns",
+        metavar="N",
+        help="most connections the gateway (all workers together) holds to the Consul agent, at any number of "
+        "services (env CONSULGW_CONSUL_MAX_CONNS, default 64, at least 5)",
+    )
     _add_log_flags(run)
     run.set_defaults(handler="run")
 

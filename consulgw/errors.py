@@ -6,6 +6,7 @@
     ├── ConfigError              bad flag, env var, tag or KV document (names the key and the value)
     │   └── PolicyError          a KV policy/consumer document that does not validate
     ├── DiscoveryError           Consul could not be read (network, status, undecodable body)
+    │   └── ConsulPermissionDenied   Consul answered 403: the ACL token may not read this
     ├── OpenApiError             a service's OpenAPI document could not be fetched or used (the last good one stays)
     └── GatewayError             an answer to a client; carries HTTP status, stable code and extra headers
         ├── InvalidPath                   400 invalid_path (malformed, climbs above the root, ambiguous once decoded)
@@ -57,6 +58,10 @@ class DiscoveryError(ConsulgwError):
 
 class OpenApiError(ConsulgwError):
     """A service's OpenAPI document could not be fetched, parsed or used; the last good one stays in use."""
+
+
+class ConsulPermissionDenied(DiscoveryError):
+    """Consul answered 403 (``Permission denied``, ``ACL not found``): the token may not read this endpoint."""
 
 
 class GatewayError(ConsulgwError):

@@ -73,20 +73,6 @@ class GatewayMetrics:
             registry=r,
             **({"multiprocess_mode": "livesum"} if multiprocess_dir else {}),  # type: ignore[arg-type]
         )
-        self.consul_index = Gauge(
-            "consulgw_consul_index",
-            "Last X-Consul-Index seen, by watch (services, kv).",
-            ("watch",),
-            registry=r,
-            **worst,
-        )
-        self.sync_age = Gauge(
-            "consulgw_consul_sync_age_seconds",
-            "Seconds the view may be behind Consul (0 while every watch is connected).",
-            registry=r,
-            **worst,
-        )
-        self.consul_errors = Counter("consulgw_consul_errors_total", "Failed Consul watch requests.", registry=r)
         self.route_errors = Gauge(
             "consulgw_route_errors", "Route tags rejected, by service.", ("service",), registry=r, **worst
         )
@@ -297,3 +283,59 @@ class GatewayMetrics:
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
         return generate_latest(merged)
+
+
+class ConsulMetrics:
+    """How the gateway follows Consul. Created once per gateway by the process that watches Consul: the gateway
+    itself, or with ``--workers N`` the supervisor (workers then show the supervisor's values through the shared
+    multiprocess directory, never a second copy of their own)."""
+
+    def __init__(self, registry: CollectorRegistry, *, multiprocess_dir: str | None = None) -> None:
+        worst: Any = {"multiprocess_mode": "livemax"} if multiprocess_dir else {}
+        r = registry
+        self.consul_index = Gauge(
+            "consulgw_consul_index",
+            "Last X-Consul-Index seen, by watch (services, kv).",
+            ("watch",),
+            registry=r,
+            **worst,
+        )
+        self.sync_age = Gauge(
+            "consulgw_consul_sync_age_seconds",
+            "Seconds the view may be behind Consul (0 while every watch is connected, -1 before any contact).",
+            registry=r,
+            **worst,
+        )
+        self.consul_errors = Counter("consulgw_consul_errors_total", "Failed Consul watch requests.", registry=r)
+        self.kv_read_denied = Gauge(
+            "consulgw_consul_kv_read_denied",
+            "1 while the ACL token may not read (some of) the KV prefix: routing continues from the catalog with the "
+            "policies last read.",
+            registry=r,
+            **worst,
+        )
+        self.max_conns = Gauge(
+            "consulgw_consul_max_conns",
+            "The connection budget to the Consul agent (--consul-max-conns).",
+            registry=r,
+            **worst,
+        )
+        self.in_flight = Gauge(
+            "consulgw_consul_requests_in_flight",
+            "Requests to Consul in flight (each holds one connection to the agent).",
+            registry=r,
+            **worst,
+        )
+        self.services = Gauge(
+            "consulgw_consul_services",
+            "Routed services by how they are followed: live (a blocking watch of their own) or parked.",
+            ("state",),
+            registry=r,
+            **worst,
+        )
+        self.probes = Counter(
+            "consulgw_consul_requests_total",
+            "Requests to Consul for parked services, by kind (probe: index only; read: the whole service).",
+            ("kind",),
+            registry=r,
+        )

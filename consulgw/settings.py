@@ -19,6 +19,7 @@ from consulgw.routing.path import ENCODED_SLASHES, EncodedSlashes
 from consulgw.tracing.config import TracingSettings, tracing_settings
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+MIN_CONSUL_CONNS = 5  # consulgw.discovery.watcher.MIN_CONNS (settings import nothing from the packages they configure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,7 @@ class GatewaySettings:
     # consulgw.traffic.sticky), so replicas must share one for their cookies to agree.
     sticky_key: Secret = field(default_factory=lambda: Secret(value=""))
     sticky_key_generated: bool = False  # the supervisor made ``sticky_key`` for its workers (none was configured)
+    consul_max_conns: int = 64
 
 
 MIN_STICKY_KEY = 16  # characters: 128 bits when random, as RFC 2104 recommends for an HMAC key at least
@@ -188,6 +190,12 @@ def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
     workers_text = text("workers", "CONSULGW_WORKERS", "1")
     if not workers_text.isdigit() or int(workers_text) < 1:
         raise ConfigError(f"--workers / CONSULGW_WORKERS: {workers_text!r} must be a whole number >= 1")
+    max_conns_text = text("consul_max_conns", "CONSULGW_CONSUL_MAX_CONNS", str(defaults.consul_max_conns))
+    if not max_conns_text.isdigit() or int(max_conns_text) < MIN_CONSUL_CONNS:
+        raise ConfigError(
+            f"--consul-max-conns / CONSULGW_CONSUL_MAX_CONNS: {max_conns_text!r} must be a whole number >= "
+            f"{MIN_CONSUL_CONNS} (four datacenter-wide watches and at least one reader)"
+        )
     log_format = text("log_format", "CONSULGW_LOG_FORMAT", defaults.log_format)
     if log_format not in ("json", "console"):
         raise ConfigError(f"--log-format / CONSULGW_LOG_FORMAT: {log_format!r} must be 'json' or 'console'")
@@ -251,6 +259,7 @@ def gateway_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Ga
             text("cache_memory_bytes", "CONSULGW_CACHE_MEMORY_BYTES", str(defaults.cache_memory_bytes)),
         ),
         sticky_key=Secret(value=sticky_key),
+        consul_max_conns=int(max_conns_text),
     )
 
 

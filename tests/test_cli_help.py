@@ -48,6 +48,16 @@ def test_help_on_every_level(level: tuple[str, ...]) -> None:
             "--redis / CONSULGW_REDIS_URL: 'redis+sentinel://***@127.0.0.1:26379' has no service name",
             id="redis-url-password-hidden",
         ),
+        pytest.param(
+            ("run", "--consul-max-conns", "4"),
+            "--consul-max-conns / CONSULGW_CONSUL_MAX_CONNS: '4' must be a whole number >= 5",
+            id="consul-max-conns-too-small",
+        ),
+        pytest.param(
+            ("run", "--consul-max-conns", "many"),
+            "--consul-max-conns / CONSULGW_CONSUL_MAX_CONNS: 'many'",
+            id="consul-max-conns-not-a-number",
+        ),
         pytest.param(("run", "--max-staleness", "10"), "--max-staleness / CONSULGW_MAX_STALENESS: '10'", id="duration"),
         pytest.param(("dev-agent", "--listen", "1.2.3.4"), "--listen", id="dev-agent-listen"),
         pytest.param(

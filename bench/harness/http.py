@@ -89,6 +89,10 @@ class Consul(Client):
             doc["Meta"] = meta
         self._put("/v1/agent/service/register", json.dumps(doc).encode())
 
+    def maintenance(self, service_id: str, enable: bool) -> None:
+        quoted = urllib.parse.quote(service_id, safe="")
+        self._put(f"/v1/agent/service/maintenance/{quoted}?enable={'true' if enable else 'false'}&reason=bench", None)
+
     def deregister(self, service_id: str) -> None:
         self._put(f"/v1/agent/service/deregister/{urllib.parse.quote(service_id, safe='')}", None)
 

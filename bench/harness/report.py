@@ -161,6 +161,7 @@ def render(
     convergence: str | None,
     scale: str | None,
     profile: str | None,
+    consul: str | None = None,
 ) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
@@ -180,6 +181,8 @@ def render(
         out += ["### Consul change -> route in force", "", convergence]
     if scale:
         out += ["### Route-table rebuild and memory by catalog size", "", scale]
+    if consul:
+        out += ["### Consul at scale (default: 10,000 services)", "", consul]
     if profile:
         out += ["### Profile (gateway under wrk load)", "", profile]
         out += [

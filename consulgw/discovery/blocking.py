@@ -4,7 +4,10 @@ Consul's client obligations for blocking queries (consul-api.md section 2.3):
 
 1. reset the index to 0 when the returned index goes backwards (snapshot restore, tombstone reaping, a restart);
 2. never block on index 0 (it does not block and would busy-loop): a returned 0 is treated as 1;
-3. rate-limit the loop with a small token bucket (burst 2) instead of sleeping unconditionally;
+3. rate-limit the loop with a small token bucket (burst 2) instead of sleeping unconditionally. The watcher takes a
+   token only before a request that follows an answer without new data (a blocking query that returned at once with
+   nothing new is what spins): an answer that carried a change is followed at once, so a burst of real changes is
+   read as fast as Consul makes them;
 4. never assume that a return means a change (that is the watcher's job: it compares data).
 
 Nothing here does I/O or sleeps: callers ask how long to wait and sleep on the injected clock.
@@ -38,9 +41,12 @@ class BlockingIndex:
 
     __slots__ = ("_index", "_last")
 
-    def __init__(self) -> None:
-        self._index = 0
-        self._last = 0
+    def __init__(self, start: int = 0) -> None:
+        """``start``: an index already read (a watch taking over a service read elsewhere blocks on it at once)."""
+        if start < 0:
+            raise ValueError(f"start index must be >= 0, got {start!r}")
+        self._index = start
+        self._last = start
 
     @property
     def index(self) -> int:

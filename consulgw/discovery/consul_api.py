@@ -9,10 +9,11 @@ Redirects are not followed, so the token is never replayed to another host.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, Generic, TypeVar
@@ -22,8 +23,8 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from consulgw.discovery.health import instance_from_entry
-from consulgw.errors import DiscoveryError
+from consulgw.discovery.health import CheckStatus, check_status_from_json, instance_from_entry
+from consulgw.errors import ConsulPermissionDenied, DiscoveryError
 from consulgw.model.snapshot import Instance
 from consulgw.settings import ConsulSettings
 
@@ -32,6 +33,9 @@ T = TypeVar("T")
 MAX_WAIT: Final = 600.0  # Consul clamps ?wait to max_query_time (10m)
 JITTER_FRACTION: Final = 16  # Consul adds up to wait/16 of random jitter to every blocking query
 _BODY_EXCERPT: Final = 200
+_ENTRIES_PER_YIELD: Final = 250  # catalog services or KV entries decoded between two yields to the event loop
+# A bexpr no health entry matches (every instance has a non-empty ID): the answer is ``[]`` with the service's index.
+NOTHING: Final = 'Service.ID == ""'
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,6 +46,7 @@ class Result(Generic[T]):
     index: int  # X-Consul-Index as Consul sent it (>= 1 from a real Consul; the caller applies the 0 -> 1 rule)
     known_leader: bool | None = None  # X-Consul-KnownLeader; None when absent (streaming backend)
     last_contact: float | None = None  # X-Consul-LastContact in seconds; None when absent
+    filtered_by_acls: bool = False  # X-Consul-Results-Filtered-By-ACLs: the token may not see every item
 
 
 def format_wait(wait: float) -> str:
@@ -88,12 +93,13 @@ class ConsulClient:
         if not isinstance(data, dict):
             raise DiscoveryError(f"Consul {endpoint}: expected a JSON object, got {type(data).__name__}")
         services: dict[str, tuple[str, ...]] = {}
-        for name, tags in data.items():
-            if tags is None:
-                tags = []
+        for count, (name, raw) in enumerate(data.items(), 1):
+            tags = [] if raw is None else raw
             if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
                 raise DiscoveryError(f"Consul {endpoint}: tags of {name!r} are {tags!r}, expected an array of strings")
             services[name] = tuple(tags)
+            if count % _ENTRIES_PER_YIELD == 0:
+                await _yield()  # a catalog of 10,000 services: let the loop serve in between
         return self._result(endpoint, MappingProxyType(services), headers)
 
     async def health_service(self, name: str, index: int = 0, wait: float = 300.0) -> Result[tuple[Instance, ...]]:
@@ -113,8 +119,46 @@ class ConsulClient:
             raise DiscoveryError(f"Consul {endpoint}: {exc}") from exc
         return self._result(endpoint, instances, headers)
 
-    async def kv_list(self, prefix: str, index: int = 0, wait: float = 300.0) -> Result[Mapping[str, bytes]]:
-        """``GET /v1/kv/<prefix>?recurse``: full key -> raw value. Consul's 404 means empty, still carrying the index."""
+    async def health_service_index(self, name: str) -> int:
+        """The ``X-Consul-Index`` of ``/v1/health/service/<name>`` without its body: a filter no entry matches makes
+        the answer ``[]``. ``?stale`` lets any server answer (no leader round trip). Used to learn whether a service
+        without a blocking watch changed since it was last read."""
+        if not name:
+            raise ValueError("health_service_index needs a service name")
+        endpoint = f"/v1/health/service/{name}"
+        path = "/v1/health/service/" + quote(name, safe="")
+        params = {"filter": NOTHING, "stale": ""}
+        status, body, headers = await self._get(path, params, self._timeout, endpoint)
+        self._expect_ok(endpoint, status, body)
+        return self._result(endpoint, None, headers).index
+
+    async def health_state(self, state: str, index: int = 0, wait: float = 300.0) -> Result[tuple[CheckStatus, ...]]:
+        """``GET /v1/health/state/<state>`` (``critical`` or ``warning``): every check in that state, datacenter-wide.
+
+        Consul answers it from its checks-by-status index, so its cost follows the number of checks in that state,
+        not the size of the catalog. The index is the checks table's: any check change anywhere wakes it."""
+        if state not in ("critical", "warning"):
+            raise ValueError(f"health_state watches critical or warning checks, got {state!r}")
+        endpoint = f"/v1/health/state/{state}"
+        status, body, headers = await self._get(endpoint, self._blocking(index, wait), self._read_timeout(wait))
+        self._expect_ok(endpoint, status, body)
+        data = self._decode(endpoint, body)
+        if not isinstance(data, list):
+            raise DiscoveryError(f"Consul {endpoint}: expected a JSON array, got {type(data).__name__}")
+        try:
+            checks = tuple(check_status_from_json(item) for item in data)
+        except DiscoveryError as exc:
+            raise DiscoveryError(f"Consul {endpoint}: {exc}") from exc
+        return self._result(endpoint, checks, headers)
+
+    async def kv_list(
+        self, prefix: str, index: int = 0, wait: float = 300.0, *, relative: bool = False
+    ) -> Result[Mapping[str, bytes]]:
+        """``GET /v1/kv/<prefix>?recurse``: full key -> raw value (``relative``: key without the prefix, the prefix's
+        own folder key left out). Consul's 404 means empty, still carrying the index.
+
+        A token without ``key:read`` on the prefix gets the keys it may read (``filtered_by_acls`` says some were
+        left out), or ``ConsulPermissionDenied`` where Consul answers 403 (``acl_enable_key_list_policy``)."""
         endpoint = f"/v1/kv/{prefix}"
         params = {**self._blocking(index, wait), "recurse": ""}
         path = "/v1/kv/" + quote(prefix, safe="/") if prefix else "/v1/kv/"
@@ -124,7 +168,8 @@ class ConsulClient:
         if status == 404:
             return self._result(endpoint, MappingProxyType({}), headers)
         self._expect_ok(endpoint, status, body)
-        return self._result(endpoint, MappingProxyType(self._entries(endpoint, body)), headers)
+        entries = await self._entries(endpoint, body, strip=prefix if relative else None)
+        return self._result(endpoint, MappingProxyType(entries), headers)
 
     # -- non-blocking KV for CLIs ---------------------------------------------------------------------------------
 
@@ -135,7 +180,7 @@ class ConsulClient:
         if status == 404:
             return self._result(endpoint, None, headers)
         self._expect_ok(endpoint, status, body)
-        entries = self._entries(endpoint, body)
+        entries = await self._entries(endpoint, body)
         return self._result(endpoint, entries.get(key), headers)
 
     async def kv_put(self, key: str, value: bytes, cas: int | None = None) -> bool:
@@ -205,7 +250,10 @@ class ConsulClient:
         if status == 200:
             return
         text = body[:_BODY_EXCERPT].decode("utf-8", "replace").strip()
-        raise DiscoveryError(f"Consul {endpoint}: HTTP {status}" + (f": {text}" if text else ""))
+        message = f"Consul {endpoint}: HTTP {status}" + (f": {text}" if text else "")
+        if status == 403:
+            raise ConsulPermissionDenied(message)
+        raise DiscoveryError(message)
 
     @staticmethod
     def _decode(endpoint: str, body: bytes) -> Any:
@@ -214,15 +262,19 @@ class ConsulClient:
         except (ValueError, UnicodeDecodeError) as exc:
             raise DiscoveryError(f"Consul {endpoint}: response is not JSON ({exc})") from exc
 
-    def _entries(self, endpoint: str, body: bytes) -> dict[str, bytes]:
-        data = self._decode(endpoint, body)
-        if not isinstance(data, list):
-            raise DiscoveryError(f"Consul {endpoint}: expected a JSON array of KV entries, got {type(data).__name__}")
+    async def _entries(self, endpoint: str, body: bytes, *, strip: str | None = None) -> dict[str, bytes]:
         entries: dict[str, bytes] = {}
-        for item in data:
+        size = len(strip) if strip is not None else 0
+        async for count, item in _array_items(endpoint, body):
+            if count % _ENTRIES_PER_YIELD == 0:
+                await _yield()  # 10,000 policy documents: let the loop serve in between
             key = item.get("Key") if isinstance(item, dict) else None
             if not isinstance(key, str):
                 raise DiscoveryError(f"Consul {endpoint}: KV entry without a string Key: {item!r:.120}")
+            if strip is not None:
+                if not key.startswith(strip) or len(key) == size:
+                    continue  # outside the prefix, or the prefix's own folder key
+                key = key[size:]
             raw = item.get("Value")
             if raw is None:
                 entries[key] = b""
@@ -247,6 +299,7 @@ class ConsulClient:
             index=int(raw_index),
             known_leader=None if leader is None else leader.lower() == "true",
             last_contact=int(contact) / 1000 if contact is not None and contact.isdigit() else None,
+            filtered_by_acls=headers.get("X-Consul-Results-Filtered-By-ACLs", "").lower() == "true",
         )
 
     async def _write(self, method: str, key: str, params: Mapping[str, str], data: bytes | None) -> bool:
@@ -257,3 +310,55 @@ class ConsulClient:
         if not isinstance(answer, bool):
             raise DiscoveryError(f"Consul {method} {endpoint}: expected true or false, got {answer!r:.60}")
         return answer
+
+
+async def _yield() -> None:
+    """Twice ``sleep(0)``: what the loop's poll found runs before this task goes on (see consulgw.server.view)."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+_DECODER = json.JSONDecoder()
+_WHITESPACE = frozenset(" \t\r\n")
+
+
+async def _array_items(endpoint: str, body: bytes) -> AsyncIterator[tuple[int, Any]]:
+    """The items of a JSON array, decoded one at a time (``json.loads`` of a 3 MB KV answer is one call of tens of
+    milliseconds that nothing can interrupt; here the caller yields to the event loop between items)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DiscoveryError(f"Consul {endpoint}: response is not JSON ({exc})") from exc
+    size = len(text)
+
+    def skip(at: int) -> int:
+        while at < size and text[at] in _WHITESPACE:
+            at += 1
+        return at
+
+    at = skip(0)
+    if at >= size or text[at] != "[":
+        value = ConsulClient._decode(endpoint, body)  # the precise error, or what else it is
+        raise DiscoveryError(f"Consul {endpoint}: expected a JSON array of KV entries, got {type(value).__name__}")
+    at = skip(at + 1)
+    count = 0
+    if at < size and text[at] == "]":
+        at += 1
+    else:
+        while True:
+            try:
+                item, at = _DECODER.raw_decode(text, at)
+            except ValueError as exc:
+                raise DiscoveryError(f"Consul {endpoint}: response is not JSON ({exc})") from exc
+            count += 1
+            yield count, item
+            at = skip(at)
+            if at < size and text[at] == ",":
+                at = skip(at + 1)
+                continue
+            if at < size and text[at] == "]":
+                at += 1
+                break
+            raise DiscoveryError(f"Consul {endpoint}: response is not JSON (bad array at character {at})")
+    if skip(at) != size:
+        raise DiscoveryError(f"Consul {endpoint}: response is not JSON (extra data at character {at})")

@@ -9,6 +9,7 @@ warning > passing. A check with a status Consul does not define counts as critic
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -132,4 +133,30 @@ def instance_from_entry(entry: Mapping[str, Any]) -> Instance:
         health=aggregate_health(top.get("Checks"), where=where),
         weights=_weights(where, service.get("Weights")),
         datacenter=_text(where, "Node.Datacenter", node.get("Datacenter"), optional=True),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckStatus:
+    """One check of a ``/v1/health/state/<state>`` answer: what it belongs to and its status (output ignored)."""
+
+    node: str
+    check_id: str
+    status: str
+    service_id: str  # "" for a node-level check (serfHealth, node maintenance): it concerns every instance on the node
+    service_name: str
+
+
+def check_status_from_json(item: object) -> CheckStatus:
+    """One HealthCheck object -> CheckStatus; a malformed one raises DiscoveryError naming the field."""
+    check = _object("?", "check", item)
+    node = _text("?", "Node", check.get("Node"))
+    check_id = _text(node, "CheckID", check.get("CheckID"))
+    where = f"{node}/{check_id}"
+    return CheckStatus(
+        node=node,
+        check_id=check_id,
+        status=_text(where, "Status", check.get("Status")),
+        service_id=_text(where, "ServiceID", check.get("ServiceID"), optional=True),
+        service_name=_text(where, "ServiceName", check.get("ServiceName"), optional=True),
     )

@@ -20,6 +20,7 @@ from consulgw.openapi.catalog import OpenApiCatalog
 from consulgw.policy.model import ServicePolicy
 from consulgw.redaction import REDACTED, is_secret_name
 from consulgw.routing.table import RouteTable
+from consulgw.server.consul_status import kv_denied, sync_age
 from consulgw.server.history import TrafficHistory
 from consulgw.server.routes_document import (
     DocumentQuery,
@@ -47,19 +48,11 @@ class AdminDeps:
     listening: Callable[[], bool] = lambda: True  # the public listener accepts connections
     openapi: OpenApiCatalog | None = None  # /-/openapi.json, /-/openapi/<service>.json, /-/docs
     history: TrafficHistory | None = None  # /-/timeseries (the dashboard's charts)
+    record_consul: Callable[[], None] = lambda: None  # bring the watcher's status into the metrics (at scrape time)
 
 
 _ROUTES_CHEAP = 0.02  # a /-/routes render faster than this is never reused
 _ROUTES_REUSE = 10  # an expensive render is served again for up to this many times its own cost
-
-
-def sync_age(status: WatcherStatus, clock: Clock) -> float | None:
-    """Seconds the view may be behind Consul: 0 while every watch is connected, else time since last contact."""
-    if status.last_success is None:
-        return None
-    if status.consul_reachable:
-        return 0.0
-    return max(0.0, clock.monotonic() - status.last_success)
 
 
 def create_admin_app(deps: AdminDeps) -> web.Application:
@@ -106,18 +99,9 @@ def create_admin_app(deps: AdminDeps) -> web.Application:
             rendered[:] = [(now, deps.clock.monotonic() - now, body)]
         return web.Response(body=body, content_type="application/json")
 
-    counted_errors = [0]  # the watcher's errors_total already added to consulgw_consul_errors_total
-
     async def metrics(_: web.Request) -> web.Response:
-        status = deps.status()
-        # Discovery does not know about metrics (one-way imports): bring its failure count over at scrape time.
-        if status.errors_total > counted_errors[0]:
-            deps.metrics.consul_errors.inc(status.errors_total - counted_errors[0])
-        counted_errors[0] = status.errors_total
-        age = sync_age(status, deps.clock)
-        deps.metrics.sync_age.set(age if age is not None else -1)
-        deps.metrics.consul_index.labels("services").set(status.services_index)
-        deps.metrics.consul_index.labels("kv").set(status.kv_index)
+        # Discovery does not know about metrics (one-way imports): its status is brought over at scrape time.
+        deps.record_consul()
         return web.Response(body=deps.metrics.render(), headers={"Content-Type": deps.metrics.content_type})
 
     async def dashboard(_: web.Request) -> web.Response:
@@ -262,6 +246,13 @@ def describe(deps: AdminDeps, query: DocumentQuery | None = None) -> dict[str, A
         "watches": status.watches,
         "errors_total": status.errors_total,
         "sync_age_seconds": sync_age(status, deps.clock),
+        "max_conns": status.max_conns,
+        "in_flight": status.in_flight,
+        "live": status.live,
+        "parked": status.parked,
+        "kv_access": status.kv_access,
+        "kv_read_denied": kv_denied(status),
+        "kv_error": status.kv_error,
     }
     if view is None:
         empty = routes_document(table=RouteTable(), services={}, policy_errors={})

@@ -14,6 +14,7 @@ import secrets
 import ssl
 from collections.abc import Callable
 from types import TracebackType
+from typing import Protocol
 
 import aiohttp
 import structlog
@@ -24,10 +25,10 @@ from consulgw.auth.jwks import JwksCache
 from consulgw.cache.owner import CacheOwner
 from consulgw.clock import Clock, SystemClock
 from consulgw.discovery.consul_api import ConsulClient
-from consulgw.discovery.watcher import CatalogWatcher, WatcherStatus
+from consulgw.discovery.watcher import CatalogWatcher, Publish, WatcherStatus
 from consulgw.ids import RequestIds
 from consulgw.logs import BufferedLines
-from consulgw.metrics import GatewayMetrics
+from consulgw.metrics import ConsulMetrics, GatewayMetrics
 from consulgw.openapi.catalog import OpenApiCatalog
 from consulgw.pipeline.chain import Next, Stage, build_chain
 from consulgw.pipeline.forward import Forwarder
@@ -42,6 +43,7 @@ from consulgw.redaction import redact_url
 from consulgw.redisclient import RedisClient, open_redis
 from consulgw.routing.rules import has_route_tags
 from consulgw.server.admin import AdminDeps, create_admin_app
+from consulgw.server.consul_status import ConsulStatusRecorder
 from consulgw.server.guard import ClientGuard, ConnectionCount
 from consulgw.server.history import TrafficHistory, TrafficRecorder
 from consulgw.server.listener import create_public_app, send_continue
@@ -54,6 +56,26 @@ from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.headers import TrustedProxies
 from consulgw.upstream.pool import UpstreamPools
 from consulgw.upstream.transport import Http1Transport
+
+
+class Discovery(Protocol):
+    """Where the gateway's view of Consul comes from: its own CatalogWatcher, or (a ``--workers`` worker) the
+    supervisor's, through a SnapshotReceiver."""
+
+    @property
+    def status(self) -> WatcherStatus: ...
+
+    async def run(self, publish: Publish) -> None: ...
+
+    def watch_also(self, names: frozenset[str]) -> None:
+        """Also watch these services, routed or not (the ones the policies send traffic to)."""
+
+
+def consul_agent_session(max_conns: int) -> aiohttp.ClientSession:
+    """The one HTTP session to the Consul agent: its connector never holds more than ``max_conns`` connections."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max_conns), timeout=aiohttp.ClientTimeout(total=None)
+    )
 
 
 class Gateway:
@@ -71,6 +93,7 @@ class Gateway:
         metrics_dir: str | None = None,
         history_interval: float = 5.0,
         log_sink: BufferedLines | None = None,
+        discovery: Discovery | None = None,
     ) -> None:
         self.settings = settings
         self._clock = clock or SystemClock()
@@ -89,7 +112,8 @@ class Gateway:
         self._public: web.AppRunner | None = None
         self._admin: web.AppRunner | None = None
         self._builder: ViewBuilder | None = None
-        self._watcher: CatalogWatcher | None = None
+        self._watcher: Discovery | None = discovery  # None: this gateway watches Consul itself
+        self._build_task: asyncio.Task[None] | None = None
         self._handler: ProxyHandler | None = None
         self.metrics = GatewayMetrics(multiprocess_dir=metrics_dir)
         self.connections = ConnectionCount(limit=settings.clients.max_connections)
@@ -216,19 +240,32 @@ class Gateway:
             pipeline=pipeline,
             clock=self._clock,
             on_purge=cache.apply_purges,
-            watch_also=lambda names: watcher.watch_also(names),
+            watch_also=self._watch_also,
         )
         self._builder = builder
-        watcher = CatalogWatcher(
-            ConsulClient(s.consul, consul_session),
-            kv_prefix=s.kv_prefix,
-            is_routed=lambda _name, tags: has_route_tags(tags, tag_prefix=s.tag_prefix, compat=compat),
-            coalesce_window=s.coalesce_window,
-            clock=self._clock,
-            rng=self._rng,
-            wait=self._consul_wait,
-        )
-        self._watcher = watcher
+        recorder: ConsulStatusRecorder | None = None
+        if self._watcher is None:  # this process watches Consul (a --workers worker gets the supervisor's view)
+            consul_http = await self._exit.enter_async_context(consul_agent_session(s.consul_max_conns))
+            watcher = CatalogWatcher(
+                ConsulClient(s.consul, consul_http),
+                kv_prefix=s.kv_prefix,
+                is_routed=lambda _name, tags: has_route_tags(tags, tag_prefix=s.tag_prefix, compat=compat),
+                coalesce_window=s.coalesce_window,
+                clock=self._clock,
+                rng=self._rng,
+                wait=self._consul_wait,
+                max_conns=s.consul_max_conns,
+            )
+            self._watcher = watcher
+            recorder = ConsulStatusRecorder(
+                ConsulMetrics(self.metrics.registry, multiprocess_dir=self.metrics.multiprocess_dir), self._clock
+            )
+        discovery = self._watcher
+
+        def record_consul() -> None:
+            if recorder is not None:  # a worker's Consul metrics come from its supervisor
+                recorder.record(discovery.status)
+
         if s.tls_cert and s.tls_key:
             self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self._tls.load_cert_chain(s.tls_cert, s.tls_key)
@@ -244,7 +281,9 @@ class Gateway:
             tracer=tracer,
         )
         self._handler = handler
-        self._watch_task = asyncio.create_task(watcher.run(builder.apply), name="consulgw-watcher")
+        self._build_task = asyncio.create_task(builder.run(), name="consulgw-view")
+        self._exit.push_async_callback(self._stop_task, self._build_task)
+        self._watch_task = asyncio.create_task(discovery.run(builder.offer), name="consulgw-watcher")
         self._exit.push_async_callback(self._stop_task, self._watch_task)
         if self._log_sink is not None:
             drops = asyncio.create_task(self._export_log_drops(self._log_sink), name="consulgw-log-drops")
@@ -302,6 +341,7 @@ class Gateway:
                 listening=lambda: self._listening,
                 openapi=openapi,
                 history=history,
+                record_consul=record_consul,
             )
         )
         self._admin = web.AppRunner(admin_app, access_log=None, shutdown_timeout=2.0)
@@ -378,9 +418,18 @@ class Gateway:
     def view(self) -> GatewayView | None:
         return self._builder.current if self._builder is not None else None
 
+    def _watch_also(self, names: frozenset[str]) -> None:
+        if self._watcher is not None:
+            self._watcher.watch_also(names)
+
     def status(self) -> WatcherStatus:
         assert self._watcher is not None
         return self._watcher.status
+
+    async def discovery_ended(self) -> None:
+        """Returns when the view's source stops (a worker's supervisor went away); never for a running watcher."""
+        assert self._watch_task is not None
+        await asyncio.wait({self._watch_task})
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the first complete view of Consul is loaded."""

@@ -182,6 +182,28 @@ async def test_dashboard_pages_and_filters_services(
     assert page.events("Runtime.exceptionThrown") == []
 
 
+async def test_dashboard_names_a_token_that_lacks_kv_read(page: Page, dev_agent: DevAgent, upstream: Upstream) -> None:
+    from tests.support.consul_fakes import KvDenyingProxy
+
+    async with aiohttp.ClientSession() as session:
+        await Consul(session, dev_agent.url).register("users", upstream.port, tags=["gw.route=/users"])
+    async with (
+        KvDenyingProxy(dev_agent.url, prefix="consulgw/") as proxy,
+        Gateway(gateway_settings_for(proxy.url), consul_wait=5.0) as gateway,
+    ):
+        await gateway.wait_ready()
+        await page.navigate(f"{gateway.admin_url}/")
+        denied = "document.querySelector('[data-testid=kv-denied]')?.textContent ?? null"
+        await poll(page, denied, "token lacks KV read: policies not applied", timeout=10)
+        assert await page.evaluate("document.querySelector('[data-testid=sync] .pill').textContent") == (
+            "in sync with Consul"  # Consul answers; only the KV prefix is out of reach
+        )
+        assert await page.evaluate(instance_health(f"test-node/users-{upstream.port}")) == ["passing", "pill passing"]
+        proxy.denying = False
+        await poll(page, denied, None, timeout=15)
+        assert page.events("Runtime.exceptionThrown") == []
+
+
 def group_alive(pgid: int) -> bool:
     """Is any process of the group still running (zombies waiting to be reaped do not count)?"""
     for entry in Path("/proc").iterdir():

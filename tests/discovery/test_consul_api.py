@@ -283,3 +283,51 @@ async def test_programming_errors_are_value_errors(
 ) -> None:
     with pytest.raises(ValueError, match=match):
         await call(client_for("http://127.0.0.1:1", session))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        pytest.param(b'{"Key": "gw/a"}', r"expected a JSON array of KV entries, got dict", id="object"),
+        pytest.param(b'[{"Key": "gw/a", "Value": null}', r"response is not JSON", id="truncated"),
+        pytest.param(b'[{"Key": "gw/a", "Value": null}] []', r"response is not JSON \(extra data", id="trailing"),
+        pytest.param(b'[{"Key": "gw/a"} {"Key": "gw/b"}]', r"response is not JSON \(bad array", id="no-comma"),
+        pytest.param(b'[{"Key": "gw/a", "Value": null},]', r"response is not JSON", id="trailing-comma"),
+        pytest.param(b"\xff[]", r"response is not JSON", id="not-utf8"),
+    ],
+)
+async def test_kv_list_refuses_what_is_not_a_json_array(
+    server: Scripted, session: aiohttp.ClientSession, body: bytes, message: str
+) -> None:
+    server.on("GET", "/v1/kv/gw/", lambda r: web.Response(body=body, headers={"X-Consul-Index": "3"}))
+    with pytest.raises(DiscoveryError, match=message):
+        await client_for(server.url, session).kv_list("gw/", index=0, wait=1)
+
+
+@pytest.mark.parametrize("indent", [None, 2, "\t"])
+@pytest.mark.parametrize("count", [0, 1, 2500])
+async def test_kv_list_reads_every_entry_of_an_answer_however_it_is_laid_out(
+    server: Scripted, session: aiohttp.ClientSession, indent: int | str | None, count: int
+) -> None:
+    """Answers are decoded entry by entry (yielding to the loop in between): the same entries as a whole-body parse,
+    for compact and pretty-printed (`consul agent -dev`) JSON."""
+    entries = [
+        {"Key": f"gw/k{n}", "Value": base64.b64encode(f"v{n}".encode()).decode(), "Flags": 0} for n in range(count)
+    ]
+    body = json.dumps(entries, indent=indent).encode()
+    server.on("GET", "/v1/kv/gw/", lambda r: web.Response(body=body, headers={"X-Consul-Index": "3"}))
+    result = await client_for(server.url, session).kv_list("gw/", index=0, wait=1)
+    assert dict(result.value) == {f"gw/k{n}": f"v{n}".encode() for n in range(count)}
+
+
+async def test_kv_list_relative_keys_drop_the_prefix_and_its_folder_key(
+    server: Scripted, session: aiohttp.ClientSession
+) -> None:
+    entries = [
+        {"Key": "gw/", "Value": None},
+        {"Key": "gw/services/a", "Value": base64.b64encode(b"{}").decode()},
+        {"Key": "gwx/elsewhere", "Value": None},
+    ]
+    server.on("GET", "/v1/kv/gw/", lambda r: consul_json(entries, index=9))
+    result = await client_for(server.url, session).kv_list("gw/", index=0, wait=1, relative=True)
+    assert dict(result.value) == {"services/a": b"{}"}

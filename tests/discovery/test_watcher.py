@@ -11,6 +11,7 @@ import pytest
 import structlog
 
 from consulgw.devagent import DevAgent
+from consulgw.discovery.watcher import FIXED_WATCHES, reader_count
 from consulgw.model.snapshot import Health
 from tests.discovery.conftest import Agent, RequestLog, Running, eventually
 
@@ -19,7 +20,9 @@ TOKEN = "watcher-test-token-9f3b"
 
 @pytest.fixture
 async def dev() -> AsyncIterator[DevAgent]:
-    async with DevAgent(node="test-node", port=0) as agent:
+    # One test gives the watcher a budget above 200 services; like a real agent, this one must then allow more than
+    # Consul's default 200 connections per client (limits.http_max_conns_per_client).
+    async with DevAgent(node="test-node", port=0, http_max_conns_per_client=400) as agent:
         yield agent
 
 
@@ -65,7 +68,9 @@ async def test_first_snapshot_is_complete_and_only_routed_services(
     status = run.watcher.status
     assert status.complete
     assert status.consul_reachable
-    assert status.watches == 4  # catalog + KV + web + api
+    assert status.watches == FIXED_WATCHES + 2  # catalog, critical, warning, KV + web + api
+    assert (status.live, status.parked) == (2, 0)
+    assert status.kv_access == "ok"
     assert status.last_success is not None
     assert status.errors_total == 0
     assert status.services_index >= first.services_index
@@ -114,21 +119,21 @@ async def test_deregister_and_unrouting_remove_the_service(
     await agent.register("api")
     run = start_watcher(dev.url)
     await run.recorder.wait_for(lambda s: True)
-    assert run.watcher.status.watches == 4
+    assert run.watcher.status.live == 2
 
     count = len(run.recorder.snapshots)
     await agent.deregister("web")
     snap = await run.recorder.wait_for(lambda s: "web" not in s.services, after=count)
     assert snap.changed == frozenset({"web"})
     assert set(snap.services) == {"api"}
-    await eventually(lambda: run.watcher.status.watches == 3)
+    await eventually(lambda: run.watcher.status.live == 1)
 
     count = len(run.recorder.snapshots)
     await agent.register("api", tags=("internal",))  # re-registered without a route tag
     snap = await run.recorder.wait_for(lambda s: "api" not in s.services, after=count)
     assert snap.changed == frozenset({"api"})
     assert dict(snap.services) == {}
-    await eventually(lambda: run.watcher.status.watches == 2)
+    await eventually(lambda: run.watcher.status.watches == FIXED_WATCHES)
 
     count = len(run.recorder.snapshots)
     await agent.register("api", tags=("gw",), port=7000)  # and routed again
@@ -195,13 +200,17 @@ async def test_one_change_among_200_services_rereads_one_service(
     names = [f"svc-{n:03d}" for n in range(200)]
     for name in names:
         await agent.register(name)
-    run = start_watcher(dev.url, wait=60.0)  # long enough that no blocking query times out during the test
+    # A budget above 200 services (and an agent that allows it): every one gets a blocking watch of its own
+    # (parked services: test_coverage.py).
+    run = start_watcher(dev.url, wait=60.0, max_conns=300)  # no blocking query times out during the test
     await run.recorder.wait_for(lambda s: len(s.services) == 200, timeout=60)
-    assert run.watcher.status.watches == 202
+    assert run.watcher.status.watches == FIXED_WATCHES + 200
 
     def blocked_services() -> set[str]:
         return {
-            p.rsplit("/", 1)[1] for _m, p, q in requests_log.entries if p.startswith("/v1/health/") and "index" in q
+            p.rsplit("/", 1)[1]
+            for _m, p, q in requests_log.entries
+            if p.startswith("/v1/health/service/") and "index" in q
         }
 
     await eventually(lambda: blocked_services() == set(names), timeout=60)  # every watch is now blocking
@@ -295,7 +304,8 @@ async def test_cancelling_run_stops_every_watch(
     run = start_watcher(dev.url)
     await run.recorder.wait_for(lambda s: len(s.services) == 3)
     before = {t for t in asyncio.all_tasks() if t.get_name().startswith("consul-watch:")}
-    assert len(before) == 6  # catalog, KV, publisher, three services
+    # catalog, KV, critical and warning checks, the readers, the publisher, three services
+    assert len(before) == 4 + reader_count(64) + 1 + 3
     run.task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run.task

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from consulgw.devagent import DevAgent
+from consulgw.discovery.watcher import FIXED_WATCHES
 from tests.discovery.conftest import Agent, Running, eventually
 
 
@@ -41,7 +42,7 @@ async def test_named_services_are_watched_without_route_tags_until_no_longer_nam
     snap = await run.recorder.wait_for(lambda s: "shadow" in s.services, after=count)
     assert snap.changed == frozenset({"shadow"})
     assert [i.port for i in snap.services["shadow"].instances] == [8080]
-    await eventually(lambda: run.watcher.status.watches == 4)  # catalog + KV + web + shadow
+    await eventually(lambda: run.watcher.status.watches == FIXED_WATCHES + 2)  # the datacenter-wide ones + web + shadow
 
     # A named service that appears later is watched as soon as the catalog lists it.
     count = len(run.recorder.snapshots)
@@ -61,7 +62,7 @@ async def test_named_services_are_watched_without_route_tags_until_no_longer_nam
     run.watcher.watch_also(frozenset({"web"}))
     snap = await run.recorder.wait_for(lambda s: "shadow" not in s.services, after=count)
     assert set(snap.services) == {"web"}
-    await eventually(lambda: run.watcher.status.watches == 3)
+    await eventually(lambda: run.watcher.status.watches == FIXED_WATCHES + 1)
 
 
 async def test_services_named_before_the_first_listing_are_in_the_first_snapshot(

@@ -68,7 +68,24 @@ class ScriptedConsul:
         if path == "/v1/catalog/services":
             return web.json_response(self.catalog, headers=headers)
         if path.startswith("/v1/health/service/"):
-            return web.json_response(self.health.get(path.rsplit("/", 1)[1], []), headers=headers)
+            entries = self.health.get(path.rsplit("/", 1)[1], [])
+            if "filter" in request.query:  # the watcher's index probe: a filter nothing matches
+                entries = []
+            return web.json_response(entries, headers=headers)
+        if path.startswith("/v1/health/state/"):
+            state = path.rsplit("/", 1)[1]
+            checks = [
+                {
+                    **check,
+                    "Node": e["Node"]["Node"],
+                    "ServiceName": e["Service"]["Service"] if check["ServiceID"] else "",
+                }
+                for entries in self.health.values()
+                for e in entries
+                for check in e["Checks"]
+                if check["Status"] == state
+            ]
+            return web.json_response(checks, headers=headers)
         if path.startswith("/v1/kv/"):
             prefix = path.removeprefix("/v1/kv/")
             entries = [

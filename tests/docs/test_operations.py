@@ -71,7 +71,9 @@ def test_production_command_line(demo: Demo, tmp_path: Path, redis_available: No
 
 def test_page_documents_every_flag_and_metric() -> None:
     """The flag table covers ``consulgw run --help`` and the metrics table covers consulgw/metrics.py."""
-    from consulgw.metrics import GatewayMetrics
+    from prometheus_client import CollectorRegistry
+
+    from consulgw.metrics import ConsulMetrics, GatewayMetrics
 
     page = read_doc(PAGE)
     usage = subprocess.run([str(BIN / "consulgw"), "run", "--help"], capture_output=True, text=True, check=True)
@@ -79,7 +81,9 @@ def test_page_documents_every_flag_and_metric() -> None:
     assert len(flags) > 15
     for flag in sorted(flags):
         assert f"`{flag}" in page, flag
-    for family in GatewayMetrics().registry.collect():
+    consul = CollectorRegistry()
+    ConsulMetrics(consul)
+    for family in [*GatewayMetrics().registry.collect(), *consul.collect()]:
         name = family.name + ("_total" if family.type == "counter" else "")
         assert f"`{name}`" in page, name
 

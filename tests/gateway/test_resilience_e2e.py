@@ -77,7 +77,7 @@ async def test_rolling_restart_of_three_instances_under_load_has_zero_errors(
             ups[i] = await start_upstream(f"v2-{i}", port=up.port)
             ids[i] = await consul.register("svc", up.port, service_id=f"svc-v2-{i}", tags=["gw.route=/"])
             await wait_for(lambda: routed(gateway, "svc", 3))
-            await wait_for(lambda b=served_before: load.ok > b + 20)
+            await wait_for(lambda b=served_before: load.ok > b + 40)  # load runs through every step
     finally:
         await load.stop()
         for up in ups:
@@ -154,7 +154,8 @@ async def test_consul_outage_keeps_routes_and_recovers(
             await consul.register("svc", b.port, tags=["gw.route=/"])  # a change made during the outage
             await relay.start(relay.port)
             await wait_for(lambda: routed(gateway, "svc", 2), timeout=30)
-            assert gateway.status().consul_reachable
+            # Each watch recovers on its own request: the one that routed svc may be first among several.
+            await wait_for(lambda: gateway.status().consul_reachable, timeout=10)
             await b.stop()
         finally:
             await gateway.stop()

@@ -60,6 +60,13 @@ def main(argv: list[str] | None = None) -> None:
                 ]
             )
         )
+    # One service's routes change (its tags were edited): the next table derived from this one.
+    changed = parse_service_routes(parsed[len(parsed) // 2].service, [f"gw.route=/moved-{args.services}"])
+    start = time.perf_counter()
+    for _ in range(builds):
+        table.updated({changed.service: changed})
+    update_s = (time.perf_counter() - start) / builds
+
     lookup = table.lookup
     rounds = max(1, args.repeat // len(requests))
     start = time.perf_counter()
@@ -71,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"services={args.services} routes={len(table.routes)}")
     print(f"parse_all_ms={parse_s * 1e3:.2f}")
     print(f"build_ms={build_s * 1e3:.2f}")
+    print(f"update_one_ms={update_s * 1e3:.2f}")
     print(f"lookup_us={per_lookup * 1e6:.2f}")
 
 

@@ -323,3 +323,61 @@ def _linear_lookup(built: RouteTable, host: str | None, path: str, method: str) 
     if allowed:
         return RouteMatch(kind=MatchKind.METHOD_NOT_ALLOWED, allowed=tuple(sorted(allowed)))
     return RouteMatch(kind=MatchKind.NO_ROUTE)
+
+
+_TAGS = st.lists(
+    st.sampled_from(
+        [
+            "gw.route=/x",
+            "gw.route=/x methods=GET",
+            "gw.route=/x methods=POST",
+            "gw.route=/x/y",
+            "gw.route=h.com/x",
+            "gw.route=h.com/",
+            "gw.route=*.com/x methods=PUT",
+            "gw.route=*.h.com/",
+            "gw.route=/",
+            "gw.route=/bad strip=/nope",
+        ]
+    ),
+    max_size=4,
+)
+_steps = st.lists(
+    st.dictionaries(st.sampled_from(["a", "b", "c", "d", "e"]), st.one_of(st.none(), _TAGS), min_size=1, max_size=3),
+    min_size=1,
+    max_size=6,
+)
+
+
+@given(start=st.dictionaries(st.sampled_from(["a", "b", "c", "d", "e"]), _TAGS), steps=_steps)
+def test_updated_is_the_table_build_makes(
+    start: dict[str, list[str]], steps: list[dict[str, list[str] | None]]
+) -> None:
+    """Each incremental update (services replaced, added, removed) gives exactly the table a full build gives."""
+    current = table(start)
+    services = dict(start)
+    for step in steps:
+        changes = {name: None if tags is None else parse_service_routes(name, tags) for name, tags in step.items()}
+        current = current.updated(changes)
+        for name, tags in step.items():
+            if tags is None:
+                services.pop(name, None)
+            else:
+                services[name] = tags
+        built = table(services)
+        assert current == built
+        assert set(current.services) == set(built.services)  # order: build() sorts, updated() appends
+        for host in (None, "h.com", "a.h.com", "z.com"):
+            for path in ("/", "/x", "/x/y/z", "/bad"):
+                for method in ("GET", "POST", "PUT"):
+                    assert current.lookup(host, path, method) == built.lookup(host, path, method)
+
+
+def test_updated_rejects_routes_filed_under_another_name() -> None:
+    with pytest.raises(ValueError, match="holds the routes of 'b'"):
+        RouteTable().updated({"a": parse_service_routes("b", ["gw.route=/b"])})
+
+
+def test_updated_without_changes_is_the_same_table() -> None:
+    routes = table(ROUTES)
+    assert routes.updated({}) is routes
