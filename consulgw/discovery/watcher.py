@@ -300,18 +300,18 @@ class CatalogWatcher:
                 try:
                     async with self._request():
                         result = await fetch(index.index)
-                except ConsulPermissionDenied as exc:
-                    if on_denied is None:
-                        raise
-                    # Consul answered: it is reachable, this token just may not read this. Not a failing watch.
-                    index.fail()
-                    self._last_success = self._clock.monotonic()
-                    self._failing.discard(token)
-                    backoff.success()
-                    on_denied(exc)
-                    await self._clock.sleep(min(DENIED_RETRY, self._wait))
-                    continue
                 except DiscoveryError as exc:
+                    if on_denied is not None and isinstance(exc, ConsulPermissionDenied):
+                        # Consul answered: it is reachable, this token just may not read this. Not a failing watch.
+                        index.fail()
+                        self._last_success = self._clock.monotonic()
+                        self._failing.discard(token)
+                        backoff.success()
+                        on_denied(exc)
+                        await self._clock.sleep(min(DENIED_RETRY, self._wait))
+                        continue
+                    # Any other failure, a 403 included where nothing is expected to be hidden from the token (the
+                    # catalog, health): logged, counted, retried with backoff; the watcher never stops for it.
                     index.fail()
                     retry_in = backoff.failure()
                     self._errors += 1

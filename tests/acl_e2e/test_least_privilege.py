@@ -133,6 +133,12 @@ async def test_gateway_with_a_token_consul_does_not_know_is_never_ready(acl_stac
             return "ACL not found" in log.read_text(errors="replace")
 
         await poll(failing, "the gateway to log Consul's refusal")
+
+        async def answering() -> bool:  # the watcher starts before the admin listener: its refusal may come first
+            status, _, _ = await _get(gw.admin_url + "/-/ready")
+            return status != 0
+
+        await poll(answering, "the admin listener")
         status, _, body = await _get(gw.admin_url + "/-/ready")
         assert status == 503
         assert json.loads(body)["ready"] is False
