@@ -11,8 +11,9 @@ import logging
 import os
 import sys
 import threading
+import time
 import weakref
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import orjson
@@ -56,6 +57,30 @@ def _dumps(obj: Any, **kw: Any) -> str:
         return orjson.dumps(obj, default=kw.get("default"), option=_ORJSON_OPTIONS).decode()
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return json.dumps(obj, **kw)
+
+
+class UtcTimestamp:
+    """structlog processor: ``timestamp`` in ISO 8601 UTC with microseconds, ``2026-12-05T22:03:12.568057Z``.
+
+    The format of ``TimeStamper(fmt="iso", utc=True)`` (except that a whole second keeps its ``.000000``), at a
+    fraction of its cost: the date and time of day are formatted once per second and only the microseconds per
+    line (a ``datetime`` built and formatted per access line was 7 us of the ~220 us a proxied request costs).
+    ``now`` is the wall clock (injected for tests).
+    """
+
+    __slots__ = ("_cached", "_now")
+
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
+        self._now = now
+        self._cached = (-1, "")  # (whole second, its "YYYY-MM-DDTHH:MM:SS"), replaced whole: threads may log too
+
+    def __call__(self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        second, micros = divmod(round(self._now() * 1_000_000), 1_000_000)  # rounded as datetime rounds
+        cached = self._cached
+        if cached[0] != second:
+            cached = self._cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        event_dict["timestamp"] = f"{cached[1]}.{micros:06d}Z"
+        return event_dict
 
 
 class BufferedLines:
@@ -225,7 +250,7 @@ def configure_logging(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            UtcTimestamp(),
             structlog.processors.format_exc_info,
             redact_secrets,  # after format_exc_info: a traceback's messages are scrubbed too
             renderer,
@@ -249,7 +274,7 @@ def access_logger(name: str = "consulgw.access") -> Any:
     renderer = processors[-1]
     lean = [
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        UtcTimestamp(),
         renderer,
     ]
     return structlog.wrap_logger(

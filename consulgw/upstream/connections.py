@@ -4,7 +4,9 @@
   or opens a new one. There is no cap on connections in use: a gateway must not queue requests behind an arbitrary
   pool size (the upstream's own limits and the policy's timeouts bound them).
 * Idle connections are bounded per endpoint (``max_idle``; the oldest is closed) and in time (``idle_timeout``,
-  which should stay below the upstream's own keep-alive timeout, so the gateway is the side that closes).
+  which should stay below the upstream's own keep-alive timeout, so the gateway is the side that closes). Expiry is
+  one sweep timer per endpoint, not a timer per idle period: arming and cancelling a timer for every request cost
+  more than the rest of the pool's work (about 2 us each on uvloop).
 * A connection that the upstream closed while idle is noticed (``connection_lost``/EOF) and never handed out.
   The race that remains, the upstream closing just as a request is written, is what the transport's single retry
   on a fresh connection is for.
@@ -45,14 +47,14 @@ class Endpoint:
 
 
 class EndpointPool:
-    __slots__ = ("_closed", "_endpoint", "_idle", "_limits", "_loop", "_ssl", "_timers", "in_use")
+    __slots__ = ("_closed", "_endpoint", "_idle", "_limits", "_loop", "_ssl", "_sweeper", "in_use")
 
     def __init__(self, endpoint: Endpoint, limits: PoolLimits, ssl_context: ssl.SSLContext | None) -> None:
         self._endpoint = endpoint
         self._limits = limits
         self._ssl = ssl_context if endpoint.scheme == "https" else None
-        self._idle: collections.deque[Http1Connection] = collections.deque()
-        self._timers: dict[Http1Connection, asyncio.TimerHandle] = {}
+        self._idle: collections.deque[Http1Connection] = collections.deque()  # oldest first (by idle_since)
+        self._sweeper: asyncio.TimerHandle | None = None  # due when the oldest idle connection expires
         self._loop = asyncio.get_running_loop()
         self._closed = False
         self.in_use = 0
@@ -66,9 +68,6 @@ class EndpointPool:
         idle = self._idle
         while idle:
             conn = idle.pop()
-            timer = self._timers.pop(conn, None)
-            if timer is not None:
-                timer.cancel()
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 self.in_use += 1
                 conn.lease()
@@ -110,28 +109,29 @@ class EndpointPool:
             return
         idle = self._idle
         if len(idle) >= self._limits.max_idle:
-            oldest = idle.popleft()
-            timer = self._timers.pop(oldest, None)
-            if timer is not None:
-                timer.cancel()
-            oldest.close()
+            idle.popleft().close()
+        conn.idle_since = now = self._loop.time()
         idle.append(conn)
-        self._timers[conn] = self._loop.call_later(self._limits.idle_timeout, self._expire, conn)
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_at(now + self._limits.idle_timeout, self._sweep)
 
-    def _expire(self, conn: Http1Connection) -> None:
-        self._timers.pop(conn, None)
-        try:
-            self._idle.remove(conn)
-        except ValueError:
-            return
-        conn.close()
+    def _sweep(self) -> None:
+        """Close the connections idle for ``idle_timeout``; come back when the next one is due."""
+        self._sweeper = None
+        idle = self._idle
+        timeout = self._limits.idle_timeout
+        now = self._loop.time()
+        while idle and now - idle[0].idle_since >= timeout:
+            idle.popleft().close()
+        if idle and not self._closed:
+            self._sweeper = self._loop.call_at(idle[0].idle_since + timeout, self._sweep)
 
     def close(self) -> list[asyncio.Future[None]]:
         """Close every idle connection; returns futures done when their sockets are gone."""
         self._closed = True
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         lost = []
         while self._idle:
             conn = self._idle.pop()

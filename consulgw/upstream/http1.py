@@ -91,6 +91,7 @@ class Http1Connection(asyncio.Protocol, SpoolProducer):
         self.closed = False
         self.lost: asyncio.Future[None] = self._loop.create_future()  # done when the socket is really gone
         self.exchanges = 0  # exchanges completed on this connection (0: fresh)
+        self.idle_since = 0.0  # loop time it was last put back in its pool (the pool's expiry sweep reads it)
         self._parser: httptools.HttpResponseParser | None = None
         self._active = False
         self._method = ""
@@ -114,7 +115,8 @@ class Http1Connection(asyncio.Protocol, SpoolProducer):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._read_timeout = 0.0
         self._last_read = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the read timer; outlives exchanges (see _arm_timer)
+        self._timer_at = 0.0
         self._reading_paused = False
         self._tunnel: Callable[[bytes], None] | None = None
         self._tunnel_early: list[bytes] = []
@@ -420,8 +422,7 @@ class Http1Connection(asyncio.Protocol, SpoolProducer):
             self._arm_timer()
 
     def _complete(self) -> None:
-        self._body_done = True
-        self._cancel_timer()
+        self._body_done = True  # the read timer stays: it finds the connection idle when it fires and lapses
         spool = self._spool
         if spool is not None:
             spool.feed_eof()
@@ -489,10 +490,22 @@ class Http1Connection(asyncio.Protocol, SpoolProducer):
             waiter.set_result(head)
 
     def _arm_timer(self) -> None:
+        """Make sure the read timer fires by ``last read + read timeout``.
+
+        One timer serves many exchanges of a kept-alive connection: when it fires it compares the time of the last
+        byte read with the timeout and either fails the exchange, re-arms itself for the new deadline, or lapses
+        (no exchange is waiting). Arming and cancelling a timer per request cost about 2 us each on uvloop.
+        """
         if self._read_timeout <= 0 or self._reading_paused:
             return
-        self._cancel_timer()
-        self._timer = self._loop.call_at(self._last_read + self._read_timeout, self._on_timer)
+        deadline = self._last_read + self._read_timeout
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= deadline:
+                return  # it fires first and checks again
+            timer.cancel()  # a shorter timeout than the previous exchange's
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -501,13 +514,14 @@ class Http1Connection(asyncio.Protocol, SpoolProducer):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if not self._active or self._reading_paused:
+        if not self._active or self._reading_paused or self._body_done:
             return
         idle = self._loop.time() - self._last_read
         if idle >= self._read_timeout:
             self._fail(ReadTimeout(f"no data for {self._read_timeout:g} s"))
         else:
-            self._timer = self._loop.call_at(self._last_read + self._read_timeout, self._on_timer)
+            self._timer_at = self._last_read + self._read_timeout
+            self._timer = self._loop.call_at(self._timer_at, self._on_timer)
 
 
 def _noop() -> None:

@@ -208,6 +208,36 @@ async def test_a_connection_that_sends_no_head_in_time_is_closed(guarded: Gatewa
     assert guarded.connections.timed_out >= 2
 
 
+async def test_a_kept_alive_connection_has_header_timeout_for_each_head(
+    guarded: Gateway, consul: Consul, worker_upstream: Any
+) -> None:
+    """Requests answered on one connection for longer than the header timeout, then half a head: a 408 in time.
+    (The guard keeps one timer per connection and checks the time when it fires, instead of a timer per request.)"""
+    up = await worker_upstream(1)
+    await consul.register("kept", up.port, tags=["gw.route=/"])
+    await wait_for(lambda: routed(guarded, "kept", 1))
+    reader, writer = await asyncio.open_connection("127.0.0.1", guarded.port)
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while loop.time() - start < 2.5 * LIMITS.header_timeout:  # heads keep arriving, each promptly
+            writer.write(b"GET /kept HTTP/1.1\r\nHost: t\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(
+                next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")).split(b":")[1]
+            )
+            await reader.readexactly(length)
+            await asyncio.sleep(0.1)
+        sent = loop.time()
+        writer.write(b"GET /kept HTTP/1.1\r\nHost: t\r\nX-Slow: ")  # half a head, then silence
+        answer = await asyncio.wait_for(reader.read(), 10)
+        assert answer.startswith(b"HTTP/1.1 408")
+        assert loop.time() - sent < 3 * LIMITS.header_timeout
+    finally:
+        writer.close()
+
+
 async def test_connections_beyond_the_cap_are_refused_not_queued(
     gateway_factory: Callable[..., Awaitable[Gateway]],
     consul: Consul,
