@@ -33,7 +33,7 @@ from pathlib import Path
 from harness import stack
 from harness.http import Client, Consul, HttpError
 from harness.procs import Component, ComponentFailed, Supervisor, free_port, http_status
-from harness.throughput import Series, Target, run_rounds
+from harness.throughput import Series, Target, cpu_us_per_request, run_rounds
 
 UPSTREAM = """
 import asyncio, json, sys
@@ -196,21 +196,22 @@ def run_answers(
 
 def table(series: dict[str, Series]) -> str:
     rows = [
-        "| target | req/s median (min-max) | p50 ms | p99 ms | gateway CPU % | others' CPU % | non-2xx / socket errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| target | req/s median (min-max) | p50 ms | p99 ms | gateway CPU % | CPU us/req | others' CPU % | non-2xx / socket errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in series.values():
         rps = s.values(lambda x: x.result.requests_per_s)
         p50 = s.median(lambda x: x.result.p50_ms)
         p99 = s.median(lambda x: x.result.p99_ms)
         cpu = s.median(lambda x: x.cpu_pct)
+        per_request = s.median(cpu_us_per_request)
         others = s.median(lambda x: x.other_cpu_pct)
         bad = sum(x.result.non_2xx for x in s.samples), sum(x.result.socket_errors for x in s.samples)
         rows.append(
             f"| {s.target.label} | {statistics.median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) "
-            f"| {p50:.2f} | {p99:.2f} | {_pct(cpu)} | {_pct(others)} | {bad[0]} / {bad[1]} |"
+            f"| {p50:.2f} | {p99:.2f} | {_pct(cpu)} | {_pct(per_request)} | {_pct(others)} | {bad[0]} / {bad[1]} |"
             if p50 is not None and p99 is not None
-            else f"| {s.target.label} | - | - | - | - | - | - |"
+            else f"| {s.target.label} | - | - | - | - | - | - | - |"
         )
     return "\n".join(rows) + "\n"
 

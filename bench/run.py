@@ -22,14 +22,15 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from harness import discovery, report, stack, wrk
+import answers
+from harness import discovery, report, stack, traffic, wrk
 from harness import profile as prof
 from harness.http import Client, Consul, HttpError
 from harness.procs import ComponentFailed, Supervisor, http_status
 from harness.throughput import Target, ratio, run_rounds
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("throughput", "profile", "convergence", "scale", "consul")
+SECTIONS = ("throughput", "profile", "answers", "convergence", "scale", "consul")
 # HS256 needs a secret of at least 32 bytes (RFC 7518 section 3.2); the gateway rejects shorter ones.
 SECRET = "consulgw-bench-hs256-secret-0123456789"
 # The project's bar (issue 8), shown against every run: (target, what is compared, bar).
@@ -211,13 +212,27 @@ def main(argv: list[str] | None = None) -> int:
     info = report.machine()
     workdir = Path(tempfile.mkdtemp(prefix="consulgw-bench-"))
     print(f"bench: working directory {workdir}", flush=True)
-    parts: dict[str, str | None] = dict.fromkeys(("throughput", "logging", "convergence", "scale", "consul", "profile"))
+    parts: dict[str, str | None] = dict.fromkeys(
+        ("throughput", "logging", "answers", "convergence", "scale", "consul", "profile")
+    )
     try:
         with Supervisor() as sup:
             nginx = stack.start_nginx(sup, tools["nginx"], workdir)
             stack.expect_upstream(nginx.upstream_url + "/")
             if sections & {"throughput", "profile"}:
                 run_data_path(sup, args, sections, workdir, nginx, parts)
+            if "answers" in sections:
+                parts["answers"] = answers.run_answers(
+                    sup,
+                    workdir=workdir,
+                    upstream_url=nginx.upstream_url,
+                    rounds=args.rounds,
+                    duration=args.duration,
+                    warmup=args.warmup,
+                    threads=args.threads,
+                    connections=args.connections,
+                    max_others_cpu=args.max_others_cpu,
+                )
             if sections & {"convergence", "scale"}:
                 run_discovery(sup, args, sections, steps, workdir, nginx, parts)
             if "consul" in sections:
@@ -244,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         settings=settings,
         throughput=parts["throughput"],
         logging_cost=parts["logging"],
+        answers=parts["answers"],
         convergence=parts["convergence"],
         scale=parts["scale"],
         consul=parts["consul"],
@@ -274,6 +290,7 @@ def run_data_path(
     consul.register(name="bench", service_id="bench-1", port=nginx.upstream_port, tags=["gw.route=/"])
     consul.register(name="benchpol", service_id="benchpol-1", port=nginx.upstream_port, tags=["gw.route=/pol"])
     consul.put_kv("consulgw/services/benchpol", json.dumps(POLICY).encode())
+    traffic.register(consul, nginx.upstream_port)  # split + sticky + mirror (issue 9), measured on the "gw" gateway
     consul.close()
     # The logging gateway starts first: if the gateway cannot start, its log says why.
     gw_log = stack.start_gateway(
@@ -288,9 +305,10 @@ def run_data_path(
         redis_url=args.redis,
         extra=("--workers", "2"),
     )
-    want = {"/": "bench", "/pol": "benchpol"}
+    want = {"/": "bench", "/pol": "benchpol", traffic.PREFIX: traffic.SERVICE}
     for started in (gw_log, gw, gw2):
         _wait_routes(started, want, "benchpol")
+    traffic.wait_in_force(gw)
     token = _token()
     auth = {"Authorization": f"Bearer {token}"}
     for url in (nginx.proxy_url + "/", relay_url + "/", naive_url + "/", gw.url + "/", gw_log.url + "/", gw2.url + "/"):
@@ -312,6 +330,7 @@ def run_data_path(
             headers=header,
             pid=gw.component.pid,
         ),
+        traffic.target(gw),
         Target(
             key="gw_log",
             label="consulgw, no policy, JSON log to a file",

@@ -369,7 +369,7 @@ def test_a_small_real_run_produces_its_tables() -> None:
             sys.executable,
             str(BENCH / "run.py"),
             "--only",
-            "throughput,convergence,scale",
+            "throughput,answers,convergence,scale",
             "--rounds",
             "1",
             "--duration",
@@ -398,7 +398,11 @@ def test_a_small_real_run_produces_its_tables() -> None:
     for row in ("| nginx proxy |", "| raw relay (uvloop + httptools): the ceiling |", "| naive aiohttp proxy (uvloop)"):
         assert row in proc.stdout
     assert "| consulgw, no policy, --workers 2 (2 processes) |" in proc.stdout
+    assert "| consulgw, split 90/10 + sticky + mirror 100% |" in proc.stdout
     assert "Against the bar" in proc.stdout
+    assert "### Answers the gateway makes itself (cache, composite)" in proc.stdout
+    for row in ("| cache hit (memory) |", "| composite: 5 + 10 + 20 ms calls |"):
+        assert row in proc.stdout
     assert "### Consul change -> route in force" in proc.stdout
     assert "| 3 x 2 |" in proc.stdout
     assert "failures" in proc.stdout

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.discovery import Convergence, ScalePoint, percentile
-from harness.throughput import Series, p99_ratio, ratio
+from harness.throughput import Series, cpu_us_per_request, p99_ratio, ratio
 
 BEGIN = "<!-- bench:begin -->"
 END = "<!-- bench:end -->"
@@ -50,8 +50,8 @@ def _ratio(series: dict[str, Series], key: str, ref: str, *, p99: bool = False) 
 
 def throughput_table(series: dict[str, Series], *, naive: str, nginx: str) -> str:
     rows = [
-        "| target | req/s median (min-max) | p50 ms | p99 ms | x naive proxy | x nginx proxy | p99 x naive | target CPU % | others' CPU % | RSS MiB | non-2xx / socket errors | runs with foreign load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | req/s median (min-max) | p50 ms | p99 ms | x naive proxy | x nginx proxy | p99 x naive | target CPU % | CPU us/req | others' CPU % | RSS MiB | non-2xx / socket errors | runs with foreign load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, s in series.items():
         rps = s.values(lambda x: x.result.requests_per_s)
@@ -61,7 +61,8 @@ def throughput_table(series: dict[str, Series], *, naive: str, nginx: str) -> st
             f"| {s.target.label} | {statistics.median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) "
             f"| {_f(s.median(lambda x: x.result.p50_ms))} | {_f(s.median(lambda x: x.result.p99_ms))} "
             f"| {_ratio(series, key, naive)} | {_ratio(series, key, nginx)} | {_ratio(series, key, naive, p99=True)} "
-            f"| {_f(cpu, '{:.0f}')} | {_f(s.median(lambda x: x.other_cpu_pct), '{:.0f}')} "
+            f"| {_f(cpu, '{:.0f}')} | {_f(s.median(cpu_us_per_request), '{:.0f}')} "
+            f"| {_f(s.median(lambda x: x.other_cpu_pct), '{:.0f}')} "
             f"| {_f(s.median(lambda x: x.rss_kib / 1024 if x.rss_kib else None), '{:.0f}')} | {bad[0]} / {bad[1]} | {sum(1 for x in s.samples if x.foreign_load)} |"
         )
     return "\n".join(rows) + "\n"
@@ -162,6 +163,7 @@ def render(
     scale: str | None,
     profile: str | None,
     consul: str | None = None,
+    answers: str | None = None,
 ) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
@@ -177,6 +179,8 @@ def render(
         out += ["### Throughput and latency", "", throughput]
     if logging_cost:
         out += [logging_cost, ""]
+    if answers:
+        out += ["### Answers the gateway makes itself (cache, composite)", "", answers]
     if convergence:
         out += ["### Consul change -> route in force", "", convergence]
     if scale:

@@ -34,6 +34,15 @@ class Sample:
     other_cpu_pct: float  # CPU used by processes this harness did not start (% of one core)
 
 
+def cpu_us_per_request(sample: Sample) -> float | None:
+    """CPU microseconds the target spent per request served in a run: its cost, whatever else the machine did
+    (throughput moves with other people's load on a shared machine; CPU per request much less)."""
+    rps = sample.result.requests_per_s
+    if sample.cpu_pct is None or not rps:
+        return None
+    return sample.cpu_pct / 100 / rps * 1e6
+
+
 @dataclass(slots=True)
 class Series:
     target: Target
