@@ -313,17 +313,7 @@ class CatalogWatcher:
                     # Any other failure, a 403 included where nothing is expected to be hidden from the token (the
                     # catalog, health): logged, counted, retried with backoff; the watcher never stops for it.
                     index.fail()
-                    retry_in = backoff.failure()
-                    self._errors += 1
-                    self._failing.add(token)
-                    self._log.warning(
-                        "consul_watch_failed",
-                        endpoint=endpoint,
-                        error=str(exc),
-                        retry_in=round(retry_in, 3),
-                        failures=backoff.failures,
-                    )
-                    await self._backoff(retry_in)
+                    await self._failed(token, endpoint, exc, backoff)
                     continue
                 self._succeeded(token, endpoint, backoff)
                 step = index.advance(result.index)
@@ -335,6 +325,20 @@ class CatalogWatcher:
                 bucket = moved if changed or (step.previous and step.returned > step.previous) else still
         finally:
             self._failing.discard(token)  # a stopped watch no longer counts against reachability
+
+    async def _failed(self, token: object, endpoint: str, exc: DiscoveryError, backoff: Backoff) -> None:
+        """A request of a watch or reader failed: counted, logged, and waited out with backoff."""
+        retry_in = backoff.failure()
+        self._errors += 1
+        self._failing.add(token)
+        self._log.warning(
+            "consul_watch_failed",
+            endpoint=endpoint,
+            error=str(exc),
+            retry_in=round(retry_in, 3),
+            failures=backoff.failures,
+        )
+        await self._backoff(retry_in)
 
     def _succeeded(self, token: object, endpoint: str, backoff: Backoff) -> None:
         self._last_success = self._clock.monotonic()
@@ -596,17 +600,7 @@ class CatalogWatcher:
                 except DiscoveryError as exc:
                     if job.kind == "read":
                         self._coverage.need_read(job.name)  # read it again after the backoff
-                    retry_in = backoff.failure()
-                    self._errors += 1
-                    self._failing.add(token)
-                    self._log.warning(
-                        "consul_watch_failed",
-                        endpoint=endpoint,
-                        error=str(exc),
-                        retry_in=round(retry_in, 3),
-                        failures=backoff.failures,
-                    )
-                    await self._backoff(retry_in)
+                    await self._failed(token, endpoint, exc, backoff)
                     continue
                 self._succeeded(token, endpoint, backoff)
                 if job.name not in self._coverage or job.name in self._watches:
