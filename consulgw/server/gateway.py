@@ -354,6 +354,7 @@ class Gateway:
                 openapi=openapi,
                 history=history,
                 record_consul=record_consul,
+                failover=self._failover,
             )
         )
         self._admin = web.AppRunner(admin_app, access_log=None, shutdown_timeout=2.0)
