@@ -3,13 +3,14 @@
 
 Marking every dc1 instance critical moves traffic to dc2 and no request fails once it has moved; restoring dc1 moves
 it back only after ``failback_after``; deregistering every dc1 instance keeps the route, served by dc2; an invalid
-``failover`` edit is refused naming key, path and value, and the previous policy keeps working. With ``--workers``
-the same happens through the supervisor's fanout (tests/commands run it as processes: see
-``test_failover_with_two_workers``).
+``failover`` edit is refused naming key, path and value, and the previous policy keeps working. With ``--workers 2``
+(real processes) the remote snapshots reach both workers through the supervisor's fanout and both fail over
+(``test_two_workers_fail_over_together``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +22,9 @@ import pytest
 from consulgw.devagent import DevAgent
 from consulgw.server.gateway import Gateway
 from tests.gateway.conftest import Consul, gateway_settings_for, routed
+from tests.gateway.test_resilience_e2e import _ready
 from tests.policy_e2e.conftest import admin_routes, metric_value, put_policy, unique, wait_for, wait_policy
+from tests.support.processes import gateway_process
 
 from .support import fetch, fetch_many
 
@@ -218,3 +221,52 @@ async def test_an_invalid_failover_edit_is_refused_and_the_previous_policy_keeps
         return reply.upstream == "dc2-1" and reply.headers.get("X-Gateway-Datacenter") == "dc2"
 
     await wait_for(in_dc2)
+
+
+async def _fresh(url: str) -> tuple[int, str | None, str | None]:
+    """One request on a new connection, so the kernel may hand it to either worker."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http, http.get(url) as resp:
+        await resp.read()
+        return resp.status, resp.headers.get("X-Upstream"), resp.headers.get("X-Gateway-Datacenter")
+
+
+async def test_two_workers_fail_over_together(
+    two_datacenters: tuple[DevAgent, DevAgent], http: aiohttp.ClientSession, upstreams: Callable[..., Awaitable[Any]]
+) -> None:
+    dc1, dc2 = (Consul(http, agent.url) for agent in two_datacenters)
+    service = unique("web")
+    await put_policy(dc1, service, {"failover": {"datacenters": ["dc2"], "response_header": True}})
+    local = await upstreams("dc1-1")
+    remote = await upstreams("dc2-1")
+    sid = await dc1.register(service, local.port, tags=[f"gw.route=/{service}"])
+    async with gateway_process(two_datacenters[0].url, "--workers", "2") as gw:
+        await wait_for(lambda: _ready(http, gw.admin_url), timeout=30)
+        url = f"{gw.url}/{service}/x"
+
+        async def all_local() -> bool:
+            replies = [await _fresh(url) for _ in range(8)]
+            return set(replies) == {(200, "dc1-1", "dc1")}
+
+        await wait_for(all_local, timeout=20)
+        await dc2.register(service, remote.port, tags=[f"gw.route=/{service}"])
+
+        async def remote_pooled() -> bool:  # in every worker: ask several times on fresh connections
+            for _ in range(6):
+                connector = aiohttp.TCPConnector(force_close=True)
+                async with aiohttp.ClientSession(connector=connector) as fresh:
+                    routes = await admin_routes(fresh, gw.admin_url)
+                if routes["services"].get(service, {}).get("datacenter_pools", {}).get("dc2") != 1:
+                    return False
+            return True
+
+        await wait_for(remote_pooled, timeout=20)
+        await dc1.check(sid, "critical")
+
+        async def all_remote() -> bool:
+            replies = [await _fresh(url) for _ in range(8)]
+            return set(replies) == {(200, "dc2-1", "dc2")}
+
+        await wait_for(all_remote, timeout=20)
+        replies = await asyncio.gather(*(_fresh(url) for _ in range(40)))
+        assert set(replies) == {(200, "dc2-1", "dc2")}  # every worker serves from dc2
