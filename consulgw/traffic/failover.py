@@ -54,8 +54,10 @@ def decide(policy: FailoverPolicy, previous: Serving, local: int, remote: Mappin
         if local_ok or first_remote is None:
             return previous if previous.local_healthy_since is None else Serving()
         return Serving(first_remote)
-    if not local_ok:  # failed over and staying: the best remote datacenter now, else the one we had
-        return Serving(first_remote if first_remote is not None else previous.datacenter)
+    if not local_ok:  # failed over and staying: the best remote datacenter now, else the one we had (if still listed)
+        if first_remote is not None:
+            return Serving(first_remote)
+        return Serving(previous.datacenter if previous.datacenter in policy.datacenters else LOCAL)
     if first_remote is None:
         return Serving()  # no remote datacenter can serve, the local one can: come back now
     since = previous.local_healthy_since if previous.local_healthy_since is not None else now
@@ -79,7 +81,11 @@ class FailoverBoard:
 
     def serving(self, service: str, policy: FailoverPolicy, pool: ServicePool | None) -> str:
         """The datacenter that serves ``service`` now ("" = local), updating its state from the pool's counts."""
-        previous = self._states.get(service, Serving())
+        previous = self._states.get(service)
+        if previous is None:  # first judged: report who serves (the local datacenter) before any switch
+            previous = self._states[service] = Serving()
+            if self._on_switch is not None:
+                self._on_switch(service, LOCAL, LOCAL)
         remote = {dc: routable(pool.remote(dc)) for dc in policy.datacenters} if pool is not None else {}
         state = decide(policy, previous, routable(pool), remote, self._clock.monotonic())
         if state != previous:
@@ -125,7 +131,8 @@ class FailoverStep:
             name = (pool.datacenter if pool is not None else "") or "local"
             return await call_next(ctx.replace(response_edits=ctx.response_edits.merged(_header(name))))
         remote = pool.remote(dc)
-        assert remote is not None  # the board chose it because it has members
+        if remote is None:  # (the board only picks a datacenter whose pool it has counted: never None)
+            return await call_next(ctx)
         previous = ctx.target
         target = Target(
             pool=remote,

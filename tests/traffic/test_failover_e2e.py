@@ -90,7 +90,9 @@ async def test_failover_to_dc2_and_back_after_failback_after(
         (200, True, "dc1")
     }
     assert await metric_value(http, gateway.admin_url, "consulgw_failover_active", service=service,
-                              datacenter="dc2") in (None, 0.0)  # fmt: skip
+                              datacenter="dc1") == 1.0  # fmt: skip
+    assert await metric_value(http, gateway.admin_url, "consulgw_failover_active", service=service,
+                              datacenter="dc2") is None  # fmt: skip
 
     # Every dc1 instance critical: dc2 serves, and no request fails once it does.
     for sid in local_ids:

@@ -50,6 +50,7 @@ POLICY = FailoverPolicy(datacenters=("dc2", "dc3"), min_healthy=2, failback_afte
         pytest.param(Serving("dc2"), 0, {"dc2": 0, "dc3": 4}, 1.0, Serving("dc3"), id="dc2-dies-moves-to-dc3"),
         pytest.param(Serving("dc3"), 0, {"dc2": 4, "dc3": 4}, 1.0, Serving("dc2"), id="prefers-list-order-again"),
         pytest.param(Serving("dc2"), 0, {"dc2": 0, "dc3": 0}, 1.0, Serving("dc2"), id="all-down-keeps-the-last"),
+        pytest.param(Serving("dc9"), 0, {"dc2": 0}, 1.0, Serving(), id="all-down-last-no-longer-listed-local"),
         pytest.param(Serving("dc2", 1.0), 3, {"dc2": 0, "dc3": 1}, 2.0, Serving(), id="remote-gone-local-ok-back-now"),
     ],
 )
@@ -102,7 +103,7 @@ def test_board_switches_and_fails_back_on_the_injected_clock() -> None:
     assert board.serving("web", policy, pools.pool("web")) == "dc2"
     clock.advance(0.1)
     assert board.serving("web", policy, pools.pool("web")) == ""
-    assert switches == [("web", "", "dc2"), ("web", "dc2", "")]
+    assert switches == [("web", "", ""), ("web", "", "dc2"), ("web", "dc2", "")]  # first: who serves
     pools.update("web", (), "round_robin", remote=remote)  # every local instance deregistered
     assert board.serving("web", policy, pools.pool("web")) == "dc2"
     board.forget("web")  # the policy lost its failover section: served locally again, and reported
