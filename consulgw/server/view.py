@@ -312,7 +312,7 @@ class ViewBuilder:
                 routes = old.routes  # the last good routes, from the local tags
             else:
                 routes = _remote_routes(name, remote, tag_prefix=self._tag_prefix, compat=self._compat)
-        elif old is not None and old.snapshot.tags == svc.tags and old.snapshot.instances:
+        elif old is not None and old.snapshot.tags == svc.tags and not _kept_by_failover(old):
             routes = old.routes
         else:
             routes = parse_service_routes(
@@ -432,6 +432,11 @@ async def pause() -> None:
     """
     await asyncio.sleep(0)
     await asyncio.sleep(0)
+
+
+def _kept_by_failover(entry: ServiceEntry) -> bool:
+    """An entry kept for failover alone (no local instance): its routes did not come from its (empty) tags."""
+    return not entry.snapshot.instances and any(entry.remote.values())
 
 
 def _remote_routes(

@@ -272,3 +272,20 @@ async def test_two_workers_fail_over_together(
         await wait_for(all_remote, timeout=20)
         replies = await asyncio.gather(*(_fresh(url) for _ in range(40)))
         assert set(replies) == {(200, "dc2-1", "dc2")}  # every worker serves from dc2
+
+
+async def test_a_service_only_in_the_failover_datacenter_is_routed_by_its_remote_tags(
+    two_datacenters: tuple[DevAgent, DevAgent],
+    gateway_dc1: Gateway,
+    http: aiohttp.ClientSession,
+    upstreams: Callable[..., Awaitable[Any]],
+) -> None:
+    dc1, dc2 = (Consul(http, agent.url) for agent in two_datacenters)
+    gateway = gateway_dc1
+    service = unique("web")
+    await put_policy(dc1, service, {"failover": {"datacenters": ["dc2"], "response_header": True}})
+    remote = await upstreams("dc2-1")
+    await dc2.register(service, remote.port, tags=[f"gw.route=/{service}"])
+    await wait_for(lambda: remote_pool(gateway, service, "dc2") == 1)
+    reply = await fetch(http, f"{gateway.url}/{service}/a")
+    assert (reply.status, reply.upstream, reply.headers["X-Gateway-Datacenter"]) == (200, "dc2-1", "dc2")
