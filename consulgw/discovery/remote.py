@@ -27,6 +27,7 @@ from consulgw.errors import DiscoveryError
 from consulgw.model.snapshot import ServiceSnapshot
 
 Pair = tuple[str, str]  # (service, datacenter)
+MOVED_RATE = 10.0  # requests per second after an answer that moved the index (the local watcher's default)
 
 
 class RemoteWatches:
@@ -119,7 +120,9 @@ class RemoteWatches:
         endpoint = f"/v1/health/service/{name}?dc={dc}"
         index = BlockingIndex()
         backoff = Backoff(self._rng, base=self._min_backoff, cap=self._max_backoff)
-        bucket = TokenBucket(self._clock, rate=self._rate, burst=self._burst)
+        still = TokenBucket(self._clock, rate=self._rate, burst=self._burst)
+        moved = TokenBucket(self._clock, rate=MOVED_RATE, burst=10)  # as the local watches: real changes read fast
+        bucket = still
         first = True
         while True:
             if not first:
@@ -155,6 +158,8 @@ class RemoteWatches:
             old = self._snapshots.get(pair)
             if self._tasks.get(pair) is not asyncio.current_task():
                 return  # no longer wanted
-            if old is None or old.instances != instances:
+            changed = old is None or old.instances != instances
+            bucket = moved if changed or (step.previous and step.returned > step.previous) else still
+            if changed:
                 self._snapshots[pair] = ServiceSnapshot(name=name, index=max(result.index, 1), instances=instances)
                 self._changed(name)
