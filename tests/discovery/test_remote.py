@@ -103,3 +103,17 @@ async def _socketpair() -> tuple[
 
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     return await asyncio.open_unix_connection(sock=a), await asyncio.open_unix_connection(sock=b)
+
+
+async def test_a_datacenter_that_goes_away_keeps_its_last_answer(
+    federated: tuple[DevAgent, DevAgent], session: aiohttp.ClientSession, start_watcher: Callable[..., Running]
+) -> None:
+    dc1, dc2 = federated
+    await Agent(dc2.url, session).register("web", service_id="web-dc2", port=9000)
+    run = start_watcher(dc1.url)
+    run.watcher.watch_remote(frozenset({("web", "dc2")}))
+    held = await run.recorder.wait_for(lambda s: ("web", "dc2") in s.remote)
+    await dc2.stop()  # dc1 answers 500 "Remote DC has no server currently reachable" from now on
+    await eventually(lambda: run.watcher.status.remote_failing == 1)
+    assert run.recorder.last.remote[("web", "dc2")] is held.remote[("web", "dc2")]
+    assert run.watcher.status.consul_reachable  # the local datacenter is fine
