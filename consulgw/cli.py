@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--node", metavar="NAME", help="node name (default: node_name, else this host's name)")
     agent.add_argument("--datacenter", metavar="DC", help="datacenter name (default: datacenter, else dc1)")
     agent.add_argument(
+        "--wan-peer",
+        action="append",
+        metavar="DC=URL",
+        help="another dev agent's datacenter, e.g. dc2=http://127.0.0.1:8501 (repeatable): ?dc=DC is answered there",
+    )
+    agent.add_argument(
         "--config-file",
         action="append",
         metavar="PATH",

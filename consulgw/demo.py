@@ -87,6 +87,18 @@ INSTANCES = (
 )
 
 
+# Multi-datacenter failover (``consulgw demo`` only: it runs a second dev agent as datacenter dc2, federated with
+# --wan-peer): inventory's dc1 instance is in maintenance, so dc2's instance serves it.
+FAILOVER_SERVICE = "inventory"
+FAILOVER_POLICY: dict[str, object] = {
+    "failover": {"datacenters": ["dc2"], "failback_after": "5s", "response_header": True}
+}
+FAILOVER_INSTANCES = (
+    DemoInstance(service=FAILOVER_SERVICE, instance="inventory-dc1", tags=("gw.route=/inventory",)),
+    DemoInstance(service=FAILOVER_SERVICE, instance="inventory-dc2", tags=("gw.route=/inventory",)),
+)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DemoStep:
     """One thing to try: what it shows, the shell line, and the answer it gives (checked by the tests)."""
@@ -179,6 +191,11 @@ def demo_steps(gateway: int, admin: int, consul: int) -> tuple[DemoStep, ...]:
             expect="6 cart-",
         ),
         DemoStep(
+            title="inventory fails over to datacenter dc2 (its dc1 instance is in maintenance): who served it",
+            command=f"curl -s -D - -o /dev/null {gw}/inventory/items | grep -i '^x-gateway-datacenter'",
+            expect="X-Gateway-Datacenter: dc2",
+        ),
+        DemoStep(
             title="What the gateway thinks (routes, instances, health, weights)",
             command=f"curl -s http://127.0.0.1:{admin}/-/routes | .venv/bin/python -m json.tool | head -40",
             expect='"routes"',
@@ -206,6 +223,40 @@ def demo_app(instance: DemoInstance) -> web.Application:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
+
+
+@contextlib.asynccontextmanager
+async def failover_services(session: aiohttp.ClientSession, dc1_url: str, dc2_url: str) -> AsyncIterator[list[str]]:
+    """inventory in both datacenters (no checks: passing), its dc1 instance put in maintenance, and its failover
+    policy in dc1's KV."""
+    runners: list[web.AppRunner] = []
+    registered: list[tuple[str, str]] = []  # (agent URL, service ID)
+    try:
+        for inst, url in zip(FAILOVER_INSTANCES, (dc1_url, dc2_url), strict=True):
+            runner = web.AppRunner(demo_app(inst), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            runners.append(runner)
+            port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+            body = {"Name": inst.service, "ID": inst.instance, "Address": "127.0.0.1", "Port": port,
+                    "Tags": list(inst.tags)}  # fmt: skip
+            async with session.put(f"{url}/v1/agent/service/register", json=body) as resp:
+                resp.raise_for_status()
+            registered.append((url, inst.instance))
+        maintenance = f"{dc1_url}/v1/agent/service/maintenance/{FAILOVER_INSTANCES[0].instance}"
+        async with session.put(maintenance, params={"enable": "true", "reason": "demo: failover"}) as resp:
+            resp.raise_for_status()
+        key = f"{dc1_url}/v1/kv/consulgw/services/{FAILOVER_SERVICE}"
+        async with session.put(key, data=json.dumps(FAILOVER_POLICY)) as resp:
+            resp.raise_for_status()
+        yield [sid for _, sid in registered]
+    finally:
+        for url, sid in registered:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.put(f"{url}/v1/agent/service/deregister/{sid}") as resp:
+                    await resp.read()
+        for runner in runners:
+            await runner.cleanup()
 
 
 @contextlib.asynccontextmanager

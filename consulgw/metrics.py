@@ -185,6 +185,14 @@ class GatewayMetrics:
             ("service", "subset", "by"),
             registry=r,
         )
+        self.failover_active = Gauge(
+            "consulgw_failover_active",
+            "Which datacenter serves a service with a failover policy: 1 for the serving one ('local' or its name "
+            "for the local datacenter), 0 for the others.",
+            ("service", "datacenter"),
+            registry=r,
+            **worst,
+        )
         self.split_fallback = Counter(
             "consulgw_split_fallback_total",
             "Requests whose chosen subset was empty or wholly unhealthy, sent to the split's default instead.",
@@ -267,6 +275,7 @@ class GatewayMetrics:
             self.transforms,
             self.split_requests,
             self.split_fallback,
+            self.failover_active,
             self.sticky,
             self.mirror_sent,
             self.mirror_dropped,

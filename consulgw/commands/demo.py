@@ -10,7 +10,7 @@ import signal
 
 import aiohttp
 
-from consulgw.demo import demo_services, demo_steps
+from consulgw.demo import FAILOVER_SERVICE, demo_services, demo_steps, failover_services
 from consulgw.devagent import DevAgent
 from consulgw.logs import configure_logging
 from consulgw.server.gateway import Gateway
@@ -30,11 +30,15 @@ async def _demo(args: argparse.Namespace) -> int:
     if args.services_only:
         return await _services_only(args, stop)
     async with contextlib.AsyncExitStack() as stack:
-        agent = DevAgent(node="consulgw-demo", port=args.consul_port)
+        dc2 = DevAgent(node="consulgw-demo-dc2", datacenter="dc2", port=0)  # a second datacenter, for failover
+        await dc2.start()
+        stack.push_async_callback(dc2.stop)
+        agent = DevAgent(node="consulgw-demo", port=args.consul_port, wan_peers={"dc2": dc2.url})
         await agent.start()
         stack.push_async_callback(agent.stop)
         session = await stack.enter_async_context(aiohttp.ClientSession())
         await stack.enter_async_context(demo_services(session, agent.url))
+        await stack.enter_async_context(failover_services(session, agent.url, dc2.url))
         settings = GatewaySettings(
             consul=ConsulSettings(address=agent.url),
             listen=HostPort("127.0.0.1", args.gateway_port),
@@ -44,6 +48,7 @@ async def _demo(args: argparse.Namespace) -> int:
         )
         gateway = await stack.enter_async_context(Gateway(settings))
         await gateway.wait_ready(15)
+        await _failed_over(gateway)
         _print_banner(agent.port, gateway.port, gateway.admin_port)
         if args.exit_after is not None:
             with contextlib.suppress(TimeoutError):
@@ -79,6 +84,18 @@ async def _services_only(args: argparse.Namespace, stop: asyncio.Event) -> int:
     return 0
 
 
+async def _failed_over(gateway: Gateway, timeout: float = 10.0) -> None:
+    """Until the gateway holds inventory's dc2 instance (its remote watch answered), so the printed line works."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        view = gateway.view()
+        entry = view.services.get(FAILOVER_SERVICE) if view is not None else None
+        if entry is not None and any(i.weight > 0 for i in entry.remote.get("dc2", ())):
+            return
+        await asyncio.sleep(0.05)
+
+
 def _print_banner(consul: int, gateway: int, admin: int) -> None:
     lines = [
         "",
@@ -89,8 +106,8 @@ def _print_banner(consul: int, gateway: int, admin: int) -> None:
         f"  dev agent    http://127.0.0.1:{consul}   (Consul HTTP API: export CONSUL_HTTP_ADDR=127.0.0.1:{consul})",
         "",
         "Services: users (weighted round-robin 1:3), orders (least-connections, JWT), search (ip-hash, rate limit),",
-        "products (cached), notifications (transformed), catalog (a canary at 10%), cart (sticky sessions); "
-        "composite route /api/user-dashboard.",
+        "products (cached), notifications (transformed), catalog (a canary at 10%), cart (sticky sessions), "
+        "inventory (failed over to datacenter dc2); composite route /api/user-dashboard.",
         "Try these (from the repository root):",
         "",
     ]

@@ -21,6 +21,7 @@ import structlog
 
 from consulgw.devagent import DevAgent
 from consulgw.devagent.agent_config import AgentConfig, Source, load_agent_config
+from consulgw.devagent.wan import parse_wan_peers
 from consulgw.errors import ConfigError
 from consulgw.logs import configure_logging
 from consulgw.settings import HostPort, parse_hostport
@@ -33,7 +34,8 @@ def main(args: argparse.Namespace) -> int:
     config = load(args, os.environ)
     listen = _listen(args, config)
     configure_logging(args.log_format or "console", args.log_level or "info")
-    agent = DevAgent.from_config(config, host=listen.host, port=listen.port)
+    peers = _wan_peers(args, config)
+    agent = DevAgent.from_config(config, host=listen.host, port=listen.port, wan_peers=peers)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we ship
@@ -86,6 +88,14 @@ def _flags(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str])
             "CONSULGW_DEV_SCRIPT_CHECKS", environ.get("CONSULGW_DEV_SCRIPT_CHECKS", "")
         )
     return flags
+
+
+def _wan_peers(args: argparse.Namespace, config: AgentConfig) -> dict[str, str]:
+    """``--wan-peer DC=http://HOST:PORT`` (repeatable): the other datacenters ``?dc=`` reaches."""
+    try:
+        return parse_wan_peers("--wan-peer", list(args.wan_peer or []), config.datacenter or "dc1")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _listen(args: argparse.Namespace, config: AgentConfig) -> HostPort:

@@ -136,6 +136,7 @@ class Supervisor:
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # worker index -> its process
         self._failures = 0
         self._also: dict[int, frozenset[str]] = {}  # each worker's latest watch_also
+        self._remote: dict[int, frozenset[tuple[str, str]]] = {}  # each worker's latest watch_remote
 
     async def run(self) -> int:
         from prometheus_client import CollectorRegistry
@@ -234,7 +235,8 @@ class Supervisor:
                 await asyncio.wait_for(self._stopping.wait(), 0.5)  # no hot crash loop
 
     async def _listen(self, index: int, reader: asyncio.StreamReader, watcher: Any) -> None:
-        """What a worker asks of the watcher: the services its policies send traffic to (``watch_also``). Every
+        """What a worker asks of the watcher: the services its policies send traffic to (``watch_also``) and the
+        other datacenters' services its failover policies name (``watch_remote``). Every
         worker builds the same view, so the union of their latest answers is what the policies name."""
         from consulgw.discovery.fanout import read_frame
 
@@ -243,6 +245,9 @@ class Supervisor:
             if item[0] == "watch_also" and isinstance(item[1], frozenset):
                 self._also[index] = item[1]
                 watcher.watch_also(frozenset().union(*self._also.values()))
+            elif item[0] == "watch_remote" and isinstance(item[1], frozenset):
+                self._remote[index] = item[1]  # (service, datacenter) pairs of the workers' failover policies
+                watcher.watch_remote(frozenset().union(*self._remote.values()))
 
     def _spawn(self, index: int, channel: socket.socket) -> subprocess.Popen[bytes]:
         """A fresh interpreter (never a fork of this process: it holds Consul connections and an event loop)."""

@@ -16,7 +16,7 @@ from consulgw.devagent.config import TOPIC as CONFIG_TOPIC
 from consulgw.devagent.config import ConfigEndpoints
 from consulgw.devagent.core import Core, Tally, apply_filter, filter_of, node_meta_filters, node_meta_matches
 from consulgw.devagent.decode import DEREGISTER_REQUEST, HEALTH_CHECK, NODE_SERVICE, REGISTER_REQUEST, WEIGHTS, Fields
-from consulgw.devagent.errors import ApiError, bad_request, server_error
+from consulgw.devagent.errors import ApiError, Forward, bad_request, server_error
 from consulgw.devagent.http import Call, Reply, Router, text
 from consulgw.devagent.records import CRITICAL, Check, Node, Service, TaggedAddress
 from consulgw.devagent.render import node_json, node_service_json, service_node_json
@@ -78,7 +78,7 @@ class CatalogEndpoints:
     # ---- reads ----------------------------------------------------------------------------------------------
 
     async def datacenters(self, call: Call) -> Reply:
-        return call.reply([self.core.datacenter])
+        return call.reply(self.core.datacenters)
 
     async def nodes(self, call: Call) -> Reply:
         opts = self.core.read_options(call)
@@ -258,6 +258,9 @@ class CatalogEndpoints:
         f = Fields(body, "RegisterRequest", known=REGISTER_REQUEST)
         dc = f.string("Datacenter")
         if dc and dc != self.core.datacenter:
+            peer = self.core.wan_peers.get(dc)
+            if peer is not None:
+                raise Forward(call, dc, peer)
             raise server_error("No path to datacenter")
         node_name = f.string("Node")
         address = f.string("Address")
@@ -434,6 +437,9 @@ class CatalogEndpoints:
         f = Fields(body, "DeregisterRequest", known=DEREGISTER_REQUEST)
         dc = f.string("Datacenter")
         if dc and dc != self.core.datacenter:
+            peer = self.core.wan_peers.get(dc)
+            if peer is not None:
+                raise Forward(call, dc, peer)
             raise server_error("No path to datacenter")
         node = f.string("Node")
         if not node:

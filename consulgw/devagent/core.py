@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from consulgw.clock import Clock
 from consulgw.devagent.bexpr import Expression, compile_filter
 from consulgw.devagent.blocking import SHUTDOWN_TOPIC, Answer, QueryOptions, block
-from consulgw.devagent.errors import ApiError
+from consulgw.devagent.errors import ApiError, Forward
 from consulgw.devagent.http import Call
 from consulgw.devagent.monitor import LogHub, LogLine
 from consulgw.devagent.store import Store
@@ -31,8 +32,17 @@ class Identity:
 
 
 class Core:
-    def __init__(self, *, identity: Identity, clock: Clock, rng: random.Random, start_index: int = 10) -> None:
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        clock: Clock,
+        rng: random.Random,
+        start_index: int = 10,
+        wan_peers: Mapping[str, str] | None = None,
+    ) -> None:
         self.identity = identity
+        self.wan_peers: Mapping[str, str] = MappingProxyType(dict(wan_peers or {}))  # datacenter -> agent URL
         self.clock = clock
         self.rng = rng
         self.store = Store(start_index=start_index)
@@ -52,9 +62,18 @@ class Core:
     def new_uuid(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
+    @property
+    def datacenters(self) -> list[str]:
+        """Every known datacenter, this one first (Consul lists the nearest first)."""
+        return [self.datacenter, *(dc for dc in self.wan_peers if dc != self.datacenter)]
+
     def check_dc(self, call: Call) -> None:
+        """``?dc=``: this datacenter is served here, a WAN peer's is forwarded to it, any other is Consul's 500."""
         dc = call.param("dc")
         if dc and dc != self.datacenter:
+            peer = self.wan_peers.get(dc)
+            if peer is not None:
+                raise Forward(call, dc, peer)
             raise ApiError(500, "No path to datacenter")
 
     def read_options(self, call: Call) -> QueryOptions:

@@ -19,6 +19,17 @@ class ApiError(ConsulgwError):
         self.headers = dict(headers or {})
 
 
+class Forward(ConsulgwError):
+    """The request names another datacenter (``?dc=``) reachable through a WAN peer: ``http.py`` forwards it there,
+    as a federated Consul server forwards it to a server of that datacenter."""
+
+    def __init__(self, call: object, datacenter: str, url: str) -> None:
+        super().__init__(f"forward to {datacenter} at {url}")
+        self.call = call  # the consulgw.devagent.http.Call (its body, if already read, is kept there)
+        self.datacenter = datacenter
+        self.url = url
+
+
 def bad_request(text: str) -> ApiError:
     return ApiError(400, text)
 

@@ -21,7 +21,7 @@ from multidict import MultiDictProxy
 from consulgw.devagent.authorizer import ALLOW_ALL, Authz
 from consulgw.devagent.blocking import QueryOptions, meta_headers, parse_query_options
 from consulgw.devagent.decode import parse_json
-from consulgw.devagent.errors import ApiError, DecodeError
+from consulgw.devagent.errors import ApiError, DecodeError, Forward
 from consulgw.devagent.render import dumps
 
 log = structlog.get_logger("consulgw.devagent")
@@ -229,6 +229,7 @@ def _redirect(location: str, request: web.BaseRequest) -> Reply:
 
 
 Finished = Callable[[web.BaseRequest, str, int, float], None]
+Forwarder = Callable[[Forward], Awaitable[Reply]]
 
 
 class HttpApi:
@@ -243,8 +244,10 @@ class HttpApi:
         default_policy: str = "allow",
         resolve: Resolver | None = None,
         finished: Finished | None = None,
+        forward: Forwarder | None = None,
     ) -> None:
         self.router = router
+        self.forward = forward  # answers a request for a WAN peer's datacenter (consulgw.devagent.wan)
         self.pretty = pretty
         self.gzip_min = gzip_min
         self.default_policy = default_policy
@@ -257,7 +260,12 @@ class HttpApi:
         try:
             route = self.router.match(request.path)
             pattern = route.pattern if route is not None else ""
-            reply = await self._dispatch(request)
+            try:
+                reply = await self._dispatch(request)
+            except Forward as forward:
+                if self.forward is None:
+                    raise ApiError(500, "No path to datacenter") from None
+                reply = await self.forward(forward)
         except ApiError as exc:
             reply = text(exc.status, exc.text, exc.headers)
         except DecodeError as exc:

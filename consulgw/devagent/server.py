@@ -14,8 +14,10 @@ import asyncio
 import contextlib
 import random
 import socket
+from collections.abc import Mapping
 from types import TracebackType
 
+import aiohttp
 import structlog
 from aiohttp import web
 
@@ -39,6 +41,7 @@ from consulgw.devagent.session import Sessions
 from consulgw.devagent.status import StatusEndpoints
 from consulgw.devagent.telemetry import Telemetry, process_gauges
 from consulgw.devagent.txn import TxnEndpoint
+from consulgw.devagent.wan import WanForwarder
 
 log = structlog.get_logger("consulgw.devagent")
 BACKLOG = 1024  # Go listens with the kernel's somaxconn; 128 would refuse bursts of parallel watchers
@@ -64,6 +67,7 @@ class DevAgent:
         http_max_conns_per_client: int = DEFAULT_MAX_CONNS_PER_CLIENT,
         acl: AclConfig | None = None,
         prometheus_retention: float = 0.0,
+        wan_peers: Mapping[str, str] | None = None,
     ) -> None:
         self._node = node or socket.gethostname()
         self._datacenter = datacenter
@@ -83,6 +87,10 @@ class DevAgent:
         self._max_conns = http_max_conns_per_client
         self._acl_config = acl or AclConfig()
         self._prometheus_retention = prometheus_retention
+        self._wan_peers = dict(wan_peers or {})  # datacenter -> peer agent URL (WAN federation, ?dc=)
+        if datacenter in self._wan_peers:
+            raise ValueError(f"wan_peers names this agent's own datacenter {datacenter!r}")
+        self._wan_session: aiohttp.ClientSession | None = None
         self._runner: web.ServerRunner | None = None
         self._listener: asyncio.Server | None = None
         self._port: int | None = None
@@ -120,6 +128,10 @@ class DevAgent:
     @property
     def datacenter(self) -> str:
         return self._datacenter
+
+    @property
+    def wan_peers(self) -> Mapping[str, str]:
+        return dict(self._wan_peers)
 
     @property
     def port(self) -> int:
@@ -176,7 +188,13 @@ class DevAgent:
             datacenter=self._datacenter,
             address=address,
         )
-        core = Core(identity=identity, clock=self._clock, rng=self._rng, start_index=self._start_index)
+        core = Core(
+            identity=identity,
+            clock=self._clock,
+            rng=self._rng,
+            start_index=self._start_index,
+            wan_peers=self._wan_peers,
+        )
         self._bootstrap(core)
         acl = AclSystem(core, self._acl_config)
         acl.initialize()
@@ -218,13 +236,16 @@ class DevAgent:
                 core.logs.offer(LogLine(core.clock.time(), "debug", "agent.http", "Request finished", fields))
 
         await agent.start()
+        wan_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) if self._wan_peers else None
         handler = HttpApi(
             router,
             pretty=self._pretty,
             default_policy=self._acl_config.default_policy,
             resolve=acl.resolve,
             finished=finished,
+            forward=WanForwarder(wan_session) if wan_session is not None else None,
         )
+        self._wan_session = wan_session
         server = web.Server(handler, handler_cancellation=True)
         runner = web.ServerRunner(server, shutdown_timeout=self._shutdown_timeout)
         await runner.setup()
@@ -241,6 +262,9 @@ class DevAgent:
         except BaseException:
             await runner.cleanup()
             await agent.stop()
+            if wan_session is not None:
+                self._wan_session = None
+                await wan_session.close()
             raise
         ports = [int(sock.getsockname()[1]) for sock in listener.sockets]
         self._port = ports[0] if ports else self._requested_port
@@ -285,6 +309,9 @@ class DevAgent:
                 await asyncio.wait_for(listener.wait_closed(), self._shutdown_timeout)
         if core is not None:
             core.store.watch.cancel_all()
+        wan_session, self._wan_session = self._wan_session, None
+        if wan_session is not None:
+            await wan_session.close()
 
     @staticmethod
     def _gauges(core: Core) -> list[tuple[str, float]]:

@@ -82,6 +82,16 @@ class ConsulClient:
     def __repr__(self) -> str:
         return f"ConsulClient({self._base!r})"
 
+    def for_datacenter(self, datacenter: str) -> ConsulClient:
+        """The same agent, session and token, reading another datacenter (``?dc=``; Consul forwards over the WAN)."""
+        other = object.__new__(ConsulClient)
+        other._session = self._session
+        other._base = self._base
+        other._timeout = self._timeout
+        other._headers = self._headers
+        other._params = MappingProxyType({"dc": datacenter})
+        return other
+
     # -- blocking reads -------------------------------------------------------------------------------------------
 
     async def catalog_services(self, index: int = 0, wait: float = 300.0) -> Result[Mapping[str, tuple[str, ...]]]:

@@ -70,6 +70,9 @@ def encode_service(svc: ServiceSnapshot) -> EncodedService:
                 i.health.value,
                 i.weights.passing,
                 i.weights.warning,
+                i.datacenter,
+                i.wan_address,
+                i.wan_port,
             )
             for i in svc.instances
         ),
@@ -93,8 +96,26 @@ def decode_service(raw: EncodedService) -> ServiceSnapshot:
                 meta=MappingProxyType(meta),
                 health=Health(health),
                 weights=Weights(passing=passing, warning=warning),
+                datacenter=datacenter,
+                wan_address=wan_address,
+                wan_port=wan_port,
             )
-            for iid, service, service_id, node, address, port, tags, meta, health, passing, warning in instances
+            for (
+                iid,
+                service,
+                service_id,
+                node,
+                address,
+                port,
+                tags,
+                meta,
+                health,
+                passing,
+                warning,
+                datacenter,
+                wan_address,
+                wan_port,
+            ) in instances
         ),
     )
 
@@ -123,11 +144,15 @@ def snapshot_frames(
     services: Iterable[str],
     removed: Iterable[str],
     kv: bool,
+    remote: bool = True,
 ) -> Iterator[bytes]:
-    """The frames of one snapshot: ``services`` (names in ``snapshot``) and, with ``kv``, every KV document."""
+    """The frames of one snapshot: ``services`` (names in ``snapshot``), with ``kv`` every KV document, and with
+    ``remote`` every remote-datacenter snapshot (failover: a few services, so always all of them)."""
     yield frame(("begin", seq, full, snapshot.services_index, snapshot.kv_index, snapshot.complete))
     for names in _chunks(services, SERVICES_PER_FRAME):
         yield frame(("services", [encode_service(snapshot.services[n]) for n in names]))
+    if remote:
+        yield frame(("remote", [(key, encode_service(svc)) for key, svc in snapshot.remote.items()]))
     if kv:
         yield frame(("kv_begin",))
         for keys in _chunks(snapshot.kv, KEYS_PER_FRAME):
@@ -171,7 +196,13 @@ class SnapshotHub:
             removed = [n for n in snapshot.changed if n not in snapshot.services]
             changed = sorted(n for n in snapshot.changed if n in snapshot.services)
             frames = snapshot_frames(
-                self._seq, snapshot, full=False, services=changed, removed=removed, kv=snapshot.kv_changed
+                self._seq,
+                snapshot,
+                full=False,
+                services=changed,
+                removed=removed,
+                kv=snapshot.kv_changed,
+                remote=previous.remote != snapshot.remote,
             )
             self._deltas.append(_Delta(self._seq, tuple(frames)))
             while sum(d.size for d in self._deltas) > self._history_bytes and len(self._deltas) > 1:
@@ -274,6 +305,7 @@ class SnapshotReceiver:
         self._on_status = on_status
         self._services: dict[str, ServiceSnapshot] = {}
         self._kv: Mapping[str, bytes] = MappingProxyType({})
+        self._remote: Mapping[tuple[str, str], ServiceSnapshot] = MappingProxyType({})
         self._seq = 0
         self.snapshots = 0  # snapshots received
 
@@ -291,6 +323,12 @@ class SnapshotReceiver:
         writer = self._writer
         if writer is not None and not writer.is_closing():
             writer.write(frame(("watch_also", names)))
+
+    def watch_remote(self, pairs: frozenset[tuple[str, str]]) -> None:
+        """Ask the supervisor's watcher to watch these (service, datacenter) pairs (failover policies)."""
+        writer = self._writer
+        if writer is not None and not writer.is_closing():
+            writer.write(frame(("watch_remote", pairs)))
 
     async def run(self, publish: Publish) -> None:
         """Read until the supervisor closes the channel (returns) or the task is cancelled."""
@@ -312,6 +350,7 @@ class SnapshotReceiver:
         _, seq, full, services_index, kv_index, complete = begin
         incoming: dict[str, ServiceSnapshot] = {}
         kv: dict[str, bytes] | None = None
+        remote: dict[tuple[str, str], ServiceSnapshot] | None = None
         while True:
             item = await read_frame(self._reader)
             kind = item[0]
@@ -323,6 +362,8 @@ class SnapshotReceiver:
                 # (twice: after one sleep(0) the loop would run this task again before what its poll found).
                 await asyncio.sleep(0)
                 await asyncio.sleep(0)
+            elif kind == "remote":
+                remote = {tuple(key): decode_service(raw) for key, raw in item[1]}
             elif kind == "kv_begin":
                 kv = {}
             elif kind == "kv":
@@ -349,6 +390,14 @@ class SnapshotReceiver:
                 changed.add(name)
         if full:
             changed.update(n for n in previous if n not in services)
+        if remote is not None:
+            old_remote = self._remote
+            for key in old_remote.keys() | remote.keys():
+                if old_remote.get(key) != remote.get(key):
+                    changed.add(key[0])  # the service whose other datacenter changed
+                elif key in old_remote:
+                    remote[key] = old_remote[key]  # unchanged: the very same object
+            self._remote = MappingProxyType(remote)
         kv_changed = kv is not None and self._kv != kv
         if kv is not None:
             self._kv = MappingProxyType(kv)
@@ -363,6 +412,7 @@ class SnapshotReceiver:
             services_index=services_index,
             kv_index=kv_index,
             complete=complete,
-            changed=frozenset(services) if first else frozenset(changed),
+            changed=frozenset(services) | frozenset(n for n, _ in self._remote) if first else frozenset(changed),
             kv_changed=True if first else kv_changed,
+            remote=self._remote,
         )

@@ -104,6 +104,30 @@ def _meta(where: str, raw: object) -> Mapping[str, str]:
     )
 
 
+_WAN_KEYS: Final = ("wan", "wan_ipv4")
+
+
+def _wan(where: str, service: Mapping[str, Any], node: Mapping[str, Any]) -> tuple[str, int]:
+    """(address, port) of TaggedAddresses wan / wan_ipv4: the service's ({Address, Port}), else the node's (a
+    string); ("", 0) when neither is tagged."""
+    tagged = _object(where, "Service.TaggedAddresses", service.get("TaggedAddresses"), optional=True)
+    for key in _WAN_KEYS:
+        raw = tagged.get(key)
+        if raw is None:
+            continue
+        entry = _object(where, f"Service.TaggedAddresses.{key}", raw)
+        address = _text(where, f"Service.TaggedAddresses.{key}.Address", entry.get("Address"), optional=True)
+        if address:
+            port = _int(where, f"Service.TaggedAddresses.{key}.Port", entry.get("Port", 0))
+            return address, port if port <= 65535 else 0
+    node_tagged = _object(where, "Node.TaggedAddresses", node.get("TaggedAddresses"), optional=True)
+    for key in _WAN_KEYS:
+        address = _text(where, f"Node.TaggedAddresses.{key}", node_tagged.get(key), optional=True)
+        if address:
+            return address, 0
+    return "", 0
+
+
 def instance_from_entry(entry: Mapping[str, Any]) -> Instance:
     """Build the Instance for one ``/v1/health/service`` entry; a malformed entry raises DiscoveryError naming the field."""
     top = _object("?", "entry", entry)
@@ -121,6 +145,7 @@ def instance_from_entry(entry: Mapping[str, Any]) -> Instance:
     port = _int(where, "Service.Port", service.get("Port"))
     if port > 65535:
         raise _bad(where, "Service.Port", port, "a port in 0-65535")
+    wan_address, wan_port = _wan(where, service, node)
     return Instance(
         id=where,
         service=name,
@@ -133,6 +158,8 @@ def instance_from_entry(entry: Mapping[str, Any]) -> Instance:
         health=aggregate_health(top.get("Checks"), where=where),
         weights=_weights(where, service.get("Weights")),
         datacenter=_text(where, "Node.Datacenter", node.get("Datacenter"), optional=True),
+        wan_address=wan_address,
+        wan_port=wan_port,
     )
 
 

@@ -38,6 +38,7 @@ from consulgw.discovery.blocking import Backoff, BlockingIndex, IndexStep, Token
 from consulgw.discovery.consul_api import ConsulClient, Result
 from consulgw.discovery.coverage import Coverage, Job
 from consulgw.discovery.health import CheckStatus
+from consulgw.discovery.remote import RemoteWatches
 from consulgw.errors import ConsulPermissionDenied, DiscoveryError
 from consulgw.model.snapshot import CatalogSnapshot, Instance, ServiceSnapshot
 
@@ -78,6 +79,8 @@ class WatcherStatus:
     live: int = 0  # routed services with a blocking watch of their own
     parked: int = 0  # routed services without one (read on change signals and probes)
     max_conns: int = 0  # the connection budget (--consul-max-conns)
+    remote_watches: int = 0  # blocking watches of other datacenters (failover policies), beyond max_conns
+    remote_failing: int = 0  # of those, the ones whose latest request failed
     in_flight: int = 0  # requests to Consul right now (each holds one connection)
     max_in_flight: int = 0  # the most requests ever in flight at once since run() started
     probes_total: int = 0  # index-only probes of parked services
@@ -160,6 +163,10 @@ class CatalogWatcher:
         self._changed: asyncio.Event | None = None
         self._jobs: asyncio.Event | None = None
         self._recovered: asyncio.Event | None = None
+        self._remote = RemoteWatches(
+            client, clock=clock, rng=rng, wait=wait, changed=self._remote_changed, logger=self._log,
+            rate=rate, burst=burst, min_backoff=min_backoff, max_backoff=max_backoff,
+        )  # fmt: skip
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -180,6 +187,7 @@ class CatalogWatcher:
         self._unexplained: dict[int, float] = {}  # catalog index -> when to start probing if nothing explains it
         self._hunted: set[int] = set()  # catalog indexes the current fast probe cycle looks for
         self._dirty: set[str] = set()
+        self._remote_dirty: set[str] = set()  # services whose other-datacenter answers changed
         self._kv: Mapping[str, bytes] | None = None
         self._kv_dirty = False
         self._kv_access: KvAccess = "unknown"
@@ -210,6 +218,8 @@ class CatalogWatcher:
             live=len(self._watches),
             parked=len(self._coverage) - len(self._watches),
             max_conns=self._max_conns,
+            remote_watches=self._remote.running,
+            remote_failing=len(self._remote.failing),
             in_flight=self._in_flight,
             max_in_flight=self._max_in_flight,
             probes_total=self._probes,
@@ -246,7 +256,9 @@ class CatalogWatcher:
                 for number in range(self._readers):
                     tg.create_task(self._reader(number), name=f"consul-watch:reader:{number}")
                 tg.create_task(self._publisher(publish), name="consul-watch:publisher")
+                self._remote.start(tg)
         finally:
+            self._remote.stop()
             self._tg = None
             self._running = False
             self._watches.clear()
@@ -394,6 +406,15 @@ class CatalogWatcher:
                 gone = True
         if gone:
             self._wake()
+
+    def watch_remote(self, pairs: frozenset[tuple[str, str]]) -> None:
+        """Watch these (service, datacenter) pairs in their datacenters (failover policies name them); their answers
+        go into ``CatalogSnapshot.remote``. See consulgw.discovery.remote."""
+        self._remote.watch(pairs)
+
+    def _remote_changed(self, name: str) -> None:
+        self._remote_dirty.add(name)
+        self._wake()
 
     def _wanted(self, name: str) -> bool:
         """Is this service of the catalog watched: routed by its tags, or named by ``watch_also``?"""
@@ -726,6 +747,7 @@ class CatalogWatcher:
             except Exception as exc:  # noqa: BLE001 - a consumer's bug must not stop discovery
                 # The consumer did not take this snapshot: the next one is diffed against the last one it took.
                 self._dirty |= snapshot.changed
+                self._remote_dirty |= {n for n, _ in snapshot.remote}
                 self._kv_dirty = self._kv_dirty or snapshot.kv_changed
                 retry_in = backoff.failure()
                 self._log.error(
@@ -755,12 +777,22 @@ class CatalogWatcher:
             complete = self._catalog_read and self._kv is not None and len(self._services) == len(self._coverage)
             if not complete:
                 return None
-            changed = frozenset(self._services)
+            remote = self._remote.snapshots()
+            changed = frozenset(self._services) | frozenset(n for n, _ in remote)
             kv_changed = True
         else:
+            remote = previous.remote if not self._remote_dirty else self._remote.snapshots()
             changed = frozenset(n for n in self._dirty if previous.services.get(n) != self._services.get(n))
+            if self._remote_dirty:
+                moved = {
+                    key[0]
+                    for key in previous.remote.keys() | remote.keys()
+                    if previous.remote.get(key) != remote.get(key)
+                }
+                changed |= moved
             kv_changed = self._kv_dirty and previous.kv != (self._kv or _EMPTY_KV)
         self._dirty.clear()
+        self._remote_dirty.clear()
         self._kv_dirty = False
         if previous is not None and not changed and not kv_changed:
             return None
@@ -772,4 +804,5 @@ class CatalogWatcher:
             complete=True,
             changed=changed,
             kv_changed=kv_changed,
+            remote=remote,
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -45,6 +45,15 @@ class Instance:
     health: Health = Health.PASSING
     weights: Weights = field(default_factory=Weights)
     datacenter: str = ""  # Node.Datacenter: the datacenter this instance was read from ("" when Consul omits it)
+    # TaggedAddresses wan / wan_ipv4 (the service's, else the node's): how another datacenter reaches it ("": none)
+    wan_address: str = ""
+    wan_port: int = 0  # the service's wan port, 0 when only an address is tagged (then ``port``)
+
+    def reached_over_wan(self) -> Instance:
+        """This instance as another datacenter reaches it: its wan address (and port) when tagged."""
+        if not self.wan_address:
+            return self
+        return replace(self, address=self.wan_address, port=self.wan_port or self.port)
 
     @property
     def weight(self) -> int:
@@ -104,5 +113,7 @@ class CatalogSnapshot:
     services_index: int = 0
     kv_index: int = 0
     complete: bool = False  # every routed service and the KV prefix have been read at least once
-    changed: frozenset[str] = frozenset()
+    changed: frozenset[str] = frozenset()  # also names services whose remote snapshots changed
     kv_changed: bool = False
+    # Other datacenters' instances of the services a failover policy names: (service, datacenter) -> snapshot.
+    remote: Mapping[tuple[str, str], ServiceSnapshot] = field(default_factory=lambda: MappingProxyType({}))

@@ -375,6 +375,18 @@ class MirrorPolicy:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FailoverPolicy:
+    """``failover``: other datacenters that serve the service while the local one has too few routable instances."""
+
+    datacenters: tuple[str, ...]  # in order of preference
+    min_healthy: int = 1  # routable (weight > 0) instances a datacenter needs to serve
+    failback_after: float = 30.0  # seconds the local datacenter must stay healthy before traffic returns
+    address: Literal["wan", "lan"] = "wan"  # remote instances: TaggedAddresses wan/wan_ipv4, else their address
+    watch: Literal["warm"] = "warm"  # remote watches always run ("cold" is refused: not built)
+    response_header: bool = False  # X-Gateway-Datacenter on every answer
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServicePolicy:
     """The effective policy of one service: ``consulgw/defaults`` merged under ``consulgw/services/<name>``."""
 
@@ -400,6 +412,7 @@ class ServicePolicy:
     sticky: StickyPolicy | None = None
     slow_start: SlowStartPolicy | None = None
     mirror: MirrorPolicy | None = None
+    failover: FailoverPolicy | None = None
 
     def subset(self, name: str) -> Subset | None:
         for subset in self.subsets:

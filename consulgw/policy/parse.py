@@ -57,6 +57,7 @@ from consulgw.policy.model import (
     Consumer,
     ConsumerRateLimit,
     CorsPolicy,
+    FailoverPolicy,
     Fallback,
     FieldOps,
     HeaderPolicy,
@@ -1489,7 +1490,42 @@ def _traffic(doc: Mapping[str, Any], lb_key: HashKey | None) -> dict[str, Any]:
             else None
         ),
         "mirror": _mirror(doc["mirror"], names) if doc.get("mirror") is not None else None,
+        "failover": _failover(doc["failover"]) if doc.get("failover") is not None else None,
     }
+
+
+_DATACENTER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_FAILBACK = 24 * 3600.0
+
+
+def _failover(doc: Mapping[str, Any]) -> FailoverPolicy:
+    """``failover`` (issue 9): the datacenters in order, when to fail over, and when to come back."""
+    datacenters: list[str] = []
+    for index, name in enumerate(doc["datacenters"]):
+        if _DATACENTER.fullmatch(name) is None:
+            raise _Invalid(
+                ("failover", "datacenters", index),
+                "is not a datacenter name (letters, digits, '.', '_', '-'; at most 64)",
+                value=name,
+            )
+        if name in datacenters:
+            raise _Invalid(("failover", "datacenters", index), "is listed twice", value=name)
+        datacenters.append(name)
+    if doc.get("watch", "warm") == "cold":
+        raise _Invalid(
+            ("failover", "watch"),
+            "is not supported: only 'warm' is built (remote datacenters are watched all the time)",
+            value="cold",
+        )
+    when = doc.get("when") or {}
+    failback = doc.get("failback_after", 30)
+    return FailoverPolicy(
+        datacenters=tuple(datacenters),
+        min_healthy=int(when.get("min_healthy", 1)),
+        failback_after=_duration(("failover", "failback_after"), failback, positive=False, maximum=MAX_FAILBACK),
+        address="lan" if doc.get("address") == "lan" else "wan",
+        response_header=bool(doc.get("response_header", False)),
+    )
 
 
 def _values(path: Path, value: str | list[str]) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ from consulgw.server.routes_document import (
 )
 from consulgw.server.traffic_document import traffic_facts
 from consulgw.server.view import GatewayView
+from consulgw.traffic.failover import FailoverBoard
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.pool import UpstreamPools
 
@@ -49,6 +50,7 @@ class AdminDeps:
     openapi: OpenApiCatalog | None = None  # /-/openapi.json, /-/openapi/<service>.json, /-/docs
     history: TrafficHistory | None = None  # /-/timeseries (the dashboard's charts)
     record_consul: Callable[[], None] = lambda: None  # bring the watcher's status into the metrics (at scrape time)
+    failover: FailoverBoard | None = None  # which datacenter serves each failed-over service (/-/routes)
 
 
 _ROUTES_CHEAP = 0.02  # a /-/routes render faster than this is never reused
@@ -272,7 +274,7 @@ def describe(deps: AdminDeps, query: DocumentQuery | None = None) -> dict[str, A
         runtime: dict[str, Any] = {"rate_limited": rate_limited.get(name, 0)}
         entry = view.services.get(name)
         if entry is not None:
-            runtime.update(traffic_facts(name, entry.policy, deps.pools))
+            runtime.update(traffic_facts(name, entry.policy, deps.pools, deps.failover))
         if deps.openapi is not None:
             runtime["openapi"] = deps.openapi.status(name)
         return runtime

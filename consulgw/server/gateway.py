@@ -52,6 +52,7 @@ from consulgw.server.view import GatewayView, ViewBuilder
 from consulgw.settings import GatewaySettings
 from consulgw.tracing.setup import start_tracing
 from consulgw.traffic import MirrorDispatcher, TrafficDeps, ephemeral_key_warning, traffic_steps
+from consulgw.traffic.failover import FailoverBoard
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.headers import TrustedProxies
 from consulgw.upstream.pool import UpstreamPools
@@ -69,6 +70,9 @@ class Discovery(Protocol):
 
     def watch_also(self, names: frozenset[str]) -> None:
         """Also watch these services, routed or not (the ones the policies send traffic to)."""
+
+    def watch_remote(self, pairs: frozenset[tuple[str, str]]) -> None:
+        """Watch these (service, datacenter) pairs in the other datacenters (failover policies)."""
 
 
 def consul_agent_session(max_conns: int) -> aiohttp.ClientSession:
@@ -112,6 +116,8 @@ class Gateway:
         self._public: web.AppRunner | None = None
         self._admin: web.AppRunner | None = None
         self._builder: ViewBuilder | None = None
+        self._pools: UpstreamPools | None = None
+        self._failover: FailoverBoard | None = None
         self._watcher: Discovery | None = discovery  # None: this gateway watches Consul itself
         self._build_task: asyncio.Task[None] | None = None
         self._handler: ProxyHandler | None = None
@@ -173,10 +179,13 @@ class Gateway:
             CacheOwner(clock=self._clock, metrics=self.metrics, memory_bytes=s.cache_memory_bytes, redis=redis_client)
         )
         pools = UpstreamPools(rng=self._rng, clock=self._clock)
+        self._pools = pools
         breakers = BreakerBoard(clock=self._clock, metrics=self.metrics)
         # Mirrored requests run in the background, owned here; cancelled before the transport closes.
         mirrors = MirrorDispatcher(transport=transport, metrics=self.metrics)
         self._exit.push_async_callback(mirrors.close)
+        failover = FailoverBoard(self._clock, on_switch=self._failover_switched)
+        self._failover = failover
         traffic = TrafficDeps(
             pools=pools,
             breakers=breakers,
@@ -186,6 +195,7 @@ class Gateway:
             send_continue=send_continue,
             sticky_key=(s.sticky_key.value or secrets.token_hex(32)).encode(),
             sticky_key_used=(ephemeral_key_warning() if not s.sticky_key or s.sticky_key_generated else (lambda: None)),
+            failover=failover,
         )
         jwks = JwksCache(http=consul_session, clock=self._clock, tracer=tracer)
         local_limits = LocalLimiter(clock=self._clock)
@@ -241,6 +251,8 @@ class Gateway:
             clock=self._clock,
             on_purge=cache.apply_purges,
             watch_also=self._watch_also,
+            watch_remote=self._watch_remote,
+            failover=failover,
         )
         self._builder = builder
         recorder: ConsulStatusRecorder | None = None
@@ -342,6 +354,7 @@ class Gateway:
                 openapi=openapi,
                 history=history,
                 record_consul=record_consul,
+                failover=self._failover,
             )
         )
         self._admin = web.AppRunner(admin_app, access_log=None, shutdown_timeout=2.0)
@@ -421,6 +434,22 @@ class Gateway:
     def _watch_also(self, names: frozenset[str]) -> None:
         if self._watcher is not None:
             self._watcher.watch_also(names)
+
+    def _failover_switched(self, service: str, old: str, new: str) -> None:
+        """consulgw_failover_active: 1 for the datacenter that serves ``service`` now, 0 for the one before."""
+        pool = self._pools.pool(service) if self._pools is not None else None
+        local = (pool.datacenter if pool is not None else "") or "local"
+        self.metrics.failover_active.labels(service, old or local).set(0)
+        self.metrics.failover_active.labels(service, new or local).set(1)
+
+    @property
+    def failover(self) -> FailoverBoard | None:
+        """Which datacenter serves each failed-over service (for /-/routes and tests)."""
+        return self._failover
+
+    def _watch_remote(self, pairs: frozenset[tuple[str, str]]) -> None:
+        if self._watcher is not None:
+            self._watcher.watch_remote(pairs)
 
     def status(self) -> WatcherStatus:
         assert self._watcher is not None

@@ -7,7 +7,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from consulgw.policy.model import ServicePolicy, SplitMatch, Subset
+from consulgw.policy.model import FailoverPolicy, ServicePolicy, SplitMatch, Subset
+from consulgw.traffic.failover import FailoverBoard
 from consulgw.upstream.pool import UpstreamPools
 
 
@@ -39,6 +40,7 @@ def traffic_summary(policy: ServicePolicy) -> dict[str, Any]:
             "max_in_flight": mirror.max_in_flight,
             "headers": {"set": dict(mirror.headers.set), "remove": list(mirror.headers.remove)},
         },
+        "failover": None if policy.failover is None else dataclasses.asdict(policy.failover),
     }
 
 
@@ -61,10 +63,13 @@ def _match_json(rule: SplitMatch) -> dict[str, Any]:
     return out
 
 
-def traffic_facts(service: str, policy: ServicePolicy, pools: UpstreamPools) -> dict[str, Any]:
+def traffic_facts(
+    service: str, policy: ServicePolicy, pools: UpstreamPools, failover: FailoverBoard | None = None
+) -> dict[str, Any]:
     """One line per traffic section in force, for people (the dashboard shows them), plus ``subset_pools``: how
     many instances each subset's pool holds right now (``in_pool``: taking traffic; ``draining``: healthy at weight
-    0, still serving sticky sessions)."""
+    0, still serving sticky sessions), and with a failover policy ``datacenter`` (which one serves the service now)
+    and ``datacenter_pools`` (each datacenter's pool)."""
     facts: dict[str, Any] = {}
     if policy.subsets:
         counts: dict[str, dict[str, Any]] = {}
@@ -97,7 +102,28 @@ def traffic_facts(service: str, policy: ServicePolicy, pools: UpstreamPools) -> 
             f"{targets} · {', '.join(sorted(mirror.methods))} · bodies up to {mirror.max_body_bytes} bytes · "
             f"timeout {mirror.timeout:g}s · at most {mirror.max_in_flight} in flight"
         )
+    if policy.failover is not None:
+        facts.update(_failover_facts(service, policy.failover, pools, failover))
     return facts
+
+
+def _failover_facts(
+    service: str, policy: FailoverPolicy, pools: UpstreamPools, board: FailoverBoard | None
+) -> dict[str, Any]:
+    pool = pools.pool(service)
+    local = (pool.datacenter if pool is not None else "") or "local"
+    serving = board.serving(service, policy, pool) if board is not None else ""
+    counts = {local: len(pool) if pool is not None else 0}
+    for dc in policy.datacenters:
+        remote = pool.remote(dc) if pool is not None else None
+        counts[dc] = len(remote) if remote is not None else 0
+    waiting = board.state(service).local_healthy_since if board is not None else None
+    parts = [f"serving {serving or local}"]
+    parts += [f"{dc} {count} in pool" for dc, count in counts.items()]
+    parts.append(f"min_healthy {policy.min_healthy} · failback after {policy.failback_after:g}s")
+    if waiting is not None:
+        parts.append(f"{local} healthy again, failing back")
+    return {"failover": " · ".join(parts), "datacenter": serving or local, "datacenter_pools": counts}
 
 
 def _selector_text(subset: Subset) -> str:

@@ -31,7 +31,7 @@ from consulgw.composite.routes import composite_routes
 from consulgw.errors import PolicyError
 from consulgw.metrics import GatewayMetrics
 from consulgw.model.balancing import LbAlgorithm, effective_lb
-from consulgw.model.snapshot import CatalogSnapshot, ServiceSnapshot
+from consulgw.model.snapshot import CatalogSnapshot, Instance, ServiceSnapshot
 from consulgw.pipeline.chain import Next, Stage
 from consulgw.pipeline.stages import build_stages
 from consulgw.pipeline.stages.deps import StageDeps
@@ -40,6 +40,7 @@ from consulgw.policy.model import PolicyBook, ServicePolicy
 from consulgw.routing.rules import ServiceRoutes, parse_service_routes
 from consulgw.routing.table import RouteTable
 from consulgw.steps import Steps
+from consulgw.traffic.failover import FailoverBoard, remote_instances
 from consulgw.traffic.subsets import subset_instances
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.pool import UpstreamPools
@@ -58,6 +59,8 @@ class ServiceEntry:
     policy: ServicePolicy
     chain: Next  # the service's pipeline: policy stages, target selection, forwarder (built once per policy)
     lb: LbAlgorithm
+    # Failover: the service's instances in the policy's other datacenters (datacenter -> instances, as pooled).
+    remote: Mapping[str, tuple[Instance, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def service_policy(self) -> ServicePolicy:
@@ -97,6 +100,8 @@ class ViewBuilder:
         on_purge: Callable[[Mapping[str, str]], None] = lambda _: None,
         watch_also: Callable[[frozenset[str]], None] | None = None,
         slice_budget: float = SLICE_BUDGET,
+        watch_remote: Callable[[frozenset[tuple[str, str]]], None] | None = None,
+        failover: FailoverBoard | None = None,
     ) -> None:
         self._tag_prefix = tag_prefix
         self._kv_prefix = kv_prefix
@@ -110,6 +115,9 @@ class ViewBuilder:
         self._on_purge = on_purge  # the cache's purge generations, from cache-purge/<service> keys
         self._watch_also = watch_also
         self._also: frozenset[str] = frozenset()
+        self._watch_remote = watch_remote
+        self._remote_pairs: frozenset[tuple[str, str]] = frozenset()
+        self._failover = failover
         self._slice_budget = slice_budget
         self._log = structlog.get_logger("consulgw.view")
         self.current: GatewayView | None = None
@@ -211,13 +219,19 @@ class ViewBuilder:
                 seen.add(name)
                 svc = snapshot.services.get(name)
                 old = services.get(name)
+                failover = book.for_service(name).failover
+                remote = remote_instances(name, failover, snapshot.remote)
+                if svc is None and any(remote.values()):
+                    # Every local instance is gone, but the failover datacenters have the service: it keeps its
+                    # routes (the last good ones, else its remote instances' tags) and is served from there.
+                    svc = ServiceSnapshot(name=name, index=old.snapshot.index if old is not None else 0)
                 if svc is None:
                     if old is not None:  # it left
                         del services[name]
                         removed.append(name)
                         route_changes[name] = None
-                elif old is None or old.snapshot != svc or name in changed_policy:
-                    entry = self._compile(name, svc, old, book)
+                elif old is None or old.snapshot != svc or name in changed_policy or old.remote != remote:
+                    entry = self._compile(name, svc, old, book, remote)
                     services[name] = entry
                     if old is None or old.routes is not entry.routes:
                         route_changes[name] = entry.routes
@@ -243,8 +257,12 @@ class ViewBuilder:
         )
         self.current = view
         self._entries = services  # never changed again: the next build copies it
+        if book is not old_book or removed or previous is None or len(services) != len(previous.services):
+            self._watch_remote_datacenters(book, services)
         # After the swap: no request starts on a view that still routes to a service whose pool is gone.
         for name in removed:
+            if self._failover is not None:
+                self._failover.forget(name)
             self._pools.remove(name)
             self._breakers.forget(name, frozenset())
             self._metrics.forget_service(name)
@@ -279,10 +297,22 @@ class ViewBuilder:
                 return done.value  # type: ignore[no-any-return]
             await self._tick()
 
-    def _compile(self, name: str, svc: ServiceSnapshot, old: ServiceEntry | None, book: PolicyBook) -> ServiceEntry:
+    def _compile(
+        self,
+        name: str,
+        svc: ServiceSnapshot,
+        old: ServiceEntry | None,
+        book: PolicyBook,
+        remote: Mapping[str, tuple[Instance, ...]],
+    ) -> ServiceEntry:
         """One service's entry; its pool, breakers and metrics follow at once (a pool may take new members a
         moment before the view that routes to them is swapped in: harmless)."""
-        if old is not None and old.snapshot.tags == svc.tags:
+        if not svc.instances and any(remote.values()):  # failed over with no local instance registered at all
+            if old is not None and old.routes.routes:
+                routes = old.routes  # the last good routes, from the local tags
+            else:
+                routes = _remote_routes(name, remote, tag_prefix=self._tag_prefix, compat=self._compat)
+        elif old is not None and old.snapshot.tags == svc.tags and not _kept_by_failover(old):
             routes = old.routes
         else:
             routes = parse_service_routes(
@@ -305,22 +335,39 @@ class ViewBuilder:
                     else self._pipeline(name, policy, build_stages(policy, self._stage_deps(name)))
                 )
         lb = effective_lb(policy.lb, routes.lb)
-        if old is None or old.snapshot.instances != svc.instances or old.lb != lb or old.policy != policy:
+        if policy.failover is None:
+            remote = MappingProxyType({})
+        if (
+            old is None
+            or old.snapshot.instances != svc.instances
+            or old.lb != lb
+            or old.policy != policy
+            or old.remote != remote
+        ):
+            known_dc = svc.datacenter or (old.snapshot.datacenter if old is not None else None) or ""
             self._pools.update(
                 name,
                 svc.instances,
                 lb,
                 subsets=subset_instances(policy, svc.instances),
                 slow_start=policy.slow_start.window if policy.slow_start is not None else None,
+                remote=remote,
+                datacenter=known_dc,
             )
-            self._breakers.forget(name, frozenset(i.id for i in svc.instances))
+            remote_ids = {i.id for instances in remote.values() for i in instances}
+            self._breakers.forget(name, frozenset(i.id for i in svc.instances) | remote_ids)
+        if self._failover is not None:
+            if policy.failover is None:
+                self._failover.forget(name)
+            else:  # judged on every change too, so the failback wait starts when the local datacenter recovers
+                self._failover.serving(name, policy.failover, self._pools.pool(name))
         if old is None or old.policy.circuit_breaker != policy.circuit_breaker:
             self._breakers.configure(name, policy.circuit_breaker)
         self._metrics.route_errors.labels(name).set(len(routes.errors))
         in_pool = sum(1 for i in svc.instances if i.weight > 0)
         self._metrics.pool_size.labels(name, "in_pool").set(in_pool)
         self._metrics.pool_size.labels(name, "excluded").set(len(svc.instances) - in_pool)
-        return ServiceEntry(snapshot=svc, routes=routes, policy=policy, chain=chain, lb=lb)
+        return ServiceEntry(snapshot=svc, routes=routes, policy=policy, chain=chain, lb=lb, remote=remote)
 
     def _composites(
         self, book: PolicyBook, previous: GatewayView | None, services: Mapping[str, ServiceEntry]
@@ -350,6 +397,20 @@ class ViewBuilder:
             if self._watch_also is not None:
                 self._watch_also(also)
 
+    def _watch_remote_datacenters(self, book: PolicyBook, services: Mapping[str, ServiceEntry]) -> None:
+        """Tell discovery which (service, datacenter) pairs the failover policies name: the services in the view,
+        and those with a document of their own (which may have no local instance at all)."""
+        pairs = frozenset(
+            (name, dc)
+            for name in services.keys() | book.services.keys()
+            if (failover := book.for_service(name).failover) is not None
+            for dc in failover.datacenters
+        )
+        if pairs != self._remote_pairs:
+            self._remote_pairs = pairs
+            if self._watch_remote is not None:
+                self._watch_remote(pairs)
+
     def _report_policy_errors(self, old: PolicyBook | None, new: PolicyBook) -> None:
         old_errors = old.errors if old is not None else {}
         for key, reason in new.errors.items():
@@ -371,6 +432,22 @@ async def pause() -> None:
     """
     await asyncio.sleep(0)
     await asyncio.sleep(0)
+
+
+def _kept_by_failover(entry: ServiceEntry) -> bool:
+    """An entry kept for failover alone (no local instance): its routes did not come from its (empty) tags."""
+    return not entry.snapshot.instances and any(entry.remote.values())
+
+
+def _remote_routes(
+    name: str, remote: Mapping[str, tuple[Instance, ...]], *, tag_prefix: str, compat: frozenset[str]
+) -> ServiceRoutes:
+    """Routes from the failover datacenters' instances' tags (a service the gateway never saw locally)."""
+    for dc, instances in remote.items():
+        if instances:
+            snapshot = ServiceSnapshot(name=name, index=0, instances=instances)
+            return parse_service_routes(name, snapshot.tags, tag_prefix=tag_prefix, compat=compat, datacenter=dc)
+    return parse_service_routes(name, (), tag_prefix=tag_prefix, compat=compat, datacenter=None)
 
 
 def referenced_services(book: PolicyBook) -> frozenset[str]:

@@ -3,14 +3,16 @@
 Each feature is one step of the service's pipeline, placed after the policy stages (so a split or a hash by consumer
 knows the verified consumer) and before target selection, in this order::
 
-    mirror -> split -> sticky -> hash key -> (target selection) -> forwarder
+    mirror -> split -> sticky -> failover -> hash key -> (target selection) -> forwarder
 
 The mirror step is outermost so it sees the primary's answer whatever the steps after it decide; the split chooses
 the subset (``Target.pool`` and ``label``); sticky pins an instance inside it (``Target.prefer``); the hash key
 feeds the hash balancer (``Target.key``). Slow start is no step: the pools ramp weights at pick time.
 
-A later failover step replaces the pool the same way a subset does: it puts another datacenter's pool in
-``Target.pool`` (label the datacenter) before sticky and the hash key refine it.
+The failover step replaces the pool the way a subset does: while another datacenter serves the service, it puts
+that datacenter's pool in ``Target.pool`` (label: the datacenter), keeping sticky's preference (an instance of the
+local datacenter is simply not pinnable there, so the balancer picks) and the hash key. Subsets and splits choose
+among the local instances; a failed-over service is served by the remote datacenter's whole pool.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import structlog
 from consulgw.metrics import GatewayMetrics
 from consulgw.pipeline.chain import Stage
 from consulgw.policy.model import ServicePolicy
+from consulgw.traffic.failover import FailoverBoard, FailoverStep
 from consulgw.traffic.hashkey import HashKeyStep
 from consulgw.traffic.mirror import MirrorDispatcher, MirrorStep, SendContinue
 from consulgw.traffic.split import SplitStep
@@ -46,6 +49,7 @@ class TrafficDeps:
     mirrors: MirrorDispatcher
     send_continue: SendContinue
     sticky_key: bytes  # HMAC key of the sticky cookies
+    failover: FailoverBoard  # which datacenter serves each failed-over service (runtime state)
     # Called whenever a sticky step is built (the Gateway warns once when the key was not configured).
     sticky_key_used: Callable[[], None] = lambda: None
 
@@ -83,6 +87,8 @@ def traffic_steps(service: str, policy: ServicePolicy, deps: TrafficDeps) -> tup
                 metrics=deps.metrics,
             )
         )
+    if policy.failover is not None:
+        steps.append(FailoverStep(service=service, policy=policy.failover, pools=deps.pools, board=deps.failover))
     if policy.lb_key is not None:
         steps.append(HashKeyStep(policy.lb_key, deps.pools))
     return tuple(steps)

@@ -175,12 +175,14 @@ class ServicePool:
         "_current",
         "_draining",
         "_members",
+        "_remote",
         "_rendezvous",
         "_rng",
         "_service",
         "_slow_start",
         "_state",
         "_subsets",
+        "datacenter",
         "name",
     )
 
@@ -197,6 +199,8 @@ class ServicePool:
         current: dict[str, int] | None = None,
         subsets: Mapping[str, ServicePool] | None = None,
         name: str | None = None,
+        remote: Mapping[str, ServicePool] | None = None,
+        datacenter: str = "",
     ) -> None:
         self._service = service
         self._members = members
@@ -209,6 +213,8 @@ class ServicePool:
         self._slow_start = slow_start
         self._subsets: Mapping[str, ServicePool] = subsets or {}
         self.name = name  # the subset's name; None for the whole service
+        self._remote: Mapping[str, ServicePool] = remote or {}
+        self.datacenter = datacenter  # the datacenter of these members ("" unknown); a remote pool's is its own
         self._rendezvous = Rendezvous.build(members) if algorithm == IP_HASH else None
 
     @property
@@ -248,6 +254,14 @@ class ServicePool:
     @property
     def subsets(self) -> Mapping[str, ServicePool]:
         return self._subsets
+
+    def remote(self, datacenter: str) -> ServicePool | None:
+        """The pool of the service's instances in another datacenter (failover), if it is watched."""
+        return self._remote.get(datacenter)
+
+    @property
+    def remotes(self) -> Mapping[str, ServicePool]:
+        return self._remote
 
     def pick(
         self, client_key: str, *, exclude: frozenset[str] = frozenset(), available: Available | None = None
@@ -312,11 +326,15 @@ class UpstreamPools:
         *,
         subsets: Mapping[str, Sequence[Instance]] | None = None,
         slow_start: float | None = None,
+        remote: Mapping[str, Sequence[Instance]] | None = None,
+        datacenter: str = "",
     ) -> None:
         """Replace ``service``'s members with ``instances`` that have weight > 0 (first of each id wins).
 
         ``subsets`` (name -> instances, a selection of ``instances``) get pools of their own, with the same
         balancer, counters and join times; ``slow_start`` is the ramp window in seconds (None: no ramp).
+        ``remote`` (datacenter -> its instances, ids distinct from the local ones) get pools of their own the same
+        way (failover); ``datacenter`` names the local one ("" unknown).
         """
         if algorithm not in LB_ALGORITHMS:
             raise ConfigError(
@@ -340,7 +358,24 @@ class UpstreamPools:
                 current=state.subset_current.setdefault(name, {}),
                 name=name,
             )
-        for gone in [name for name in state.subset_current if name not in subset_pools]:
+        remote_pools: dict[str, ServicePool] = {}
+        remote_ids: set[str] = set()
+        for dc, selected in (remote or {}).items():
+            remote_members, remote_draining = _split_members(selected)
+            remote_ids.update(m.id for m in remote_members)
+            remote_pools[dc] = ServicePool(
+                service=service,
+                members=remote_members,
+                algorithm=algorithm,
+                rng=self._rng,
+                state=state,
+                draining=remote_draining,
+                slow_start=slow_start,
+                current=state.subset_current.setdefault(_REMOTE + dc, {}),
+                datacenter=dc,
+            )
+        kept = subset_pools.keys() | {_REMOTE + dc for dc in remote_pools}
+        for gone in [name for name in state.subset_current if name not in kept]:
             del state.subset_current[gone]
         self._pools[service] = ServicePool(
             service=service,
@@ -351,8 +386,10 @@ class UpstreamPools:
             draining=draining,
             slow_start=slow_start,
             subsets=subset_pools,
+            remote=remote_pools,
+            datacenter=datacenter,
         )
-        state.set_members(frozenset(m.id for m in members))
+        state.set_members(frozenset(m.id for m in members) | remote_ids)
 
     def remove(self, service: str) -> None:
         """Forget ``service``: new picks find no pool; requests in flight still release their counters."""
@@ -383,6 +420,9 @@ class UpstreamPools:
                 del self._states[service]
 
         return drop
+
+
+_REMOTE = "@"  # prefix of a remote datacenter's round-robin state in _ServiceState.subset_current
 
 
 def _split_members(instances: Sequence[Instance]) -> tuple[tuple[Instance, ...], tuple[Instance, ...]]:

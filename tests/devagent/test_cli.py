@@ -229,6 +229,34 @@ def test_leave_stops_the_process_with_status_zero(free_port: Callable[[], int]) 
             id="env-json",
         ),
         pytest.param(
+            ["--wan-peer", "dc2"], {},
+            "consulgw dev-agent: error: --wan-peer: 'dc2' must be DC=http://HOST:PORT (e.g. dc2=http://127.0.0.1:8501)",
+            id="wan-peer-no-url",
+        ),
+        pytest.param(
+            ["--wan-peer", "dc2=ftp://127.0.0.1:8501"], {},
+            "consulgw dev-agent: error: --wan-peer: 'dc2=ftp://127.0.0.1:8501' must be DC=http://HOST:PORT "
+            "(e.g. dc2=http://127.0.0.1:8501)",
+            id="wan-peer-scheme",
+        ),
+        pytest.param(
+            ["--wan-peer", "dc2=http://127.0.0.1"], {},
+            "consulgw dev-agent: error: --wan-peer: 'dc2=http://127.0.0.1' must be DC=http://HOST:PORT "
+            "(e.g. dc2=http://127.0.0.1:8501)",
+            id="wan-peer-no-port",
+        ),
+        pytest.param(
+            ["--wan-peer", "dc1=http://127.0.0.1:8501"], {},
+            "consulgw dev-agent: error: --wan-peer: 'dc1=http://127.0.0.1:8501' names this agent's own datacenter "
+            "'dc1'",
+            id="wan-peer-own-dc",
+        ),
+        pytest.param(
+            ["--wan-peer", "dc2=http://127.0.0.1:8501", "--wan-peer", "dc2=http://127.0.0.1:8502"], {},
+            "consulgw dev-agent: error: --wan-peer: 'dc2=http://127.0.0.1:8502' names datacenter 'dc2' a second time",
+            id="wan-peer-twice",
+        ),
+        pytest.param(
             ["--config-file", "/nonexistent/agent.json"], {},
             "consulgw dev-agent: error: --config-file: cannot read '/nonexistent/agent.json': No such file or directory",
             id="missing-file",

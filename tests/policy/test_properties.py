@@ -30,7 +30,7 @@ VOCABULARY = [
     "subsets", "meta", "tags", "service", "split", "default", "weights", "match", "to", "cookie", "query",
     "consumer", "hash", "on_empty", "response_header", "sticky", "secure", "http_only", "same_site",
     "on_unavailable", "keep_draining", "slow_start", "window", "mirror", "percent", "max_in_flight", "stable",
-    "canary",
+    "canary", "failover", "datacenters", "when", "min_healthy", "failback_after", "address", "watch",
 ]  # fmt: skip
 SCALARS = [
     "round_robin", "ip_hash", "HS256", "RS256", "none", "ES256", "*", "https://a.example", "1s", "10 s", "-1s", "0",
@@ -39,7 +39,7 @@ SCALARS = [
     "https://idp.example/.well-known/openid-configuration", "https://idp.example/introspect", "basic", "post",
     "memory", "X-User-ID", "X-Email", "email", "orders:read",
     "hash", "cookie", "cookie:sid", "header:X-User-ID", "stable", "canary", "!canary", "repick", "fail", "lax",
-    "users-next", "30s",
+    "users-next", "30s", "dc2", "dc 3", "wan", "lan", "warm", "cold",
 ]  # fmt: skip
 
 leaves = st.one_of(
@@ -91,7 +91,7 @@ def test_any_json(doc: object) -> None:
 @SETTINGS
 @given(
     st.dictionaries(st.sampled_from(VOCABULARY), json_values, max_size=6),
-    st.sampled_from(["auth", "cors", "split", "sticky", "mirror", "slow_start", "lb"]),
+    st.sampled_from(["auth", "cors", "split", "sticky", "mirror", "slow_start", "lb", "failover"]),
 )
 def test_policy_shaped_sections(section: dict[str, Any], name: str) -> None:
     doc = {name: section}
@@ -216,3 +216,31 @@ def test_merging_nothing_changes_nothing(doc: dict[str, Any]) -> None:
         assert parse_policy(merge_documents(doc, {}), key="k") == result
         assert parse_policy(merge_documents(doc, doc), key="k") == result
         assert parse_policy(json.dumps(doc), key="k") == result
+
+
+FAILOVER_KEYS = ["datacenters", "when", "min_healthy", "failback_after", "address", "watch", "response_header", "x"]
+failover_values = st.one_of(
+    leaves,
+    st.lists(st.one_of(st.sampled_from(["dc2", "dc3", "dc 3", "", "dc2"]), st.text(max_size=6)), max_size=4),
+    st.dictionaries(st.sampled_from(FAILOVER_KEYS), leaves, max_size=2),
+)
+
+
+@SETTINGS
+@given(st.dictionaries(st.sampled_from(FAILOVER_KEYS), failover_values, max_size=6))
+def test_any_failover_section_is_a_policy_or_a_refusal_naming_it(section: dict[str, Any]) -> None:
+    """A failover section parses to sane values, or is refused with a message naming its path (the book then keeps
+    the previous policy: see test_parse_failover)."""
+    result = _outcome(lambda: parse_policy({"failover": section}, key="k"))
+    if isinstance(result, PolicyError):
+        assert str(result).startswith("k: failover"), str(result)
+        return
+    assert isinstance(result, ServicePolicy)
+    failover = result.failover
+    assert failover is not None
+    assert failover.datacenters
+    assert len(set(failover.datacenters)) == len(failover.datacenters)
+    assert failover.min_healthy >= 1
+    assert 0 <= failover.failback_after <= 24 * 3600
+    assert failover.address in ("wan", "lan")
+    assert failover.watch == "warm"
