@@ -1,4 +1,4 @@
-"""Per-request values passed down the pipeline. Steps never mutate them; they pass ``ctx.replace(...)`` on.
+"""Per-request values passed down the pipeline. Steps never change them; they pass ``ctx.replace(...)`` on.
 
 ``Inbound`` is what the pipeline reads of the client's request: the attributes of aiohttp's ``BaseRequest`` that it
 uses, written down as a Protocol so a step can also be given a request the gateway made up itself.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from multidict import CIMultiDictProxy
 
@@ -97,9 +97,13 @@ class HeaderEdits:
 NO_EDITS = HeaderEdits()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestContext:
-    """What the gateway knows about one request as it flows through the pipeline."""
+class RequestContext(NamedTuple):
+    """What the gateway knows about one request as it flows through the pipeline.
+
+    A NamedTuple rather than a frozen dataclass: it is built once per request and copied by several steps, and a
+    tuple's construction and ``_replace`` cost a fraction of a frozen dataclass's ``object.__setattr__`` per field
+    (with JWT + rate limit + CORS the copies were 11 us of a 250 us request in the profile). Build it with keywords.
+    """
 
     request: Inbound
     request_id: str
@@ -118,27 +122,15 @@ class RequestContext:
     # reading ``request.content``. Bytes are sent with their length and can be retried; a stream is sent once.
     body: bytes | AsyncIterable[bytes] | None = None
 
-    def replace(self, **changes: object) -> RequestContext:
-        return _replace(self, changes)
+    def replace(self, **changes: Any) -> RequestContext:
+        """A copy with ``changes``; an unknown field is a TypeError (as for a dataclass), never silently added."""
+        try:
+            return self._replace(**changes)
+        except ValueError as exc:  # NamedTuple's own complaint about unexpected field names
+            raise TypeError(f"RequestContext has no field(s) {sorted(set(changes) - set(self._fields))}") from exc
 
     def with_upstream(self, edits: HeaderEdits) -> RequestContext:
-        return _replace(self, {"upstream_edits": self.upstream_edits.merged(edits)})
+        return self._replace(upstream_edits=self.upstream_edits.merged(edits))
 
     def with_response(self, edits: HeaderEdits) -> RequestContext:
-        return _replace(self, {"response_edits": self.response_edits.merged(edits)})
-
-
-_FIELDS = RequestContext.__slots__
-_new = object.__new__
-_set = object.__setattr__
-
-
-def _replace(ctx: RequestContext, changes: dict[str, object]) -> RequestContext:
-    """``dataclasses.replace`` without re-running ``__init__`` (this runs several times per request)."""
-    clone = _new(RequestContext)
-    for name in _FIELDS:
-        _set(clone, name, changes[name] if name in changes else getattr(ctx, name))
-    for name in changes:
-        if name not in _FIELDS:
-            raise TypeError(f"RequestContext has no field {name!r}")
-    return clone
+        return self._replace(response_edits=self.response_edits.merged(edits))
