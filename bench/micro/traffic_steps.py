@@ -27,6 +27,7 @@ from consulgw.pipeline.context import RequestContext
 from consulgw.pipeline.target import SelectTarget
 from consulgw.policy.parse import parse_policy
 from consulgw.traffic import MirrorDispatcher, TrafficDeps, traffic_steps
+from consulgw.traffic.failover import FailoverBoard
 from consulgw.traffic.subsets import subset_instances
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.pool import UpstreamPools
@@ -137,6 +138,7 @@ async def main() -> None:
         mirrors=mirrors,
         send_continue=send_continue,
         sticky_key=b"k" * 32,
+        failover=FailoverBoard(_Clock()),
     )
     select = SelectTarget(pools)
 
