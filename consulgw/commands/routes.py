@@ -35,6 +35,7 @@ import aiohttp
 from consulgw.composite.routes import composite_routes
 from consulgw.discovery.consul_api import ConsulClient, Result
 from consulgw.errors import ConfigError, DiscoveryError
+from consulgw.model.balancing import effective_lb
 from consulgw.model.snapshot import Instance, ServiceSnapshot
 from consulgw.policy.book import build_policy_book
 from consulgw.policy.model import CompositePolicy, PolicyBook
@@ -72,7 +73,7 @@ class RoutesReport:
     def lb(self, service: str) -> str:
         """The balancer the gateway uses: the KV policy's ``lb``, else the ``gw.lb`` tag, else round_robin."""
         routes = self.table.services.get(service)
-        return self.book.for_service(service).lb or (routes.lb if routes is not None else None) or "round_robin"
+        return effective_lb(self.book.for_service(service).lb, routes.lb if routes is not None else None)
 
 
 def main(args: argparse.Namespace) -> int:
