@@ -282,9 +282,7 @@ class GatewayMetrics:
             self.mirror_errors,
             self.mirror_status_mismatch,
         ):
-            for labels in list(collector._metrics):
-                if labels and labels[0] == service:
-                    collector.remove(*labels)
+            collector.remove_by_labels({"service": service})
 
     def render(self) -> bytes:
         if self.multiprocess_dir is None:
