@@ -9,7 +9,7 @@ Request bodies are the client's bytes, never decoded (a gzip body stays gzip), f
 (``Content-Length`` or chunked). Unless the policy says ``buffering.request: false``, the whole body is received
 before the first attempt (in memory up to ``buffer_limit``, then in a temporary file up to ``request_buffer``; a
 longer one streams on from there), so a client that sends slowly never holds an upstream connection; a body kept in
-memory can also be sent again on a retry. A client that stalls or trickles gets ``408`` (``_TimedReader``).
+memory can also be sent again on a retry. A client that stalls or trickles gets ``408`` (:class:`~consulgw.pipeline.body.TimedBody`).
 ``Expect: 100-continue`` is answered to the client here, once every step before has let the request through, just
 before the body is read.
 
@@ -19,18 +19,18 @@ byte reached the instance), and, when the body is replayable, after a reset, a t
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 from multidict import CIMultiDict
 
-from consulgw.errors import CircuitOpen, NoHealthyUpstream, RequestTimeout, UpstreamError
+from consulgw.errors import CircuitOpen, NoHealthyUpstream, UpstreamError
 from consulgw.metrics import GatewayMetrics
 from consulgw.model.http import IDEMPOTENT_METHODS, REQUEST_ID_HEADER
 from consulgw.model.snapshot import Instance
 from consulgw.pipeline.answer import Answer
-from consulgw.pipeline.context import BodyReader, Inbound, RequestContext
+from consulgw.pipeline.body import TimedBody
+from consulgw.pipeline.context import Inbound, RequestContext
 from consulgw.pipeline.stages.body_limit import too_large
 from consulgw.pipeline.target import Target
 from consulgw.policy.model import Fallback, ServicePolicy
@@ -203,7 +203,7 @@ class Forwarder:
         limit = self._policy.max_body_bytes
         if length is not None and limit is not None and length > limit:  # BodyLimitStage refuses this first
             raise too_large(limit, length)
-        reader = _TimedReader(request.content, self._body_timeout, self._body_min_rate, limit)
+        reader = TimedBody(request.content, self._body_timeout, self._body_min_rate, limit)
         if length is not None and length <= self._buffer_limit:
             return await reader.exactly(length), length, True
         if self._request_buffer <= 0:
@@ -307,59 +307,6 @@ def _upgrade_token(request: Inbound) -> str | None:
     if "upgrade" not in (token.strip().lower() for token in connection.split(",")):
         return None
     return upgrade
-
-
-class _TimedReader:
-    """The client's body, read within time and size limits.
-
-    Time, as Apache's mod_reqtimeout (``body=30,MinRate=500``): the body has ``timeout`` seconds, extended by one
-    second per ``min_rate`` bytes received, and no read may wait longer than ``timeout``; a client that trickles or
-    stalls gets ``408`` (``RequestTimeout``). Size: more than ``limit`` bytes is ``413`` (``PayloadTooLarge``), raised
-    before the chunk that crosses the limit is passed on.
-    """
-
-    __slots__ = ("_content", "_deadline", "_limit", "_loop", "_min_rate", "_timeout", "received")
-
-    def __init__(self, content: BodyReader, timeout: float, min_rate: int, limit: int | None) -> None:
-        self._content = content
-        self._timeout = timeout
-        self._min_rate = min_rate
-        self._limit = limit
-        self._loop = asyncio.get_running_loop()
-        self._deadline = self._loop.time() + timeout
-        self.received = 0
-
-    def _wait(self) -> float:
-        left = self._deadline + self.received / self._min_rate - self._loop.time()
-        if left <= 0:
-            raise _stalled(self._timeout)
-        return min(left, self._timeout)
-
-    async def exactly(self, length: int) -> bytes:
-        try:
-            async with asyncio.timeout(self._wait() + length / self._min_rate):
-                return await self._content.readexactly(length)
-        except TimeoutError:
-            raise _stalled(self._timeout) from None
-
-    async def next(self) -> bytes:
-        try:
-            async with asyncio.timeout(self._wait()):
-                chunk = await self._content.readany()
-        except TimeoutError:
-            raise _stalled(self._timeout) from None
-        self.received += len(chunk)
-        if self._limit is not None and self.received > self._limit:
-            raise too_large(self._limit)  # the chunk crossing the limit is never sent
-        return chunk
-
-    async def stream(self) -> AsyncIterator[bytes]:
-        while chunk := await self.next():
-            yield chunk
-
-
-def _stalled(timeout: float) -> RequestTimeout:
-    return RequestTimeout(f"the request body did not arrive in time (more than {timeout:g} s, or too slowly after)")
 
 
 async def _then(first: Spool, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -246,6 +246,8 @@ class Gateway:
                 tracer=tracer,
                 cache=cache,
                 send_continue=send_continue,
+                body_timeout=s.clients.body_timeout,
+                body_min_rate=s.clients.body_min_rate,
             ),
             pipeline=pipeline,
             clock=self._clock,

@@ -3,6 +3,8 @@ got are both checked."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import hashlib
 import json
@@ -14,6 +16,7 @@ import pytest
 from multidict import CIMultiDict
 
 from consulgw.server.gateway import Gateway
+from consulgw.settings import ClientLimits
 from tests.policy_e2e.conftest import metric_value
 from tests.support.origin import Origin, Reply
 from tests.transform.conftest import Consul, serve, wait_for
@@ -169,6 +172,31 @@ async def test_expect_100_continue_is_answered_before_a_body_to_transform_is_rea
     ) as resp:
         assert resp.status == 200
     assert json.loads(origin.requests[-1].body) == {"b": 2, "a": 1}
+
+
+async def test_a_client_that_trickles_a_body_to_transform_gets_408_like_any_other(
+    make_gateway: MakeGateway, consul: Consul, origins: Origins
+) -> None:
+    """The transform reads the body itself, under the same client body limits as the forwarder (408, nothing sent)."""
+    gateway = await make_gateway(clients=ClientLimits(body_timeout=1.0, body_min_rate=1000))
+    origin = await origins()
+    await serve(gateway, consul, "api", origin, {"transform": {"request": {"json": {"set": {"a": 1}}}}})
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    answer = asyncio.create_task(reader.read())
+    try:
+        writer.write(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        for _ in range(40):  # a byte every 0.2 s: far below 1,000 bytes/s, never silent for 1 s
+            if answer.done():
+                break
+            writer.write(b" ")
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            await asyncio.sleep(0.2)
+        got = await asyncio.wait_for(answer, 10)
+    finally:
+        writer.close()
+    assert got.startswith(b"HTTP/1.1 408"), got[:200]
+    assert origin.requests == []
 
 
 # -- response side -----------------------------------------------------------------------------------------------

@@ -55,3 +55,6 @@ class StageDeps:
     cache: CacheOwner | None = None
     # Invites a client that sent ``Expect: 100-continue`` to send its body (a step that reads the body itself).
     send_continue: Callable[[Inbound], Awaitable[None]] | None = None
+    # How long a client may take to send its body, for a step that reads it itself (as the forwarder does: 408).
+    body_timeout: float = 30.0
+    body_min_rate: int = 500

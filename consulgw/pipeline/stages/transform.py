@@ -27,9 +27,10 @@ from multidict import CIMultiDict
 
 from consulgw.errors import BadRequest, TransformFailed
 from consulgw.pipeline.answer import Answer
+from consulgw.pipeline.body import TimedBody
 from consulgw.pipeline.chain import Next
-from consulgw.pipeline.context import BodyReader, HeaderEdits, Inbound, RequestContext
-from consulgw.pipeline.stages.body_limit import LimitedBody, too_large
+from consulgw.pipeline.context import HeaderEdits, Inbound, RequestContext
+from consulgw.pipeline.stages.body_limit import ByteStream, LimitedBody, too_large
 from consulgw.pipeline.stages.deps import StageDeps
 from consulgw.pipeline.stages.placeholders import encode_segment, text
 from consulgw.pipeline.stages.relay import RelayBody
@@ -144,7 +145,8 @@ class TransformStage:
         if request.headers.get("Expect", "").lower() == "100-continue" and self._deps.send_continue is not None:
             await self._deps.send_continue(request)
         limit = self._limit
-        head, complete = await _read_capped(request.content, self._cap if limit is None else min(self._cap, limit))
+        content = TimedBody(request.content, self._deps.body_timeout, self._deps.body_min_rate, None)
+        head, complete = await _read_capped(content, self._cap if limit is None else min(self._cap, limit))
         if not complete:
             if limit is not None and sum(len(chunk) for chunk in head) > limit:
                 raise too_large(limit)  # the service's own limit: the client's fault whatever on_error says
@@ -153,9 +155,9 @@ class TransformStage:
                 raise too_large(self._cap)
             self._count("request", "passed")
             if limit is None:
-                return ctx.replace(body=_chain(head, request.content))
+                return ctx.replace(body=_chain(head, content))
             # What was read, then the rest, still counted against the service's limit by the forwarder's own rule.
-            return ctx.replace(body=LimitedBody(_Prefixed(head, request.content), limit))
+            return ctx.replace(body=LimitedBody(_Prefixed(head, content), limit))
         data = b"".join(head)
         document = _decode(data)
         if document is _NOT_JSON:
@@ -281,7 +283,7 @@ def _query(ops: FieldOps, query: str, ctx: RequestContext) -> str:
     return "&".join(pairs)
 
 
-async def _read_capped(source: BodyReader | Spool, cap: int) -> tuple[list[bytes], bool]:
+async def _read_capped(source: ByteStream | Spool, cap: int) -> tuple[list[bytes], bool]:
     """Chunks of ``source`` until its end (complete: True) or until more than ``cap`` bytes arrived (False).
 
     A client body is read with ``readany`` (aiohttp's ``read()`` would read it all), a Spool with ``read``."""
@@ -303,7 +305,7 @@ class _Prefixed:
 
     __slots__ = ("_content", "_head")
 
-    def __init__(self, head: list[bytes], content: BodyReader) -> None:
+    def __init__(self, head: list[bytes], content: ByteStream) -> None:
         self._head = list(head)
         self._content = content
 
@@ -313,7 +315,7 @@ class _Prefixed:
         return await self._content.readany()
 
 
-async def _chain(head: list[bytes], content: BodyReader) -> AsyncIterator[bytes]:
+async def _chain(head: list[bytes], content: ByteStream) -> AsyncIterator[bytes]:
     for chunk in head:
         yield chunk
     while True:
