@@ -177,7 +177,9 @@ class Forwarder:
                     response.tunnel.close()
                 pool.release(instance.id)
                 self._errors.labels(service, "protocol").inc()
-                raise UpstreamError(f"{instance.endpoint} switched protocols unasked", kind="protocol")
+                unasked = UpstreamError(f"{instance.endpoint} switched protocols unasked", kind="protocol")
+                unasked.attempts, unasked.failures = attempt + 1, (*failures, "protocol")
+                raise unasked
             answer = _answer(response, ctx, instance, attempt + 1, tuple(failures))
             if response.tunnel is not None:
                 self._breakers.record(pool.service, instance.id, ok=not failed_status)
@@ -189,6 +191,7 @@ class Forwarder:
                 )
             return answer
         assert last_error is not None
+        last_error.attempts, last_error.failures = len(tried), tuple(failures)
         raise last_error
 
     def _body_ended(self, pool: ServicePool, instance: Instance, body: Spool, failed_status: bool) -> None:
