@@ -235,7 +235,10 @@ def _bridge_stdlib_logging(level: int) -> None:
         root.removeHandler(handler)
     root.addHandler(_StdlibBridge())
     root.setLevel(level)
-    logging.captureWarnings(True)  # warnings.warn() too: it would write to stderr directly
+    # warnings.warn() too: it would write to stderr directly. Off first: a capture left over from an earlier
+    # configuration may no longer be the one in force (warnings.catch_warnings restores showwarning on exit).
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
 
 
 def configure_logging(
