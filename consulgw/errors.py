@@ -181,6 +181,8 @@ class UpstreamError(GatewayError):
         super().__init__(message, headers=headers)
         self.kind = kind
         self.connect_failed = connect_failed
+        self.attempts = 0  # set by the Forwarder when it gives up: how many instances it tried
+        self.failures: tuple[str, ...] = ()  # and how each attempt failed
 
 
 class UpstreamUnreachable(UpstreamError):

@@ -227,6 +227,45 @@ class BufferedLines:
         self._write_pending(timeout)
 
 
+_LEVEL_METHODS = frozenset({"debug", "info", "warning", "error", "critical"})
+
+
+class _StdlibBridge(logging.Handler):
+    """Records of the standard ``logging`` module (aiohttp, asyncio, redis-py, the OpenTelemetry SDK, ``warnings``)
+    re-logged through structlog: the same format, redaction and sink as the gateway's own lines.
+
+    Without it they reach ``logging.lastResort``, which writes to stderr synchronously: a pipe nobody reads then
+    blocks the event loop (aiohttp logs a traceback for every malformed request), and the line is neither JSON nor
+    redacted."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            name = record.levelname.lower()
+            if name not in _LEVEL_METHODS:  # a custom level
+                name = "error" if record.levelno >= logging.ERROR else "info"
+            fields: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            getattr(structlog.get_logger(), name)(record.getMessage(), **fields)
+        except Exception:  # noqa: BLE001 - a log record must never raise into the code that logged it
+            self.handleError(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Never the stdlib's default (a traceback written to stderr, the very stream that may be stuck)."""
+
+
+def _bridge_stdlib_logging(level: int) -> None:
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StdlibBridge)]:
+        root.removeHandler(handler)
+    root.addHandler(_StdlibBridge())
+    root.setLevel(level)
+    # warnings.warn() too: it would write to stderr directly. Off first: a capture left over from an earlier
+    # configuration may no longer be the one in force (warnings.catch_warnings restores showwarning on exit).
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
+
+
 def configure_logging(
     fmt: str = "console", level: str = "info", stream: TextIO | None = None, *, buffered: bool = False
 ) -> BufferedLines | None:
@@ -259,6 +298,7 @@ def configure_logging(
         logger_factory=sink if sink is not None else structlog.WriteLoggerFactory(file=target),
         cache_logger_on_first_use=False,
     )
+    _bridge_stdlib_logging(numeric)
     return sink
 
 

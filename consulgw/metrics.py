@@ -118,6 +118,13 @@ class GatewayMetrics:
             "Log lines dropped because the log stream (stderr) could not keep up; logging never blocks requests.",
             registry=r,
         )
+        self.event_loop_tasks = Gauge(
+            "consulgw_event_loop_tasks",
+            "asyncio tasks alive on the event loop (requests being handled, watches, background work); a count that "
+            "keeps growing under steady load is a leak.",
+            registry=r,
+            **({"multiprocess_mode": "livesum"} if multiprocess_dir else {}),  # type: ignore[arg-type]
+        )
         # Tracing (consulgw.tracing.export): spans lost on the way to the collector. Stays 0 while tracing is off.
         self.trace_spans_dropped = Counter(
             "consulgw_trace_spans_dropped_total",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from multidict import CIMultiDict
 
-from consulgw.errors import GatewayError
+from consulgw.errors import GatewayError, UpstreamError
 from consulgw.pipeline.context import NO_EDITS, HeaderEdits
 from consulgw.upstream.http1 import Http1Connection
 from consulgw.upstream.spool import Spool
@@ -53,7 +53,11 @@ def error_answer(exc: GatewayError, request_id: str, edits: HeaderEdits = NO_EDI
     headers["Content-Type"] = "application/json"
     headers["Cache-Control"] = "no-store"
     body = json.dumps({"error": exc.code, "message": exc.message, "request_id": request_id}).encode()
-    return Answer(status=exc.status, headers=headers, body=body, edits=edits, error=exc.code)
+    answer = Answer(status=exc.status, headers=headers, body=body, edits=edits, error=exc.code)
+    if isinstance(exc, UpstreamError):  # the attempts made before giving up (request_completed's ``attempts``)
+        answer.attempts = exc.attempts
+        answer.failures = exc.failures
+    return answer
 
 
 def finish(answer: Answer, request_id: str) -> None:

@@ -38,8 +38,15 @@ from consulgw.tracing.api import NO_TRACER, Tracer
 from consulgw.upstream.breaker import BreakerBoard
 from consulgw.upstream.connections import Endpoint
 from consulgw.upstream.headers import end_to_end, strip_hop_by_hop
+from consulgw.upstream.pool import ServicePool
 from consulgw.upstream.spool import Spool
-from consulgw.upstream.transport import UpstreamRequest, UpstreamResponse, UpstreamTimeouts, UpstreamTransport
+from consulgw.upstream.transport import (
+    UpstreamRequest,
+    UpstreamResponse,
+    UpstreamTimeouts,
+    UpstreamTransport,
+    translate,
+)
 
 SendContinue = Callable[[Inbound], Awaitable[None]]
 
@@ -147,17 +154,16 @@ class Forwarder:
             call.answered(response.status)
             status = response.status
             if pool.service == service:
-                self._breakers.record(service, instance.id, ok=status not in self._failure_statuses)
+                failed_status = status in self._failure_statuses
             else:  # a subset that is another service's pool: that service's breakers judge its instances
-                self._breakers.record(
-                    pool.service, instance.id, ok=not self._breakers.is_failure_status(pool.service, status)
-                )
+                failed_status = self._breakers.is_failure_status(pool.service, status)
             if (
                 replayable
                 and str(status) in self._retry_on
                 and attempt + 1 < attempts
                 and len(pool.members) > len(tried)  # another instance exists (picking has side effects)
             ):
+                self._breakers.record(pool.service, instance.id, ok=not failed_status)
                 response.body.close()
                 pool.release(instance.id)
                 self._errors.labels(service, "status").inc()
@@ -165,21 +171,41 @@ class Forwarder:
                 failures.append(str(status))
                 continue
             if upgrade is None and status == 101:  # an upgrade nobody asked for (RFC 9110 section 15.2.2)
+                self._breakers.record(pool.service, instance.id, ok=not failed_status)
                 response.body.close()
                 if response.tunnel is not None:
                     response.tunnel.close()
                 pool.release(instance.id)
                 self._errors.labels(service, "protocol").inc()
-                raise UpstreamError(f"{instance.endpoint} switched protocols unasked", kind="protocol")
+                unasked = UpstreamError(f"{instance.endpoint} switched protocols unasked", kind="protocol")
+                unasked.attempts, unasked.failures = attempt + 1, (*failures, "protocol")
+                raise unasked
             answer = _answer(response, ctx, instance, attempt + 1, tuple(failures))
             if response.tunnel is not None:
+                self._breakers.record(pool.service, instance.id, ok=not failed_status)
                 answer.tunnel = response.tunnel  # the in-flight count is released when the tunnel ends
                 pool.release(instance.id)
-            else:
-                response.body.add_done_callback(functools.partial(pool.release, instance.id))
+            else:  # judged when the body has ended: one that breaks off is the instance's failure too
+                response.body.add_done_callback(
+                    functools.partial(self._body_ended, pool, instance, response.body, failed_status)
+                )
             return answer
         assert last_error is not None
+        last_error.attempts, last_error.failures = len(tried), tuple(failures)
         raise last_error
+
+    def _body_ended(self, pool: ServicePool, instance: Instance, body: Spool, failed_status: bool) -> None:
+        """The upstream finished its answer's body, broke it off, or the client went away first (``close``): the
+        in-flight count goes, and the attempt is recorded in the instance's breaker now, not at the head, so a body
+        that breaks off (reset, timeout, invalid framing) counts as the failure it is, in the breaker and in
+        ``consulgw_upstream_errors_total``."""
+        pool.release(instance.id)
+        error = body.error
+        if error is None:
+            self._breakers.record(pool.service, instance.id, ok=not failed_status)
+            return
+        self._errors.labels(self._service, translate(error, instance.endpoint).kind).inc()
+        self._breakers.record(pool.service, instance.id, ok=False)
 
     # -- request side ----------------------------------------------------------------------------------------------
 

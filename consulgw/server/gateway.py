@@ -299,6 +299,12 @@ class Gateway:
         self._exit.push_async_callback(self._stop_task, self._build_task)
         self._watch_task = asyncio.create_task(discovery.run(builder.offer), name="consulgw-watcher")
         self._exit.push_async_callback(self._stop_task, self._watch_task)
+        loop = asyncio.get_running_loop()
+        if self.metrics.multiprocess_dir is None:  # one process: counted at scrape time
+            self.metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
+        else:  # each worker writes its own count to the shared files; /metrics shows the sum
+            tasks = asyncio.create_task(self._export_loop_tasks(), name="consulgw-loop-tasks")
+            self._exit.push_async_callback(self._stop_task, tasks)
         if self._log_sink is not None:
             drops = asyncio.create_task(self._export_log_drops(self._log_sink), name="consulgw-log-drops")
             self._exit.push_async_callback(self._stop_task, drops)
@@ -421,6 +427,13 @@ class Gateway:
             if dropped > exported:
                 self.metrics.log_lines_dropped.inc(dropped - exported)
                 exported = dropped
+
+    async def _export_loop_tasks(self) -> None:
+        """With --workers N: this worker's asyncio task count, written every 5 s (a scrape reads the files)."""
+        gauge = self.metrics.event_loop_tasks
+        while True:
+            gauge.set(len(asyncio.all_tasks()))
+            await asyncio.sleep(5.0)
 
     @staticmethod
     async def _stop_task(task: asyncio.Task[None]) -> None:

@@ -148,6 +148,11 @@ class Spool:
         self._done_callbacks.append(callback)
 
     @property
+    def error(self) -> BaseException | None:
+        """The producer's error when the body broke off before its end (``set_exception``), else None."""
+        return self._error
+
+    @property
     def at_eof(self) -> bool:
         """The producer has finished (whatever is left is buffered here)."""
         return self._eof

@@ -117,6 +117,13 @@ PENDING: dict[str, str] = {
         "bench/test_harness.py runs a small discovery run of the same harness."
     ),
     "bench/profile.sh": "docs/benchmarks.md: attaches py-spy to a gateway under wrk load; no test runs it.",
+    ".venv/bin/python bench/soak.py --minutes 30 --write-docs": (
+        "docs/benchmarks.md: a 30-minute soak that rewrites docs/benchmarks.md; bench/test_soak.py checks its "
+        "verdict and docs block and runs a 15-second soak of the same script."
+    ),
+    ".venv/bin/python bench/soak.py --minutes 2 --sample 20": (
+        "docs/benchmarks.md: two minutes of load; bench/test_soak.py runs the same script for 15 seconds."
+    ),
 }
 
 

@@ -43,7 +43,8 @@ def test_production_command_line(demo: Demo, tmp_path: Path, redis_available: No
     log = tmp_path / "gateway.log"
     gateway = sh.start(RUN, log=log)
     try:
-        wait_http(f"http://127.0.0.1:{admin}/-/ready", expect='"ready": true', proc=gateway)
+        for _ in range(12):  # each curl is a new connection: both workers (SO_REUSEPORT) must have their view
+            wait_http(f"http://127.0.0.1:{admin}/-/ready", expect='"ready": true', proc=gateway)
         assert_shows(shown_after(page, READY).replace('"version": 3', '"version": …'), sh.run(READY))
 
         metrics = sh.run(METRICS)

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from consulgw.server.gateway import Gateway
 from consulgw.settings import ConsulSettings, GatewaySettings, HostPort, parse_cidrs
+from tests.support.raw_http import raw_upstream  # noqa: F401 - a fixture of this folder (tests/support/raw_http.py)
 
 
 async def wait_for(

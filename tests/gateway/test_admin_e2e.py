@@ -44,6 +44,8 @@ async def test_health_ready_routes_and_metrics(
     assert 'consulgw_pool_instances{service="users",state="in_pool"} 1.0' in text
     assert 'consulgw_route_errors{service="users"} 1.0' in text
     assert "consulgw_consul_sync_age_seconds 0.0" in text
+    [tasks] = [line for line in text.splitlines() if line.startswith("consulgw_event_loop_tasks ")]
+    assert float(tasks.split()[1]) >= 3  # this scrape's handler, the watcher, the view builder at least
     assert "/users/1" not in text  # never raw paths as labels
 
 

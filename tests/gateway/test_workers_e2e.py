@@ -72,6 +72,10 @@ async def test_two_workers_share_the_port_metrics_and_limits(
             for _ in range(6):
                 text = await _fresh_text(f"{admin}/metrics")
                 assert _requests_total(text, "*/limited") == 12
+            # Each worker writes its own asyncio task count every 5 s; /metrics shows one sample, the sum.
+            tasks = [line for line in text.splitlines() if line.startswith("consulgw_event_loop_tasks")]
+            assert len(tasks) == 1, tasks
+            assert float(tasks[0].split()[-1]) >= 4  # two workers, each with a watcher or receiver and a builder
 
             # A worker that dies is replaced; the port keeps answering.
             victim = _children(proc.pid)[0]

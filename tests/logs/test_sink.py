@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import logging
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -178,6 +180,46 @@ def test_json_lines_are_valid_redacted_and_survive_what_orjson_refuses(sinks: li
     assert access["level"] == "info"
     assert access["status"] == 200
     assert all(x["timestamp"].endswith("Z") for x in lines)
+
+
+def test_records_of_libraries_go_through_the_sink_as_redacted_json(sinks: list[BufferedLines]) -> None:
+    """Python ``logging`` records (aiohttp, asyncio, redis-py, the OTel SDK) and warnings reach the same bounded sink,
+    never stderr behind its back (tests/faults/test_log_faults.py: a stuck stderr pipe used to block the loop)."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    stream = RecordingStream()
+    try:
+        sink = configure_logging("json", "info", stream, buffered=True)
+        assert sink is not None
+        sinks.append(sink)
+        library = logging.getLogger("aiohttp.server")
+        library.debug("below the level")
+        library.warning("fetching %s", "https://user:pw@idp.example/jwks?key=abc")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            library.exception("Error handling request from %s", "127.0.0.1")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("a deprecated thing", DeprecationWarning, stacklevel=1)
+        sink.drain()
+        lines = [json.loads(x) for x in stream.lines()]
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+        logging.captureWarnings(False)
+    assert len(lines) == 3, lines
+    fetched, failed, warned = lines
+    assert fetched["logger"] == "aiohttp.server"
+    assert fetched["level"] == "warning"
+    assert "pw" not in fetched["event"]
+    assert "key=abc" not in fetched["event"]
+    assert failed["level"] == "error"
+    assert failed["event"] == "Error handling request from 127.0.0.1"
+    assert "ValueError: boom" in failed["exception"]
+    assert warned["logger"] == "py.warnings"
+    assert "a deprecated thing" in warned["event"]
 
 
 def test_dataclasses_and_datetimes_render_as_their_repr_so_a_secret_stays_hidden(sinks: list[BufferedLines]) -> None:

@@ -8,8 +8,10 @@
   single-key read, and a recursive one with ``acl_enable_key_list_policy``), or (``mode="filtered"``, Consul's
   default for a recursive read) the keys left out, ``X-Consul-Results-Filtered-By-ACLs: true``, a 404 when none
   is left.
+- ``FaultyConsul``: an HTTP relay whose reads fail on demand: an error status, a body that is not JSON, a body cut
+  in half, a connection closed before the answer, or no answer at all.
 
-Both listen on 127.0.0.1 with an ephemeral port; use them as async context managers.
+All listen on 127.0.0.1 with an ephemeral port; use them as async context managers.
 """
 
 from __future__ import annotations
@@ -194,3 +196,107 @@ class KvDenyingProxy:
                 if k.lower() not in ("content-length", "transfer-encoding", "connection")
             }
             return web.Response(status=resp.status, body=payload, headers=passed)
+
+
+ConsulFault = Literal["500", "invalid_json", "truncated", "close", "silent"]
+
+
+class FaultyConsul:
+    """An HTTP relay in front of the agent whose reads (GET under ``/v1/``) fail on demand, the ways a Consul agent or
+    the network in front of it fails: ``fault = "500"`` (an error status with Consul's kind of text),
+    ``"invalid_json"`` (200, the real ``X-Consul-Index``, a body that is not JSON), ``"truncated"`` (the real head and
+    the first half of the real body, then the connection closes), ``"close"`` (the connection closes before any answer)
+    or ``"silent"`` (accepted, never answered: the client's timeout must end it). ``fault = None`` relays faithfully;
+    ``faulted`` counts the reads that were spoiled. Writes always go through, so a test can change the catalog
+    meanwhile. ``async with FaultyConsul(agent_url) as consul:`` then point the gateway at ``consul.url``."""
+
+    def __init__(self, target_url: str) -> None:
+        self.target_url = target_url.rstrip("/")
+        self.fault: ConsulFault | None = None
+        self.faulted = 0
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def set_fault(self, fault: ConsulFault | None) -> None:
+        self.fault = fault
+        self._changed.set()  # a silent read in progress gives up now (its client has gone or will not care)
+        self._changed = asyncio.Event()
+
+    async def __aenter__(self) -> FaultyConsul:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False
+        )
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = next(a[1] for a in self._runner.addresses if isinstance(a, tuple))
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.set_fault(None)
+        assert self._runner is not None
+        assert self._session is not None
+        await self._runner.cleanup()
+        await self._session.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        read = request.method == "GET" and request.path.startswith("/v1/")
+        if read and self.fault == "silent":
+            return await self._silence()
+        # The fault that counts is the one in force when the answer is due: a blocking query that was waiting in
+        # the agent when the fault began gets it too, as it would from a failing agent.
+        status, headers, payload = await self._forward(request)
+        fault = self.fault if read else None
+        if fault == "silent":
+            return await self._silence()
+        if fault is not None:
+            self.faulted += 1
+        transport = request.transport
+        assert transport is not None
+        if fault == "close":
+            transport.close()
+            raise web.HTTPServiceUnavailable()  # never reaches the closed connection
+        if fault == "500":
+            return web.Response(status=500, text="rpc error making call: No cluster leader")
+        if fault == "invalid_json":
+            return web.Response(status=status, body=b'{"not json', headers=headers)
+        if fault == "truncated":
+            response = web.StreamResponse(status=status, headers=headers)
+            response.content_length = len(payload)
+            await response.prepare(request)
+            await response.write(payload[: len(payload) // 2])
+            transport.close()
+            return response
+        return web.Response(status=status, body=payload, headers=headers)
+
+    async def _silence(self) -> web.StreamResponse:
+        self.faulted += 1
+        await self._changed.wait()  # until the fault changes (or the client gives up: the handler is cancelled)
+        raise web.HTTPServiceUnavailable()
+
+    async def _forward(self, request: web.Request) -> tuple[int, dict[str, str], bytes]:
+        assert self._session is not None
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        async with self._session.request(
+            request.method, self.target_url + request.rel_url.raw_path_qs, data=body or None, headers=headers
+        ) as resp:
+            payload = await resp.read()
+            passed = {
+                k: v
+                for k, v in resp.headers.items()
+                if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-type")
+            }
+            passed["Content-Type"] = resp.headers.get("Content-Type", "application/json")
+            return resp.status, passed, payload

@@ -17,6 +17,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -94,11 +95,18 @@ async def gateway_process(
     admin_port: int | None = None,
     log: Path | None = None,
     env: dict[str, str] | None = None,
+    output: int | IO[bytes] | None = None,
 ) -> AsyncIterator[GatewayProcess]:
-    """``python -m consulgw run --consul URL --listen ... --admin-listen ... FLAGS``; stopped on exit."""
+    """``python -m consulgw run --consul URL --listen ... --admin-listen ... FLAGS``; stopped on exit. Its stdout and
+    stderr go to ``log`` (a file), or to ``output`` (a file descriptor or an open file: a pipe's write end, /dev/full),
+    or nowhere."""
     port = port or free_port()
     admin_port = admin_port or free_port()
     sink = log.open("wb") if log is not None else None
+    if sink is None and output is not None:
+        target: int | IO[bytes] = output
+    else:
+        target = sink if sink is not None else asyncio.subprocess.DEVNULL
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -113,8 +121,8 @@ async def gateway_process(
             f"127.0.0.1:{admin_port}",
             *flags,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=sink if sink is not None else asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.STDOUT if sink is not None else asyncio.subprocess.DEVNULL,
+            stdout=target,
+            stderr=asyncio.subprocess.STDOUT if target != asyncio.subprocess.DEVNULL else target,
             env=env if env is not None else clean_env(),
             start_new_session=True,
         )

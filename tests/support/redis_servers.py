@@ -61,7 +61,7 @@ class RedisProcesses:
         the server's log when it exits instead of answering."""
         port = port or free_port()
         workdir = self._workdir / f"redis-{port}"
-        workdir.mkdir()
+        workdir.mkdir(exist_ok=True)  # a server started again on the port of one that was killed
         listen = ["--port", "0", "--tls-port", str(port)] if tls else ["--port", str(port)]
         process = await self._spawn(
             "redis-server",
