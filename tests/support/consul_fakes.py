@@ -184,18 +184,8 @@ class KvDenyingProxy:
 
     async def _forward(self, request: web.Request) -> web.Response:
         assert self._session is not None
-        body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        async with self._session.request(
-            request.method, self.target_url + request.rel_url.raw_path_qs, data=body or None, headers=headers
-        ) as resp:
-            payload = await resp.read()
-            passed = {
-                k: v
-                for k, v in resp.headers.items()
-                if k.lower() not in ("content-length", "transfer-encoding", "connection")
-            }
-            return web.Response(status=resp.status, body=payload, headers=passed)
+        status, headers, payload = await relay(self._session, self.target_url, request)
+        return web.Response(status=status, body=payload, headers=headers)
 
 
 ConsulFault = Literal["500", "invalid_json", "truncated", "close", "silent"]
@@ -287,16 +277,24 @@ class FaultyConsul:
 
     async def _forward(self, request: web.Request) -> tuple[int, dict[str, str], bytes]:
         assert self._session is not None
-        body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        async with self._session.request(
-            request.method, self.target_url + request.rel_url.raw_path_qs, data=body or None, headers=headers
-        ) as resp:
-            payload = await resp.read()
-            passed = {
-                k: v
-                for k, v in resp.headers.items()
-                if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-type")
-            }
-            passed["Content-Type"] = resp.headers.get("Content-Type", "application/json")
-            return resp.status, passed, payload
+        return await relay(self._session, self.target_url, request)
+
+
+async def relay(
+    session: aiohttp.ClientSession, target_url: str, request: web.Request
+) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` on to the agent at ``target_url``: its status, the headers to answer with (framing left to
+    aiohttp, Content-Type kept as the agent sent it) and its body."""
+    body = await request.read()
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+    async with session.request(
+        request.method, target_url + request.rel_url.raw_path_qs, data=body or None, headers=headers
+    ) as resp:
+        payload = await resp.read()
+        passed = {
+            k: v
+            for k, v in resp.headers.items()
+            if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-type")
+        }
+        passed["Content-Type"] = resp.headers.get("Content-Type", "application/json")
+        return resp.status, passed, payload
