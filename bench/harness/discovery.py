@@ -17,7 +17,7 @@ from urllib.parse import quote
 from harness.http import Client, Consul
 from harness.jsonlog import JsonLog, epoch
 from harness.procs import Supervisor, free_port, rss_kib
-from harness.stack import Gateway, clean_env, consulgw_bin, start_gateway
+from harness.stack import Gateway, clean_env, gateway_argv, start_gateway
 
 
 def percentile(values: list[float], pct: float) -> float | None:
@@ -581,22 +581,7 @@ def _scale_run(
     run = ScaleRun(label=label)
     log_path = workdir / f"gateway-consul-scale-{workers}.log"
     port, admin = free_port(), free_port()
-    argv = [
-        consulgw_bin(),
-        "run",
-        "--consul",
-        consul_url,
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin-listen",
-        f"127.0.0.1:{admin}",
-        "--log-format",
-        "json",
-        "--workers",
-        str(workers),
-        "--consul-max-conns",
-        str(scale.max_conns),
-    ]
+    argv = gateway_argv(consul_url, port, admin, "--workers", str(workers), "--consul-max-conns", str(scale.max_conns))
     print(f"bench: consul scale: cold start of a gateway ({label}) against {scale.services} services", flush=True)
     t_start = time.perf_counter()
     component = sup.start(f"gateway (consul scale, {label})", argv, log=log_path, env=clean_env())

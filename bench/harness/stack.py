@@ -148,6 +148,23 @@ class Gateway:
     log: Path | None
 
 
+def gateway_argv(consul_url: str, port: int, admin: int, *extra: str) -> list[str]:
+    """``consulgw run`` on 127.0.0.1 ``port`` (admin on ``admin``) with JSON logs, then ``extra`` flags."""
+    return [
+        consulgw_bin(),
+        "run",
+        "--consul",
+        consul_url,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--admin-listen",
+        f"127.0.0.1:{admin}",
+        "--log-format",
+        "json",
+        *extra,
+    ]
+
+
 def start_gateway(
     sup: Supervisor,
     *,
@@ -160,21 +177,7 @@ def start_gateway(
     wrapper: tuple[str, ...] = (),
 ) -> Gateway:
     port, admin = free_port(), free_port()
-    argv = [
-        *wrapper,
-        consulgw_bin(),
-        "run",
-        "--consul",
-        consul_url,
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin-listen",
-        f"127.0.0.1:{admin}",
-        "--log-format",
-        "json",
-        *(["--redis", redis_url] if redis_url else []),
-        *extra,
-    ]
+    argv = [*wrapper, *gateway_argv(consul_url, port, admin, *(["--redis", redis_url] if redis_url else []), *extra)]
     component = sup.start(label, argv, log=log, env=clean_env())
     admin_url = f"http://127.0.0.1:{admin}"
     sup.wait_http(component, admin_url + "/-/ready", timeout=timeout)
