@@ -344,36 +344,29 @@ class UpstreamPools:
         state = self._states.get(service)
         if state is None:
             state = self._states[service] = _ServiceState(self._drop_state_for(service), self._clock)
-        subset_pools: dict[str, ServicePool] = {}
-        for name, selected in (subsets or {}).items():
-            subset_members, subset_draining = _split_members(selected)
-            subset_pools[name] = ServicePool(
+
+        def part(
+            selected: Sequence[Instance], current: str, name: str | None = None, datacenter: str = ""
+        ) -> ServicePool:
+            """A pool of some of the service's instances (a subset, or a failover datacenter's): its own balancer
+            position (``current``), the service's state and counters."""
+            part_members, part_draining = _split_members(selected)
+            return ServicePool(
                 service=service,
-                members=subset_members,
+                members=part_members,
                 algorithm=algorithm,
                 rng=self._rng,
                 state=state,
-                draining=subset_draining,
+                draining=part_draining,
                 slow_start=slow_start,
-                current=state.subset_current.setdefault(name, {}),
+                current=state.subset_current.setdefault(current, {}),
                 name=name,
+                datacenter=datacenter,
             )
-        remote_pools: dict[str, ServicePool] = {}
-        remote_ids: set[str] = set()
-        for dc, selected in (remote or {}).items():
-            remote_members, remote_draining = _split_members(selected)
-            remote_ids.update(m.id for m in remote_members)
-            remote_pools[dc] = ServicePool(
-                service=service,
-                members=remote_members,
-                algorithm=algorithm,
-                rng=self._rng,
-                state=state,
-                draining=remote_draining,
-                slow_start=slow_start,
-                current=state.subset_current.setdefault(_REMOTE + dc, {}),
-                datacenter=dc,
-            )
+
+        subset_pools = {name: part(selected, name, name=name) for name, selected in (subsets or {}).items()}
+        remote_pools = {dc: part(selected, _REMOTE + dc, datacenter=dc) for dc, selected in (remote or {}).items()}
+        remote_ids = {m.id for pool in remote_pools.values() for m in pool.members}
         kept = subset_pools.keys() | {_REMOTE + dc for dc in remote_pools}
         for gone in [name for name in state.subset_current if name not in kept]:
             del state.subset_current[gone]
